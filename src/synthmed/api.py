@@ -1,0 +1,154 @@
+"""The Python API; every CLI command is a thin wrapper over a function here.
+
+>>> import synthmed
+>>> result = synthmed.train(steps=200)                 # embedded BreastMNIST, DCGAN
+>>> model = synthmed.load(result.run_dir)
+>>> images = model.sample(16)                          # (16, 1, 28, 28) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthmed.errors import ConfigError, SynthmedError
+from synthmed.recipes import GenerativeRecipe, Recipe, build_recipe
+from synthmed.train import checkpoint as ckpt
+from synthmed.data.dataset import DataInfo
+from synthmed.train.config import DataConfig, RunConfig, TrainConfig, read_run_document
+from synthmed.train.trainer import TrainResult, fit, resolve_run_dir, resume, select_device
+
+_DATA_KEYS = {f for f in DataConfig.__dataclass_fields__ if f != "source"}
+_TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
+
+
+def train(data: str | Path | None = None, *, recipe: str = "unconditional", out: str | Path | None = None,
+          name: str = "", resume_run: str | Path | None = None, progress: bool = True,
+          **options: Any) -> TrainResult:
+    """Train ``recipe`` on ``data`` (default: the embedded BreastMNIST) and return where the run went.
+
+    ``options`` may hold data options (``size``, ``channels``, ``split``, ...), trainer options (``steps``,
+    ``max_minutes``, ``batch_size``, ``seed``, ``device``, ``precision``, ...) and recipe options (``arch``,
+    ``loss``, ``diffaugment``, ...); each goes where it belongs. ``resume_run`` continues an earlier run
+    (then only ``steps`` and ``max_minutes`` may change).
+    """
+    if resume_run is not None:
+        extra = set(options) - {"steps", "max_minutes"}
+        if extra or data is not None:
+            given = sorted(extra) + (["data"] if data is not None else [])
+            raise ConfigError(f"a resumed run keeps its configuration; only steps and max_minutes may change "
+                              f"(got {', '.join(given)})")
+        return resume(resume_run, steps=options.get("steps"), max_minutes=options.get("max_minutes"),
+                      progress=progress)
+    data_opts = {k: options.pop(k) for k in list(options) if k in _DATA_KEYS}
+    train_opts = {k: options.pop(k) for k in list(options) if k in _TRAIN_KEYS}
+    config = RunConfig(
+        recipe=recipe,
+        recipe_options=options,
+        data=DataConfig(source=None if data is None else str(data), **data_opts),
+        train=TrainConfig(**train_opts),
+        name=name,
+    )
+    return fit(config, out=out, progress=progress)
+
+
+class TrainedModel:
+    """A trained run loaded for inference: ``sample``, ``save_samples``, ``explore``."""
+
+    def __init__(self, run_dir: Path, config: RunConfig, recipe: Recipe, step: int) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.recipe = recipe
+        self.step = step
+
+    def _generative(self) -> GenerativeRecipe:
+        if not isinstance(self.recipe, GenerativeRecipe):
+            raise SynthmedError(f"{self.run_dir}: recipe {self.config.recipe!r} does not sample from a latent space")
+        return self.recipe
+
+    @property
+    def latent_dim(self) -> int:
+        return self._generative().latent_dim
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """``n`` images (N, C, H, W) in [-1, 1] on the CPU."""
+        return self._generative().sample(n, seed=seed)
+
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        return self._generative().generate(z).cpu()
+
+    def save_samples(self, out: str | Path, n: int, seed: int = 0, fmt: str = "png") -> Path:
+        """Write ``n`` samples into the new or empty folder ``out`` as PNG files or one ``samples.npz``."""
+        from synthmed.viz.grid import array_to_image, to_uint8
+
+        if fmt not in ("png", "npz"):
+            raise ConfigError(f"--format must be png or npz (got {fmt!r})")
+        if n < 1:
+            raise ConfigError(f"-n must be at least 1 (got {n})")
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise SynthmedError(f"{out}: output folder exists and is not empty")
+        images = to_uint8(self.sample(n, seed=seed))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+        try:
+            if fmt == "npz":
+                squeezed = images[..., 0] if images.shape[-1] == 1 else images
+                np.savez_compressed(staging / "samples.npz", images=squeezed,
+                                    seed=np.int64(seed), step=np.int64(self.step))
+            else:
+                width = max(5, len(str(n - 1)))
+                for i, img in enumerate(images):
+                    array_to_image(img).save(staging / f"sample_{i:0{width}d}.png")
+            if out.exists():
+                out.rmdir()
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return out
+
+    def explore(self, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:
+        """A grid of latent walks: each row interpolates spherically between two random seeds' latents."""
+        from synthmed.viz.grid import save_grid
+        from synthmed.viz.latent import latent_walks
+
+        if walks < 1 or steps < 2:
+            raise ConfigError("explore needs at least 1 walk of at least 2 steps")
+        z = latent_walks(self.latent_dim, walks, steps, seed=seed)
+        images = self.generate(z.reshape(walks * steps, -1))
+        out = Path(out) if out is not None else self.run_dir / "explore.png"
+        scale = max(1, min(4, 128 // images.shape[-1]))
+        return save_grid(out, images, nrow=steps, scale=scale)
+
+
+def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> TrainedModel:
+    """Load a run directory (or a name under ``./runs``) at its latest (or a given) checkpoint."""
+    run_dir = resolve_run_dir(run)
+    raw = read_run_document(run_dir / "config.yaml")
+    config = RunConfig.from_dict(raw)
+    info = DataInfo.from_dict(raw["data_info"])
+    json_path = Path(checkpoint) if checkpoint is not None else ckpt.latest_checkpoint(run_dir / "checkpoints")
+    if json_path is None:
+        raise SynthmedError(f"{run_dir / 'checkpoints'}: no complete checkpoint")
+    record, tensors = ckpt.load_checkpoint(json_path)
+    recipe = build_recipe(config.recipe, config.recipe_options, info, config.train.ema_beta)
+    ckpt.restore_networks(recipe.networks, tensors)
+    recipe.to(select_device(device))
+    recipe.networks.eval()
+    if hasattr(recipe, "refresh_sampling_statistics"):
+        recipe.refresh_sampling_statistics()
+    return TrainedModel(run_dir, config, recipe, int(record["step"]))
+
+
+def sample(run: str | Path, n: int, out: str | Path, fmt: str = "png", seed: int = 0) -> Path:
+    return load(run).save_samples(out, n, seed=seed, fmt=fmt)
+
+
+def explore(run: str | Path, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:
+    return load(run).explore(out, walks=walks, steps=steps, seed=seed)

@@ -1,0 +1,142 @@
+"""The ``synthmed`` command. Each command parses its options and calls the Python API in :mod:`synthmed.api`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from synthmed.errors import SynthmedError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=False,
+    pretty_exceptions_enable=False,
+    help="synthmed: generative adversarial networks for medical data.",
+)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    # One line on stderr, never a traceback, for any problem the user can fix.
+    print(f"synthmed: error: {' '.join(message.split())}", file=sys.stderr)
+    raise typer.Exit(code)
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    import yaml
+
+    if "=" not in text:
+        _fail(f"--option expects KEY=VALUE (got {text!r})")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(value)
+
+
+@app.command()
+def train(
+    data: str = typer.Option(None, "--data", "-d", help="Data: a folder, an .npz, a DICOM/NIfTI file, "
+                             "medmnist:NAME, or omitted for the embedded BreastMNIST."),
+    size: int = typer.Option(None, help="Resize images to SIZE x SIZE (centre-cropped to square first)."),
+    channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
+    split: str = typer.Option("train", help="Split to train on (train/val/test/all); never the test set for GANs."),
+    recipe: str = typer.Option("unconditional", help="Recipe (task) to train."),
+    arch: str = typer.Option(None, help="Network family: dcgan or resnet."),
+    loss: str = typer.Option(None, help="Adversarial loss: bce, lsgan, wgan-gp or hinge."),
+    steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 1500]."),
+    max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpoint saved)."),
+    batch_size: int = typer.Option(None, help="Batch size per process [default: 64]."),
+    seed: int = typer.Option(None, help="Random seed; runs are deterministic on CPU [default: 0]."),
+    out: Path = typer.Option(None, help="Run directory [default: runs/NAME]."),
+    name: str = typer.Option("", help="Run name [default: data-arch-loss-timestamp]."),
+    resume: str = typer.Option(None, help="Continue this run (directory or name) from its last checkpoint."),
+    device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1 or mps [default: auto]."),
+    precision: str = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
+    sample_every: int = typer.Option(None, help="Write a sample grid every N steps [default: 250]."),
+    checkpoint_every: int = typer.Option(None, help="Write a checkpoint every N steps [default: 500]."),
+    ema_beta: float = typer.Option(None, help="EMA decay of the sampling generator; 0 disables [default: 0.999]."),
+    diffaugment: str = typer.Option(None, help="DiffAugment policy, e.g. translation,cutout,color."),
+    label_smoothing: float = typer.Option(None, help="One-sided label smoothing (real target 1 - s)."),
+    label_noise: float = typer.Option(None, help="Uniform noise on discriminator targets."),
+    label_flip: float = typer.Option(None, help="Probability of flipping a discriminator target."),
+    instance_noise: float = typer.Option(None, help="Instance noise std, annealed to 0."),
+    ttur: bool = typer.Option(None, "--ttur/--no-ttur", help="Discriminator learning rate 4x the generator's."),
+    feature_matching: float = typer.Option(None, help="Weight of the feature-matching generator loss."),
+    minibatch_discrimination: bool = typer.Option(None, "--minibatch-discrimination/--no-minibatch-discrimination",
+                                                  help="Minibatch discrimination layer in D."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Any recipe option as KEY=VALUE (repeatable)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Train a GAN and write a run directory (checkpoints, sample grids, losses, curves)."""
+    from synthmed import api
+    from synthmed.train.trainer import TrainingInterrupted
+
+    given = {k: v for k, v in {
+        "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes,
+        "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+        "sample_every": sample_every, "checkpoint_every": checkpoint_every, "ema_beta": ema_beta,
+        "arch": arch, "loss": loss, "diffaugment": diffaugment, "label_smoothing": label_smoothing,
+        "label_noise": label_noise, "label_flip": label_flip, "instance_noise": instance_noise, "ttur": ttur,
+        "feature_matching": feature_matching, "minibatch_discrimination": minibatch_discrimination,
+    }.items() if v is not None}
+    if split != "train":
+        given["split"] = split
+    for text in option or []:
+        key, value = _parse_option(text)
+        given[key] = value
+    try:
+        if resume is not None:
+            result = api.train(resume_run=resume, progress=not quiet, **given)
+        else:
+            result = api.train(data, recipe=recipe, out=out, name=name, progress=not quiet, **given)
+    except TrainingInterrupted as stop:
+        print(f"synthmed: {stop}", file=sys.stderr)
+        raise typer.Exit(130) from None
+    except SynthmedError as exc:
+        _fail(str(exc))
+    print(f"run: {result.run_dir}  steps: {result.steps}  stopped: {result.stopped_because}  "
+          f"time: {result.wall_seconds:.0f} s")
+
+
+@app.command()
+def sample(
+    run: str = typer.Argument(..., help="Run directory (or name under runs/)."),
+    n: int = typer.Option(64, "-n", help="Number of images."),
+    out: Path = typer.Option(..., "--out", help="New or empty output folder."),
+    fmt: str = typer.Option("png", "--format", help="png (one file per image) or npz (one file)."),
+    seed: int = typer.Option(0, help="Seed of the latent vectors."),
+) -> None:
+    """Generate N images from a trained run into a folder (PNG files or one npz)."""
+    from synthmed import api
+
+    try:
+        path = api.sample(run, n, out, fmt=fmt, seed=seed)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    print(f"wrote {n} images to {path}")
+
+
+@app.command()
+def explore(
+    run: str = typer.Argument(..., help="Run directory (or name under runs/)."),
+    out: Path = typer.Option(None, "--out", help="PNG to write [default: RUN/explore.png]."),
+    walks: int = typer.Option(6, help="Number of walks (rows)."),
+    steps: int = typer.Option(10, help="Images per walk (columns)."),
+    seed: int = typer.Option(0, help="Seed of the walks' end points."),
+) -> None:
+    """Picture of latent walks: spherical interpolation between random seeds, one walk per row."""
+    from synthmed import api
+
+    try:
+        path = api.explore(run, out, walks=walks, steps=steps, seed=seed)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    print(f"wrote {path}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""Data loading: every source ends in one in-memory :class:`ImageDataset` (float32 images in [-1, 1]).
+
+>>> ds = load_dataset()                                   # embedded BreastMNIST, train split
+>>> ds = load_dataset("medmnist:dermamnist", size=64)     # downloaded once, MD5-verified, cached
+>>> ds = load_dataset("lgg_mri_128.npz", channels="flair", size=64)
+>>> ds = load_dataset("scans/", split="val")              # image folder, DICOM or NIfTI folder
+
+Test splits are for final evaluation only; never train a GAN on them (see :mod:`synthmed.data.splits`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from synthmed.data import medmnist
+from synthmed.data._core import assemble
+from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, read_dicom
+from synthmed.data.folder import IMAGE_FORMATS, list_files, read_image_folder
+from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
+from synthmed.data.npz import read_npz
+from synthmed.data.splits import patient_split, random_split, stratified_split
+from synthmed.data.transforms import pad_to, to_uint8
+from synthmed.errors import DataError
+
+__all__ = [
+    "DataInfo",
+    "ImageDataset",
+    "load_dataset",
+    "load_dicom",
+    "load_nifti",
+    "pad_to",
+    "patient_split",
+    "random_split",
+    "stratified_split",
+    "to_uint8",
+]
+
+
+def load_dataset(
+    source: str | Path | None = None,
+    *,
+    size: int | None = None,
+    split: str = "train",
+    channels: str | Sequence[int] | None = None,
+    image_key: str = "images",
+    label_key: str | None = None,
+    mask_key: str | None = None,
+    patient_key: str | None = None,
+    split_key: str | None = None,
+    cache_dir: str | Path | None = None,
+    download: bool = True,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> ImageDataset:
+    """Load any supported source as an :class:`ImageDataset`.
+
+    ``source``: ``None``/``"breastmnist"`` (embedded, 28 px), ``"medmnist:<name>"`` (``size`` picks the
+    official 28/64/128/224 px file), an ``.npz`` (MedMNIST layout or named arrays), a ``.dcm``, ``.nii``/
+    ``.nii.gz``, or a folder of images / DICOM / NIfTI files. Except for ``medmnist:``, ``size`` is the side
+    images are centre-cropped and resized to (default: their own, cropped to a square).
+    ``split``: ``train``/``val``/``test`` or ``all``. The source's own split is used when it has one
+    (MedMNIST, a split array, split folders); otherwise it is made here, by patient when patient ids
+    exist, else stratified by label, seeded by ``seed`` with ``val_fraction``/``test_fraction``.
+    ``channels``: indices (``[1]``, ``"0,2"``) or names (``"flair"``) when the source names its channels.
+    Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
+    """
+    common = {
+        "split": split,
+        "channels": channels,
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "test_fraction": test_fraction,
+    }
+    text = "" if source is None else str(source)
+    if source is None or text.lower() == "breastmnist":
+        raw = read_npz(
+            medmnist.embedded_breastmnist(),
+            split=split,
+            source="breastmnist",
+            class_names=medmnist.MEDMNIST_CLASSES["breastmnist"],
+            attribution=medmnist.BREASTMNIST_ATTRIBUTION,
+        )
+        return assemble(raw, size=size, **common)
+    if text.lower().startswith("medmnist:"):
+        return _load_medmnist(text.split(":", 1)[1].strip().lower(), size, cache_dir, download, common)
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(path, "no such file or folder")
+    if path.is_dir():
+        return _load_folder(path, size, common)
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        raw = read_npz(
+            path,
+            split=split,
+            image_key=image_key,
+            label_key=label_key,
+            mask_key=mask_key,
+            patient_key=patient_key,
+            split_key=split_key,
+        )
+        return assemble(raw, size=size, **common)
+    if name.endswith(DICOM_SUFFIXES) or looks_like_dicom(path):
+        return load_dicom(path, size=size, **common)
+    if is_nifti(path):
+        return load_nifti(path, size=size, **common)
+    if path.suffix.lower() in IMAGE_FORMATS:
+        raise DataError(path, "is a single image; point to the folder that holds the images")
+    raise DataError(
+        path,
+        f"unsupported file type '{path.suffix or path.name}' "
+        "(expected .npz, .dcm, .nii, .nii.gz, medmnist:<name> or a folder of images)",
+    )
+
+
+def _load_medmnist(
+    name: str, size: int | None, cache_dir: str | Path | None, download: bool, common: dict
+) -> ImageDataset:
+    file = medmnist.file_name(name, size)  # validates name and size first, before any network access
+    if file == "breastmnist.npz" and not (medmnist.cache_directory(cache_dir) / file).is_file():
+        path = medmnist.embedded_breastmnist()  # same 28 px data, shipped with the package: no download
+    else:
+        path = medmnist.fetch(name, size, cache_dir, download)
+    raw = read_npz(
+        path,
+        split=common["split"],
+        source=f"medmnist:{name}",
+        class_names=medmnist.MEDMNIST_CLASSES[name],
+        attribution=medmnist.attribution(name),
+    )
+    return assemble(raw, **common)
+
+
+def _load_folder(root: Path, size: int | None, common: dict) -> ImageDataset:
+    """A folder holds images, DICOM or NIfTI files: exactly one kind."""
+    files = list_files(root)
+    images = [p for p in files if p.suffix.lower() in IMAGE_FORMATS]
+    niftis = [p for p in files if is_nifti(p)]
+    dicoms = [
+        p
+        for p in files
+        if p.suffix.lower() in DICOM_SUFFIXES
+        or (not p.suffix and p.name.upper() != "DICOMDIR" and looks_like_dicom(p))
+    ]
+    kinds = {"image": images, "DICOM": dicoms, "NIfTI": niftis}
+    present = {kind: found for kind, found in kinds.items() if found}
+    if not present:
+        raise DataError(root, "contains no images (PNG, JPEG, TIFF, BMP, GIF), DICOM or NIfTI files")
+    if len(present) > 1:
+        counts = ", ".join(f"{len(found)} {kind}" for kind, found in present.items())
+        raise DataError(root, f"mixes {counts} files; point to a folder that holds one kind")
+    kind, found = next(iter(present.items()))
+    if kind == "DICOM":
+        raw = read_dicom(found, source=str(root), size=size, skip_non_image=True)
+    elif kind == "NIfTI":
+        channels = common.pop("channels")  # NIfTI: channels pick 4D volumes while reading
+        raw = read_nifti(found, source=str(root), size=size, channels=channels)
+    else:
+        split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
+        raw = read_image_folder(root, found, size=size, **split_args)
+    return assemble(raw, size=size, **common)

@@ -1,0 +1,144 @@
+"""NIfTI sources: ``.nii`` / ``.nii.gz`` files or a folder of them (needs ``pip install synthmed[nifti]``).
+
+Each volume is reoriented to RAS (``nibabel.as_closest_canonical``) and cut into 2D slices along ``axis``
+(a spatial axis, default the last: axial for RAS), each rotated so anterior / superior is up. Intensities are
+clipped to the ``percentiles`` (default 0.5-99.5) of the whole volume, which removes scanner outliers without
+per-slice contrast jumps, then scaled to [-1, 1]. All-zero slices (outside the head / body) are skipped
+unless ``skip_empty=False``. 4D files (X, Y, Z, T): the first volume, or with ``channels`` the chosen volumes
+as channels (e.g. co-registered modalities). The patient id is the file name without extension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from synthmed.data._core import RawData, assemble
+from synthmed.data.dataset import ImageDataset
+from synthmed.data.transforms import fit_square, normalize, parse_channels
+from synthmed.errors import ConfigError, DataError
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: Path) -> bool:
+    return path.name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: Path) -> str:
+    name = path.name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
+
+
+def _nibabel(path: Path) -> Any:
+    try:
+        import nibabel
+    except ImportError as exc:
+        raise DataError(path, "reading NIfTI needs nibabel: pip install synthmed[nifti]") from exc
+    return nibabel
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _volume(path: Path) -> np.ndarray:
+    """(X, Y, Z, T) float32 data in RAS orientation."""
+    nib = _nibabel(path)
+    if path.stat().st_size == 0:
+        raise DataError(path, "not a NIfTI file (empty file, 0 bytes)")
+    try:
+        img = nib.as_closest_canonical(nib.load(path))
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # ImageFileError, gzip / EOF errors on truncated files, header errors
+        raise DataError(path, f"not a valid NIfTI file ({_one_line(exc)})") from exc
+    if data.ndim == 2:
+        data = data[:, :, None]
+    if data.ndim == 3:
+        data = data[..., None]
+    if data.ndim != 4:
+        raise DataError(path, f"has {data.ndim} dimensions {data.shape}; expected a 2D, 3D or 4D image")
+    return data
+
+
+def read_nifti(
+    files: list[Path],
+    *,
+    source: str,
+    axis: int = -1,
+    percentiles: tuple[float, float] = (0.5, 99.5),
+    skip_empty: bool = True,
+    channels: Any = None,
+    size: int | None = None,
+) -> RawData:
+    """Read NIfTI files into 2D slices (see the module docstring). ``channels`` selects 4D volumes."""
+    if axis not in (-3, -2, -1, 0, 1, 2):
+        raise ConfigError(f"axis must be a spatial axis (0, 1, 2 or -1, -2, -3), got {axis}")
+    images, patients, meta = [], [], []
+    volume_count = None
+    for path in files:
+        data = _volume(path)
+        picked = parse_channels(channels, data.shape[-1]) if channels is not None else [0]
+        if volume_count is not None and len(picked) != volume_count:
+            raise DataError(path, "has a different number of volumes than the other files")
+        volume_count = len(picked)
+        raw = data[..., picked]
+        scaled = np.empty_like(raw)
+        for c in range(raw.shape[-1]):
+            lo, hi = np.percentile(raw[..., c], percentiles)
+            scaled[..., c] = normalize(raw[..., c], (float(lo), float(hi) if hi > lo else float(lo) + 1.0))
+        spatial = axis % 3
+        for k in range(raw.shape[spatial]):
+            if skip_empty and not np.any(np.take(raw, k, axis=spatial)):
+                continue
+            plane = np.moveaxis(np.take(scaled, k, axis=spatial), -1, 0)  # (C, a, b)
+            plane = np.ascontiguousarray(np.rot90(plane, axes=(1, 2)))  # RAS: anterior / superior up
+            images.append(plane if size is None else fit_square(plane, size))
+            patients.append(nifti_stem(path))
+            meta.append({"path": str(path), "slice": k, "axis": spatial})
+    if not images:
+        raise DataError(source, "has no non-empty slices" + (" (skip_empty=True)" if skip_empty else ""))
+    return RawData(source=source, images=images, patients=np.asarray(patients, dtype=str), meta=meta)
+
+
+def load_nifti(
+    path: str | Path,
+    *,
+    axis: int = -1,
+    percentiles: Sequence[float] = (0.5, 99.5),
+    skip_empty: bool = True,
+    size: int | None = None,
+    split: str = "train",
+    channels: Any = None,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+) -> ImageDataset:
+    """A NIfTI file or folder of them as an :class:`ImageDataset` of 2D slices."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        from synthmed.data.folder import list_files
+
+        files = [p for p in list_files(path) if is_nifti(p)]
+        if not files:
+            raise DataError(path, "contains no NIfTI files (.nii, .nii.gz)")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(path, "no such file or folder")
+    lo, hi = percentiles
+    raw = read_nifti(
+        files,
+        source=str(path),
+        axis=axis,
+        percentiles=(lo, hi),
+        skip_empty=skip_empty,
+        channels=channels,
+        size=size,
+    )
+    return assemble(
+        raw, size=size, split=split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+    )

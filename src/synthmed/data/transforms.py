@@ -1,0 +1,224 @@
+"""Array transforms shared by every source (numpy / PIL / torch only, no torchvision).
+
+Conventions: images are (N, C, H, W) (or (C, H, W) where noted); model-space values are float32 in [-1, 1].
+Masks are resized with nearest neighbour so they stay binary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from synthmed.errors import ConfigError
+
+__all__ = [
+    "center_crop_square",
+    "fit_square",
+    "normalize",
+    "pad_to",
+    "parse_channels",
+    "preprocess_images",
+    "preprocess_masks",
+    "resize",
+    "to_uint8",
+    "value_range",
+]
+
+# Images converted to float at once; bounds peak memory for large npz files (e.g. 3350 x 3 x 128 x 128).
+CHUNK = 256
+
+
+def value_range(array: np.ndarray) -> tuple[float, float]:
+    """The range that maps to [-1, 1]: the dtype's range for integers of 8/16 bit, the data's otherwise.
+
+    Why the dtype and not the data: a dark uint8 image must stay dark, so its own min/max must not
+    stretch it. Float data already in [0, 1] or [-1, 1] keep that range; other floats and wide integer
+    types (e.g. CT in Hounsfield units as int16) use the array's min/max.
+    """
+    if array.dtype == np.bool_:
+        return 0.0, 1.0
+    if array.dtype in (np.uint8, np.uint16):
+        return 0.0, float(np.iinfo(array.dtype).max)
+    if array.size == 0:
+        return 0.0, 1.0
+    lo, hi = float(np.min(array)), float(np.max(array))
+    if np.issubdtype(array.dtype, np.floating):
+        if lo >= 0.0 and hi <= 1.0:
+            return 0.0, 1.0
+        if lo >= -1.0 and hi <= 1.0:
+            return -1.0, 1.0
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def normalize(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Map ``value_range`` linearly onto [-1, 1] (float32, clipped)."""
+    lo, hi = value_range
+    scale = 2.0 / (hi - lo) if hi > lo else 1.0
+    out = (array.astype(np.float32, copy=False) - np.float32(lo)) * np.float32(scale) - np.float32(1.0)
+    return np.clip(out, -1.0, 1.0, out=out)
+
+
+def center_crop_square(images: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Crop the largest centred square from (..., H, W)."""
+    h, w = images.shape[-2], images.shape[-1]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return images[..., top : top + side, left : left + side]
+
+
+def resize(images: torch.Tensor, size: int, *, mask: bool = False) -> torch.Tensor:
+    """Resize square (N, C, H, W) float images to ``size``.
+
+    Downsampling uses antialiased bilinear (an area-like filter, so fine texture does not alias);
+    upsampling plain bilinear; masks nearest, so they stay in {0, 1}.
+    """
+    h, w = images.shape[-2:]
+    if (h, w) == (size, size):
+        return images
+    if mask:
+        return F.interpolate(images, size=(size, size), mode="nearest-exact")
+    down = size < min(h, w)
+    out = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=down)
+    return out.clamp_(-1.0, 1.0)
+
+
+def fit_square(image: np.ndarray, size: int | None) -> np.ndarray:
+    """Centre-crop one float (C, H, W) image in [-1, 1] and resize it to ``size`` (``None``: crop only).
+
+    Readers of many files call this per image, so big folders never sit in memory at full resolution.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(center_crop_square(image), dtype=np.float32))
+    return x.numpy() if size is None else resize(x[None], size)[0].numpy()
+
+
+def preprocess_images(
+    images: np.ndarray,
+    value_range: tuple[float, float] | None,
+    size: int | None,
+    *,
+    channels_last: bool = False,
+    rows: np.ndarray | None = None,
+    channels: Sequence[int] | None = None,
+) -> torch.Tensor:
+    """Native (N, C, H, W) (or (N, H, W, C)) array -> float32 tensor (N', C', size, size) in [-1, 1].
+
+    ``rows`` / ``channels`` select samples and channels chunk by chunk (:data:`CHUNK` images at a time), so
+    a large uint8 file is neither copied whole nor held as float all at once.
+    ``value_range=None`` means the values are already in [-1, 1].
+    """
+    n = images.shape[0] if rows is None else len(rows)
+    c = (images.shape[-1] if channels_last else images.shape[1]) if channels is None else len(channels)
+    h, w = images.shape[1:3] if channels_last else images.shape[2:4]
+    side = size or min(h, w)
+    out = torch.empty((n, c, side, side), dtype=torch.float32)
+    for start in range(0, n, CHUNK):
+        chunk = images[start : start + CHUNK] if rows is None else images[rows[start : start + CHUNK]]
+        if channels is not None:
+            chunk = chunk[..., list(channels)] if channels_last else chunk[:, list(channels)]
+        if channels_last:
+            chunk = np.moveaxis(chunk, -1, 1)
+        chunk = center_crop_square(chunk)
+        x = normalize(chunk, value_range) if value_range else chunk.astype(np.float32, copy=False)
+        out[start : start + CHUNK] = resize(torch.from_numpy(np.ascontiguousarray(x)), side)
+    return out
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index per output pixel, as torch's ``nearest-exact`` computes it."""
+    return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def preprocess_masks(masks: np.ndarray, size: int | None, *, rows: np.ndarray | None = None) -> torch.Tensor:
+    """(N, H, W) masks of any dtype -> float32 tensor (N', 1, size, size) in {0, 1} (nearest neighbour).
+
+    The foreground threshold comes from the whole array, so every sample is binarised the same way.
+    """
+    threshold = mask_threshold(masks)
+    n = masks.shape[0] if rows is None else len(rows)
+    side = size or min(masks.shape[1:3])
+    out = torch.empty((n, 1, side, side), dtype=torch.float32)
+    for start in range(0, n, CHUNK):
+        chunk = masks[start : start + CHUNK] if rows is None else masks[rows[start : start + CHUNK]]
+        chunk = center_crop_square(chunk)
+        index = _nearest_index(chunk.shape[-1], side)
+        chunk = chunk[:, index][:, :, index] > threshold
+        out[start : start + CHUNK, 0] = torch.from_numpy(chunk)
+    return out
+
+
+def mask_threshold(masks: np.ndarray) -> float:
+    """Foreground = above half the maximum, which reads {0, 1}, {0, 255} and JPEG-noisy masks alike."""
+    peak = float(masks.max()) if masks.size else 0.0
+    return peak / 2.0 if peak > 0 else float("inf")
+
+
+def parse_channels(
+    channels: str | int | Sequence[int | str] | None,
+    num_channels: int,
+    channel_names: Sequence[str] = (),
+) -> list[int] | None:
+    """Turn ``"1"``, ``"0,2"``, ``"flair"``, ``[0, 2]`` ... into channel indices (``None``: keep all).
+
+    Names match ``channel_names`` case-insensitively, ignoring ``-``/``_``/spaces ("post_contrast").
+    """
+    if channels is None:
+        return None
+    if isinstance(channels, str):
+        items: list[int | str] = [part.strip() for part in channels.split(",") if part.strip()]
+    elif isinstance(channels, int):
+        items = [channels]
+    else:
+        items = list(channels)
+    if not items:
+        raise ConfigError(f"channels={channels!r} selects no channel")
+
+    def key(name: str) -> str:
+        return "".join(ch for ch in name.lower() if ch.isalnum())
+
+    by_name = {key(name): i for i, name in enumerate(channel_names)}
+    valid = f"0..{num_channels - 1}" + (f" or {', '.join(channel_names)}" if channel_names else "")
+    indices: list[int] = []
+    for item in items:
+        if isinstance(item, str) and not item.lstrip("-").isdigit():
+            if key(item) not in by_name:
+                known = f"names: {', '.join(channel_names)}" if channel_names else "no channel names"
+                raise ConfigError(f"unknown channel {item!r}: this data set has {known}; use indices {valid}")
+            indices.append(by_name[key(item)])
+            continue
+        index = int(item)
+        if not -num_channels <= index < num_channels:
+            raise ConfigError(f"channel {index} out of range: this data set has {num_channels} (use {valid})")
+        indices.append(index % num_channels)
+    return indices
+
+
+def pad_to(images: torch.Tensor | np.ndarray, size: int, value: float = -1.0) -> torch.Tensor | np.ndarray:
+    """Pad (..., H, W) symmetrically to (size, size) with ``value`` (e.g. 28 -> 32 with -1 = black).
+
+    Why pad rather than resize: architectures that halve the resolution need powers of two, and padding
+    keeps every original pixel unchanged.
+    """
+    h, w = images.shape[-2], images.shape[-1]
+    if h > size or w > size:
+        raise ConfigError(f"cannot pad {h}x{w} images to {size}: they are larger (crop or resize instead)")
+    top, left = (size - h) // 2, (size - w) // 2
+    bottom, right = size - h - top, size - w - left
+    if isinstance(images, torch.Tensor):
+        return F.pad(images, (left, right, top, bottom), value=value)
+    width = [(0, 0)] * (images.ndim - 2) + [(top, bottom), (left, right)]
+    return np.pad(images, width, constant_values=value)
+
+
+def to_uint8(images: torch.Tensor | np.ndarray, *, channels_last: bool = True) -> np.ndarray:
+    """Inverse of the [-1, 1] normalisation for saving: (N, C, H, W) or (C, H, W) -> uint8.
+
+    Channels-last by default ((N, H, W, C) / (H, W, C)), as PIL and image writers expect; squeeze a
+    single grey channel with ``[..., 0]`` before ``PIL.Image.fromarray``.
+    """
+    if isinstance(images, torch.Tensor):
+        images = images.detach().to("cpu", torch.float32).numpy()
+    out = np.clip(np.rint((np.asarray(images, dtype=np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return np.moveaxis(out, -3, -1) if channels_last else out

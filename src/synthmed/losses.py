@@ -1,0 +1,151 @@
+"""GAN objectives and regularisers as small pure functions on logits and tensors.
+
+Conventions: ``*_logits`` are raw discriminator outputs (no sigmoid), shaped (N,) or (N, 1); every loss is a
+scalar mean over the batch, to be minimised. Weights (lambda, gamma) are applied by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Target = float | torch.Tensor
+
+
+def _bce(logits: torch.Tensor, target: Target) -> torch.Tensor:
+    # full_like fills on the logits' device: no host-to-device copy of a Python scalar every step.
+    if isinstance(target, torch.Tensor):
+        target = target.to(logits).expand_as(logits)
+    else:
+        target = torch.full_like(logits, target)
+    return F.binary_cross_entropy_with_logits(logits, target)
+
+
+# Standard (Goodfellow et al. 2014)
+
+
+def d_loss_bce(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_target: Target = 1.0, fake_target: Target = 0.0
+) -> torch.Tensor:
+    """mean BCE(real_logits, real_target) + mean BCE(fake_logits, fake_target).
+
+    BCE(l, t) = -[t log sigmoid(l) + (1 - t) log(1 - sigmoid(l))]. ``real_target=0.9`` is one-sided label
+    smoothing (Salimans et al. 2016); tensor targets broadcastable to the logits' shape give per-sample
+    noisy or flipped labels.
+    """
+    return _bce(real_logits, real_target) + _bce(fake_logits, fake_target)
+
+
+def g_loss_nonsaturating(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-mean log sigmoid(fake_logits) = mean softplus(-fake_logits) (the non-saturating generator loss)."""
+    return F.softplus(-fake_logits).mean()
+
+
+# Hinge (Lim & Ye 2017; Miyato et al. 2018)
+
+
+def d_loss_hinge(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """mean relu(1 - real_logits) + mean relu(1 + fake_logits)."""
+    return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+
+
+def g_loss_hinge(fake_logits: torch.Tensor) -> torch.Tensor:
+    """-mean fake_logits."""
+    return -fake_logits.mean()
+
+
+# Wasserstein (Arjovsky et al. 2017; with gradient_penalty: Gulrajani et al. 2017)
+
+
+def d_loss_wasserstein(real_scores: torch.Tensor, fake_scores: torch.Tensor) -> torch.Tensor:
+    """mean critic(fake) - mean critic(real)."""
+    return fake_scores.mean() - real_scores.mean()
+
+
+def g_loss_wasserstein(fake_scores: torch.Tensor) -> torch.Tensor:
+    """-mean critic(fake)."""
+    return -fake_scores.mean()
+
+
+# Least squares (Mao et al. 2017, a=0, b=1, c=1)
+
+
+def d_loss_least_squares(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+    """0.5 mean (real - 1)^2 + 0.5 mean fake^2."""
+    return 0.5 * (real_logits - 1.0).square().mean() + 0.5 * fake_logits.square().mean()
+
+
+def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:
+    """0.5 mean (fake - 1)^2."""
+    return 0.5 * (fake_logits - 1.0).square().mean()
+
+
+# Gradient regularisers
+
+
+def gradient_penalty(
+    critic: Callable[[torch.Tensor], torch.Tensor],
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    epsilon: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """WGAN-GP penalty (Gulrajani et al. 2017, Algorithm 1): mean_i (||grad critic(x_hat_i)||_2 - 1)^2.
+
+    x_hat_i = eps_i real_i + (1 - eps_i) fake_i with one eps_i ~ U[0, 1] per sample (or the given
+    ``epsilon``, shaped (N,) or broadcastable to ``real``). ``real`` and ``fake`` are detached, so the
+    penalty's gradient reaches only the critic; the graph is kept (create_graph=True) for that backward.
+    The critic may return (N,) or (N, 1) and must treat samples independently (no BatchNorm).
+    """
+    real, fake = real.detach(), fake.detach()
+    if epsilon is None:
+        epsilon = torch.rand(real.shape[0], device=real.device, dtype=real.dtype)
+    if epsilon.dim() == 1:
+        epsilon = epsilon.view(-1, *([1] * (real.dim() - 1)))
+    x_hat = (epsilon * real + (1.0 - epsilon) * fake).requires_grad_(True)
+    scores = critic(x_hat)
+    (grad,) = torch.autograd.grad(scores.sum(), x_hat, create_graph=True)
+    return (grad.flatten(1).norm(2, dim=1) - 1.0).square().mean()
+
+
+def r1_penalty(real_logits: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): mean_i ||grad_{x_i} D(x_i)||_2^2 on real data; scale by gamma/2 outside.
+
+    ``real_images`` must have had ``requires_grad_(True)`` before ``real_logits = D(real_images)``.
+    """
+    (grad,) = torch.autograd.grad(real_logits.sum(), real_images, create_graph=True)
+    return grad.square().flatten(1).sum(1).mean()
+
+
+# Reconstruction and feature losses
+
+
+def l1_loss(input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """mean |input - target| (e.g. pix2pix's L1 term)."""
+    return (input - target).abs().mean()
+
+
+def cycle_consistency_loss(real: torch.Tensor, reconstructed: torch.Tensor) -> torch.Tensor:
+    """mean |real - F(G(real))| (CycleGAN, Zhu et al. 2017); the caller scales by lambda_cyc."""
+    return l1_loss(reconstructed, real)
+
+
+def multiscale_l1_loss(
+    features_a: Sequence[torch.Tensor], features_b: Sequence[torch.Tensor]
+) -> torch.Tensor:
+    """SegAN (Xue et al. 2018): (1/L) sum_l mean |f_l(a) - f_l(b)| over the L critic scales."""
+    if len(features_a) != len(features_b) or not features_a:
+        n_a, n_b = len(features_a), len(features_b)
+        raise ValueError(f"need equally many (>= 1) feature maps, got {n_a} and {n_b}")
+    return torch.stack([l1_loss(a, b) for a, b in zip(features_a, features_b, strict=True)]).mean()
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """Salimans et al. 2016: mean_k (E_real f_k - E_fake f_k)^2, batch means of flattened features.
+
+    The real side is detached: only the generator is trained towards the real statistics.
+    """
+    real_mean = real_features.detach().flatten(1).mean(0)
+    fake_mean = fake_features.flatten(1).mean(0)
+    return (real_mean - fake_mean).square().mean()

@@ -1,0 +1,38 @@
+"""Minibatch discrimination (Salimans et al. 2016, "Improved Techniques for Training GANs", sec. 3.2)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class MinibatchDiscrimination(nn.Module):
+    """Append, per sample, how close it is to the other samples of the batch.
+
+    With ``M_i = x_i T`` reshaped to (num_kernels, kernel_dim) and
+    ``o(x_i)_b = sum_{j != i} exp(-||M_{i,b} - M_{j,b}||_1)``, the output is ``[x_i, o(x_i)]`` of shape
+    (N, in_features + num_kernels). A collapsed generator makes fake batches whose samples are all close,
+    which the discriminator can then see.
+    """
+
+    def __init__(self, in_features: int, num_kernels: int = 50, kernel_dim: int = 5) -> None:
+        super().__init__()
+        self.in_features, self.num_kernels, self.kernel_dim = in_features, num_kernels, kernel_dim
+        self.out_features = in_features + num_kernels
+        # T is weight-normalised per output column, as in the reference code: it keeps the L1 distances
+        # O(|x|) whatever in_features is, so exp(-d) does not underflow to 0 for every pair at init.
+        self.theta = nn.Parameter(torch.randn(in_features, num_kernels * kernel_dim) * 0.05)
+        self.log_scale = nn.Parameter(torch.zeros(num_kernels * kernel_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        t = self.theta * (self.log_scale.exp() / self.theta.norm(dim=0).clamp_min(1e-12))
+        m = (x @ t).view(x.shape[0], self.num_kernels, self.kernel_dim)  # (N, B, C)
+        dist = (m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(-1)  # (N, N, B) L1 distances
+        # Exclude j == i (exp(-0) = 1 for every sample) so a batch of one gives 0, not a constant 1.
+        others = 1.0 - torch.eye(x.shape[0], dtype=dist.dtype, device=dist.device).unsqueeze(-1)
+        o = (torch.exp(-dist) * others).sum(1)  # (N, B)
+        return torch.cat([x, o.to(x.dtype)], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, num_kernels={self.num_kernels}, kernel_dim={self.kernel_dim}"

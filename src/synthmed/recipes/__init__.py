@@ -1,0 +1,41 @@
+"""Recipes by name: ``get_recipe("unconditional")``; see :mod:`synthmed.recipes.base` for the interface."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthmed.data.dataset import DataInfo
+from synthmed.recipes.base import (
+    RECIPES,
+    GenerativeRecipe,
+    Phase,
+    Recipe,
+    config_to_dict,
+    get_recipe,
+    make_config,
+    register_recipe,
+)
+from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
+
+
+def build_recipe(name: str, options: dict[str, Any], data_info: DataInfo, ema_beta: float = 0.0) -> Recipe:
+    """Construct recipe ``name`` with ``options`` for data described by ``data_info``."""
+    cls = get_recipe(name)
+    recipe = cls(make_config(cls, options), data_info)
+    recipe.add_ema_copies(ema_beta)
+    return recipe
+
+
+__all__ = [
+    "RECIPES",
+    "GenerativeRecipe",
+    "Phase",
+    "Recipe",
+    "UnconditionalConfig",
+    "UnconditionalGAN",
+    "build_recipe",
+    "config_to_dict",
+    "get_recipe",
+    "make_config",
+    "register_recipe",
+]

@@ -1,0 +1,173 @@
+"""The recipe interface: which networks, which losses, and what one training step does.
+
+The trainer (``synthmed.train``) owns everything that is the same for every GAN: device, mixed precision,
+data-parallel gradient averaging, EMA, checkpoints, logging, budgets and signals. A recipe owns everything that
+differs: it builds its networks, its optimisers, and performs one training step through a
+:class:`~synthmed.train.context.StepContext`. Adding a GAN variant means adding or editing a recipe, never the
+trainer. See ``docs/architecture.md`` for how each planned recipe maps onto this interface.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+from torch import nn
+
+from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.errors import ConfigError
+
+if TYPE_CHECKING:
+    from synthmed.train.context import StepContext
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A stage of training with its own step function behaviour (e.g. autoencoder pre-training, then GAN).
+
+    ``steps=None`` means "the rest of the run's budget"; only the last phase may leave it open.
+    """
+
+    name: str
+    steps: int | None = None
+
+
+class Recipe:
+    """Base class of all recipes. Subclasses set ``name``, ``Config`` and implement the abstract methods."""
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    #: Networks that get an exponential-moving-average copy named ``<name>_ema`` (used for sampling).
+    ema_sources: ClassVar[tuple[str, ...]] = ()
+    #: Convolutional recipes run faster with NHWC tensors on CPU (measured 1.0-1.75x for DCGAN).
+    prefers_channels_last: ClassVar[bool] = False
+
+    def __init__(self, config: Any, data_info: DataInfo) -> None:
+        self.config = config
+        self.data_info = data_info
+        self.networks = nn.ModuleDict()
+        self.device = torch.device("cpu")
+
+    # --- construction ----------------------------------------------------------------------------------
+    def add_ema_copies(self, beta: float) -> None:
+        """Create frozen EMA copies of ``ema_sources`` (called by the recipe's constructor when EMA is on)."""
+        if beta <= 0:
+            return
+        for name in self.ema_sources:
+            shadow = copy.deepcopy(self.networks[name])
+            shadow.requires_grad_(False)
+            self.networks[f"{name}_ema"] = shadow
+
+    def ema_pairs(self) -> list[tuple[str, str]]:
+        return [(n, f"{n}_ema") for n in self.ema_sources if f"{n}_ema" in self.networks]
+
+    def to(self, device: torch.device, channels_last: bool = False) -> Recipe:
+        self.device = device
+        self.networks.to(device)
+        if channels_last:
+            self.networks.to(memory_format=torch.channels_last)
+        return self
+
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """Optimisers by name; ``StepContext.optimize(name, loss)`` steps them."""
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        return [Phase("train")]
+
+    def start_phase(self, phase: str) -> None:
+        """Hook called when a phase begins (also on resume into that phase): freeze, copy weights, ..."""
+
+    def prepare_data(self, data: ImageDataset) -> ImageDataset:
+        """Last data transform before training (e.g. pad 28 px to the network's 32 px). Default: unchanged."""
+        return data
+
+    # --- training --------------------------------------------------------------------------------------
+    def loss_names(self) -> list[str]:
+        """Every loss ``train_step`` can return, in ``losses.csv`` column order."""
+        raise NotImplementedError
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        """One training step. Returns detached scalar tensors (never ``.item()``: that syncs the device)."""
+        raise NotImplementedError
+
+    # --- outputs ---------------------------------------------------------------------------------------
+    def preview_inputs(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        """Fixed inputs for the periodic sample grid, drawn from their own generator (never the global RNG)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def preview(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Images (N, C, H, W) in [-1, 1] for the sample grid."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, torch.Tensor]:
+        """Tensors beyond networks and optimisers that a resume needs (e.g. CycleGAN's image pools)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def summary(self) -> dict[str, Any]:
+        from synthmed.nn import count_parameters
+
+        return {name: count_parameters(net) for name, net in self.networks.items()}
+
+
+class GenerativeRecipe(Recipe):
+    """A recipe whose trained model maps a latent vector to an image (``synthmed sample`` / ``explore``)."""
+
+    latent_dim: int = 0
+
+    def generate(self, z: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] (cropped to the data's size) from latents ``z``; uses the EMA generator if any."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
+        """``n`` images on the CPU, reproducible from ``seed``, generated in batches."""
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        chunks = []
+        for start in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - start), self.latent_dim, generator=gen)
+            chunks.append(self.generate(z.to(self.device)).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+RECIPES: dict[str, type[Recipe]] = {}
+
+
+def register_recipe(cls: type[Recipe]) -> type[Recipe]:
+    """Class decorator: make a recipe available by its ``name`` (``synthmed train --recipe NAME``)."""
+    RECIPES[cls.name] = cls
+    return cls
+
+
+def get_recipe(name: str) -> type[Recipe]:
+    if name not in RECIPES:
+        raise ConfigError(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
+    return RECIPES[name]
+
+
+def make_config(cls: type[Recipe], options: dict[str, Any]) -> Any:
+    """Build a recipe's config dataclass from a plain dict, rejecting unknown keys with a clear message."""
+    fields = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"recipe {cls.name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(fields))}"
+        )
+    values = {}
+    for key, value in options.items():
+        kind = fields[key].type
+        values[key] = tuple(value) if isinstance(value, list) and "tuple" in str(kind) else value
+    return cls.Config(**values)
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+

@@ -1,0 +1,298 @@
+"""Unconditional image GANs: DCGAN, WGAN-GP and hinge + spectral norm, with the usual stabilising switches.
+
+Loss presets (``loss=``) follow their papers unless an option overrides them:
+
+* ``bce``: Goodfellow et al. 2014 with the non-saturating generator loss; DCGAN settings (Radford et al.
+  2016): Adam lr 2e-4, betas (0.5, 0.999), BatchNorm in the discriminator.
+* ``lsgan``: least squares (Mao et al. 2017), DCGAN settings.
+* ``wgan-gp``: Gulrajani et al. 2017, Algorithm 1: lambda = 10, n_critic = 5 (each critic iteration draws a fresh
+  real batch), Adam lr 1e-4, betas (0, 0.9), one uniform epsilon per sample, a critic without BatchNorm
+  (layer norm). A training step is one generator iteration, as in the paper.
+* ``hinge``: hinge loss with spectral norm on every discriminator layer (Miyato et al. 2018), TTUR learning rates
+  1e-4 / 4e-4 and betas (0, 0.9) as in SAGAN; pair it with ``arch="resnet"`` at 64-128 px.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from synthmed import losses as L
+from synthmed.augment import diff_augment, parse_policy
+from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.errors import ConfigError
+from synthmed.nn import build_discriminator, build_generator
+from synthmed.recipes.base import GenerativeRecipe, register_recipe
+from synthmed.train.context import StepContext
+from synthmed.train.ema import recalibrate_batchnorm
+from synthmed.train.optim import adam
+
+LOSSES = ("bce", "lsgan", "wgan-gp", "hinge")
+_PRESETS: dict[str, dict[str, object]] = {
+    "bce": {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "n_critic": 1, "d_norm": "batch", "sn": False},
+    "lsgan": {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "n_critic": 1, "d_norm": "batch", "sn": False},
+    "wgan-gp": {"lr_g": 1e-4, "lr_d": 1e-4, "betas": (0.0, 0.9), "n_critic": 5, "d_norm": "layer", "sn": False},
+    "hinge": {"lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.9), "n_critic": 1, "d_norm": "none", "sn": True},
+}
+
+
+@dataclass
+class UnconditionalConfig:
+    """Options of the unconditional recipe. ``None`` means "the preset of the chosen loss"."""
+
+    arch: str = "dcgan"
+    loss: str = "bce"
+    latent_dim: int = 100
+    g_channels: int = 32
+    d_channels: int = 32
+    #: Train at this size by padding the data with background (-1); samples are cropped back. 28 px data
+    #: trains at 32 px by default: the 4-8-16-32 layout ran 2x faster than 7-14-28 on the 2-core CPU.
+    pad_to: int | None = None
+    d_norm: str | None = None
+    spectral_norm: bool | None = None
+    lr_g: float | None = None
+    lr_d: float | None = None
+    betas: tuple[float, float] | None = None
+    n_critic: int | None = None
+    gp_weight: float = 10.0
+    r1_weight: float = 0.0
+    #: One-sided label smoothing: the discriminator's target for real images is ``1 - label_smoothing``.
+    label_smoothing: float = 0.0
+    #: Noisy labels: targets jittered uniformly by up to this much (real in [1-a, 1], fake in [0, a]).
+    label_noise: float = 0.0
+    #: Probability of swapping a sample's real/fake target in the discriminator step.
+    label_flip: float = 0.0
+    #: Std of Gaussian instance noise added to every discriminator input (Sonderby et al. 2017), annealed
+    #: linearly to 0 over ``instance_noise_steps`` (a fixed horizon, so extending a run's budget on resume
+    #: cannot change the schedule of the steps already taken).
+    instance_noise: float = 0.0
+    instance_noise_steps: int = 1000
+    #: Two time-scale update rule: discriminator learning rate 4x the generator's (unless lr_d is given).
+    ttur: bool = False
+    #: Weight of Salimans et al.'s feature-matching term added to the generator loss.
+    feature_matching: float = 0.0
+    minibatch_discrimination: bool = False
+    #: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it.
+    diffaugment: str = ""
+
+
+def _resolve(config: UnconditionalConfig, key: str, preset_key: str | None = None) -> object:
+    value = getattr(config, key)
+    return _PRESETS[config.loss][preset_key or key] if value is None else value
+
+
+@register_recipe
+class UnconditionalGAN(GenerativeRecipe):
+    """Noise -> image generator trained against a discriminator (or critic)."""
+
+    name = "unconditional"
+    Config = UnconditionalConfig
+    ema_sources = ("G",)
+    prefers_channels_last = True
+
+    def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
+        super().__init__(config, data_info)
+        if config.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+        self.data_size = data_info.image_size
+        self.train_size = config.pad_to or (32 if self.data_size == 28 else self.data_size)
+        if self.train_size < self.data_size:
+            raise ConfigError(f"pad_to={config.pad_to} is smaller than the images ({self.data_size} px)")
+        self.latent_dim = config.latent_dim
+        self.n_critic = int(_resolve(config, "n_critic"))  # type: ignore[arg-type]
+        self.augment_policy = parse_policy(config.diffaugment) if config.diffaugment else ()
+        channels = data_info.channels
+        self.networks["G"] = build_generator(
+            config.arch, latent_dim=config.latent_dim, out_channels=channels,
+            image_size=self.train_size, base_channels=config.g_channels,
+        )
+        d_kwargs: dict[str, object] = {
+            "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
+            "spectral_norm": bool(_resolve(config, "spectral_norm", "sn")),
+        }
+        if config.arch == "dcgan":
+            d_kwargs["norm"] = _resolve(config, "d_norm")
+            d_kwargs["minibatch_discrimination"] = config.minibatch_discrimination
+        elif config.minibatch_discrimination:
+            raise ConfigError("minibatch_discrimination is available with arch='dcgan' only")
+        if config.loss == "wgan-gp" and d_kwargs.get("norm") == "batch":
+            raise ConfigError("WGAN-GP's critic must not use BatchNorm (the penalty is per sample); use d_norm='layer'")
+        self.networks["D"] = build_discriminator(config.arch, **d_kwargs)
+
+    # --- set-up ----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        cfg = self.config
+        lr_g = float(_resolve(cfg, "lr_g"))  # type: ignore[arg-type]
+        lr_d = cfg.lr_d if cfg.lr_d is not None else (4 * lr_g if cfg.ttur else _PRESETS[cfg.loss]["lr_d"])
+        betas = tuple(_resolve(cfg, "betas"))  # type: ignore[arg-type]
+        return {
+            "D": adam(self.networks["D"].parameters(), lr=float(lr_d), betas=betas, device=self.device),
+            "G": adam(self.networks["G"].parameters(), lr=lr_g, betas=betas, device=self.device),
+        }
+
+    def prepare_data(self, data: ImageDataset) -> ImageDataset:
+        if self.train_size == self.data_size:
+            return data
+        pad = self.train_size - self.data_size
+        before, after = pad // 2, pad - pad // 2
+        images = F.pad(data.images, (before, after, before, after), value=-1.0)
+        return ImageDataset(images=images, info=data.info, labels=data.labels, patients=data.patients)
+
+    def loss_names(self) -> list[str]:
+        names = ["loss_d", "loss_g", "d_real", "d_fake"]
+        if self.config.loss == "wgan-gp":
+            names.append("gp")
+        if self.config.r1_weight > 0:
+            names.append("r1")
+        if self.config.feature_matching > 0:
+            names.append("feature_matching")
+        return names
+
+    # --- training --------------------------------------------------------------------------------------
+    def _augment(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        cfg = self.config
+        if cfg.instance_noise > 0:
+            sigma = cfg.instance_noise * max(0.0, 1.0 - ctx.step / cfg.instance_noise_steps)
+            if sigma > 0:
+                x = x + sigma * torch.randn_like(x)
+        if self.augment_policy:
+            x = diff_augment(x, ",".join(self.augment_policy))
+        return x
+
+    def _d_targets(self, n: int, device: torch.device) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        """Real/fake targets for the BCE/LS discriminator with label smoothing, noise and flips applied."""
+        cfg = self.config
+        real: torch.Tensor | float = 1.0 - cfg.label_smoothing
+        fake: torch.Tensor | float = 0.0
+        if cfg.label_noise > 0 or cfg.label_flip > 0:
+            real = torch.full((n,), float(real), device=device)
+            fake = torch.zeros(n, device=device)
+            if cfg.label_noise > 0:
+                real = real - cfg.label_noise * torch.rand(n, device=device)
+                fake = fake + cfg.label_noise * torch.rand(n, device=device)
+            if cfg.label_flip > 0:
+                flip = torch.rand(n, device=device) < cfg.label_flip
+                real, fake = torch.where(flip, fake, real), torch.where(flip, real, fake)
+        return real, fake
+
+    def _d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
+        loss = self.config.loss
+        if loss == "wgan-gp":
+            return L.d_loss_wasserstein(real_logits, fake_logits)
+        if loss == "hinge":
+            return L.d_loss_hinge(real_logits, fake_logits)
+        real_t, fake_t = self._d_targets(real_logits.shape[0], real_logits.device)
+        if loss == "lsgan":
+            return L.d_loss_least_squares(real_logits, fake_logits, real_t, fake_t)
+        return L.d_loss_bce(real_logits, fake_logits, real_t, fake_t)
+
+    def _g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
+        loss = self.config.loss
+        if loss == "wgan-gp":
+            return L.g_loss_wasserstein(fake_logits)
+        if loss == "hinge":
+            return L.g_loss_hinge(fake_logits)
+        if loss == "lsgan":
+            return L.g_loss_least_squares(fake_logits)
+        return L.g_loss_nonsaturating(fake_logits)
+
+    def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        G, D = self.networks["G"], self.networks["D"]
+        use_features = cfg.feature_matching > 0
+        out: dict[str, torch.Tensor] = {}
+        real_features = None
+        for i in range(self.n_critic):
+            real = batch["image"] if i == 0 else ctx.draw_batch()["image"]
+            z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+            with ctx.autocast():
+                with torch.no_grad():
+                    fake = G(z)
+                real_in, fake_in = self._augment(real, ctx), self._augment(fake, ctx)
+                if use_features:
+                    real_logits, real_features = D(real_in, return_features=True)
+                else:
+                    real_logits = D(real_in)
+                fake_logits = D(fake_in)
+                loss_d = self._d_loss(real_logits.float(), fake_logits.float())
+            if cfg.loss == "wgan-gp":
+                # The penalty runs in fp32: gradient norms are too coarse in bf16.
+                gp = L.gradient_penalty(D, real_in.float(), fake_in.float())
+                loss_d = loss_d + cfg.gp_weight * gp
+                out["gp"] = gp.detach()
+            if cfg.r1_weight > 0:
+                real_r1 = real_in.detach().float().requires_grad_(True)
+                r1 = L.r1_penalty(D(real_r1), real_r1)
+                loss_d = loss_d + 0.5 * cfg.r1_weight * r1
+                out["r1"] = r1.detach()
+            ctx.optimize("D", loss_d)
+
+        # Generator step. D's weights need no gradients here, which saves a third of its backward pass.
+        D.requires_grad_(False)
+        z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
+        with ctx.autocast():
+            fake = G(z)
+            fake_in = self._augment(fake, ctx)
+            if use_features:
+                fake_logits_g, fake_features = D(fake_in, return_features=True)
+            else:
+                fake_logits_g = D(fake_in)
+            loss_g = self._g_loss(fake_logits_g.float())
+            if use_features:
+                fm = L.feature_matching_loss(real_features.float(), fake_features.float())
+                loss_g = loss_g + cfg.feature_matching * fm
+                out["feature_matching"] = fm.detach()
+        ctx.optimize("G", loss_g)
+        D.requires_grad_(True)
+
+        out.update(
+            loss_d=loss_d.detach(),
+            loss_g=loss_g.detach(),
+            d_real=real_logits.detach().float().mean(),
+            d_fake=fake_logits.detach().float().mean(),
+        )
+        return out
+
+    # --- outputs ---------------------------------------------------------------------------------------
+    def _sampling_generator(self) -> torch.nn.Module:
+        return self.networks["G_ema"] if "G_ema" in self.networks else self.networks["G"]
+
+    def _crop(self, images: torch.Tensor) -> torch.Tensor:
+        if self.train_size == self.data_size:
+            return images
+        start = (self.train_size - self.data_size) // 2
+        return images[..., start:start + self.data_size, start:start + self.data_size]
+
+    def refresh_sampling_statistics(self, seed: int = 12345) -> None:
+        """Recompute the EMA generator's BatchNorm statistics for its own weights ("standing statistics").
+
+        The EMA copy averages weights, but BatchNorm running statistics belong to the raw generator's weights;
+        re-estimating them from a few batches of the EMA generator (as BigGAN does) keeps samples sharp.
+        """
+        if "G_ema" not in self.networks:
+            return
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        recalibrate_batchnorm(
+            self.networks["G_ema"],
+            lambda: torch.randn(64, self.latent_dim, generator=gen).to(self.device),
+        )
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
+        G = self._sampling_generator()
+        was_training = G.training
+        G.eval()
+        images = G(z.to(self.device))
+        G.train(was_training)
+        return self._crop(images).float().clamp(-1, 1)
+
+    def preview_inputs(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return {"z": torch.randn(n, self.latent_dim, generator=gen)}
+
+    @torch.no_grad()
+    def preview(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.refresh_sampling_statistics()
+        return self.generate(inputs["z"].to(self.device))

@@ -1,0 +1,151 @@
+"""Checkpoints as safetensors (all tensors) + JSON (everything else), never pickle.
+
+A checkpoint ``step_00001600`` is two files written atomically (temp file, fsync, rename): the
+``.safetensors`` first, then the ``.json`` that names it with its SHA-256. A checkpoint counts only when its
+JSON exists and the hash matches, so a run killed mid-write always resumes from the last complete one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from synthmed.errors import SynthmedError
+from synthmed.io import atomic_write, atomic_write_text
+
+FORMAT = "synthmed-checkpoint/1"
+_NAME = re.compile(r"^step_(\d{8})\.json$")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _flatten_optimizer(name: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Move an optimiser state_dict's tensors into ``tensors``; return the JSON-able rest."""
+    plain: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for index, values in state["state"].items():
+        entry: dict[str, Any] = {}
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optim/{name}/{index}/{key}"] = value
+                entry[key] = {"tensor": f"optim/{name}/{index}/{key}"}
+            else:
+                entry[key] = value
+        plain["state"][str(index)] = entry
+    return plain
+
+
+def _unflatten_optimizer(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for index, values in plain["state"].items():
+        state[int(index)] = {
+            key: tensors[value["tensor"]] if isinstance(value, dict) and "tensor" in value else value
+            for key, value in values.items()
+        }
+    groups = []
+    for group in plain["param_groups"]:
+        group = dict(group)
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        groups.append(group)
+    return {"state": state, "param_groups": groups}
+
+
+def save_checkpoint(
+    directory: Path,
+    step: int,
+    networks: torch.nn.ModuleDict,
+    optimizers: dict[str, torch.optim.Optimizer],
+    extra_tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+) -> Path:
+    """Write ``step_XXXXXXXX.safetensors`` + ``.json``; returns the JSON path."""
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in networks.state_dict().items():
+        tensors[f"net/{key}"] = value
+    optim_plain = {name: _flatten_optimizer(name, opt.state_dict(), tensors) for name, opt in optimizers.items()}
+    for key, value in extra_tensors.items():
+        tensors[f"extra/{key}"] = value
+    # safetensors wants contiguous, unshared CPU tensors.
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+
+    stem = f"step_{step:08d}"
+    weights_path = directory / f"{stem}.safetensors"
+    atomic_write(weights_path, lambda tmp: save_file(tensors, str(tmp)))
+    record = dict(meta)
+    record.update(
+        format=FORMAT,
+        step=step,
+        weights=weights_path.name,
+        sha256=_sha256(weights_path),
+        optimizers=optim_plain,
+    )
+    json_path = directory / f"{stem}.json"
+    atomic_write_text(json_path, json.dumps(record, indent=1, sort_keys=True))
+    return json_path
+
+
+def list_checkpoints(directory: Path) -> list[Path]:
+    """Complete checkpoints (JSON present), oldest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(_NAME.match(p.name).group(1)))  # type: ignore[union-attr]
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = list_checkpoints(directory)
+    return found[-1] if found else None
+
+
+def prune_checkpoints(directory: Path, keep: int, protect: set[str] | None = None) -> None:
+    """Delete all but the newest ``keep`` checkpoints (JSON first, so a half-deleted one is never used)."""
+    protect = protect or set()
+    for json_path in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+        if json_path.name in protect:
+            continue
+        json_path.unlink(missing_ok=True)
+        json_path.with_suffix(".safetensors").unlink(missing_ok=True)
+
+
+def load_checkpoint(json_path: Path, verify: bool = True) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a checkpoint; raises :class:`SynthmedError` naming the file if it is incomplete or corrupt."""
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SynthmedError(f"{json_path}: cannot read checkpoint ({exc})") from exc
+    if record.get("format") != FORMAT:
+        raise SynthmedError(f"{json_path}: not a synthmed checkpoint (format {record.get('format')!r})")
+    weights_path = json_path.with_name(record["weights"])
+    if not weights_path.is_file():
+        raise SynthmedError(f"{weights_path}: checkpoint weights are missing")
+    if verify and _sha256(weights_path) != record["sha256"]:
+        raise SynthmedError(f"{weights_path}: checkpoint is corrupt (SHA-256 does not match its JSON)")
+    return record, load_file(str(weights_path))
+
+
+def restore_networks(networks: torch.nn.ModuleDict, tensors: dict[str, torch.Tensor]) -> None:
+    state = {k[len("net/"):]: v for k, v in tensors.items() if k.startswith("net/")}
+    networks.load_state_dict(state, strict=True)
+
+
+def restore_optimizers(
+    optimizers: dict[str, torch.optim.Optimizer], record: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> None:
+    for name, opt in optimizers.items():
+        opt.load_state_dict(_unflatten_optimizer(record["optimizers"][name], tensors))
+
+
+def extra_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k[len("extra/"):]: v for k, v in tensors.items() if k.startswith("extra/")}

@@ -1,0 +1,112 @@
+"""Run configuration: what is trained (recipe), on what (data), and how (trainer)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synthmed.errors import ConfigError, SynthmedError
+
+
+@dataclass
+class DataConfig:
+    """Arguments of :func:`synthmed.data.load_dataset`; ``source=None`` is the embedded BreastMNIST."""
+
+    source: str | None = None
+    size: int | None = None
+    channels: str | None = None
+    split: str = "train"
+    image_key: str = "images"
+    label_key: str | None = None
+    mask_key: str | None = None
+    patient_key: str | None = None
+    split_key: str | None = None
+    #: Seed of the train/val/test split for sources without one (independent of the training seed).
+    split_seed: int = 0
+
+
+@dataclass
+class TrainConfig:
+    """Budgets, device and bookkeeping. Either budget may be open (None); both stop the run when reached."""
+
+    steps: int | None = 1500
+    max_minutes: float | None = None
+    batch_size: int = 64
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool | None = None
+    num_threads: int | None = None
+    ema_beta: float = 0.999
+    log_every: int = 25
+    sample_every: int = 250
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    preview_count: int = 64
+    preview_seed: int = 0
+
+
+@dataclass
+class RunConfig:
+    recipe: str = "unconditional"
+    recipe_options: dict[str, Any] = field(default_factory=dict)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    name: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        try:
+            return cls(
+                recipe=raw.get("recipe", "unconditional"),
+                recipe_options=dict(raw.get("recipe_options") or {}),
+                data=DataConfig(**(raw.get("data") or {})),
+                train=TrainConfig(**(raw.get("train") or {})),
+                name=raw.get("name", ""),
+            )
+        except TypeError as exc:
+            raise ConfigError(f"invalid run configuration: {exc}") from exc
+
+    def validate(self) -> None:
+        t = self.train
+        if t.steps is None and t.max_minutes is None:
+            raise ConfigError("give a budget: --steps and/or --max-minutes")
+        if t.steps is not None and t.steps < 1:
+            raise ConfigError(f"--steps must be at least 1 (got {t.steps})")
+        if t.max_minutes is not None and t.max_minutes <= 0:
+            raise ConfigError(f"--max-minutes must be positive (got {t.max_minutes})")
+        if t.batch_size < 1:
+            raise ConfigError(f"--batch-size must be at least 1 (got {t.batch_size})")
+        if t.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"--precision must be auto, fp32 or bf16 (got {t.precision!r})")
+        if not 0.0 <= t.ema_beta < 1.0:
+            raise ConfigError(f"--ema-beta must be in [0, 1) (got {t.ema_beta})")
+        for key in ("log_every", "sample_every", "checkpoint_every"):
+            if getattr(t, key) < 1:
+                raise ConfigError(f"{key} must be at least 1")
+
+
+def read_run_config(path: Path) -> RunConfig:
+    return RunConfig.from_dict(read_run_document(path))
+
+
+def read_run_document(path: Path) -> dict[str, Any]:
+    """The whole ``config.yaml`` of a run, including what was resolved at start (``data_info``, versions)."""
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise SynthmedError(f"{path}: cannot read run configuration ({exc})") from exc
+    if not isinstance(raw, dict):
+        raise SynthmedError(f"{path}: not a synthmed run configuration")
+    return raw
+
+
+def dump_yaml(data: dict[str, Any]) -> str:
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False)

@@ -1,0 +1,1 @@
+"""Pictures: sample grids, loss curves, latent walks."""

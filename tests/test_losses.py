@@ -1,0 +1,183 @@
+"""Each loss against a case small enough to work out by hand (the arithmetic is written in the test)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from synthmed import losses
+
+LOG3 = math.log(3.0)  # sigmoid(log 3) = 3/4, sigmoid(-log 3) = 1/4
+
+
+def t(*values: float) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def close(actual: torch.Tensor, expected: float) -> None:
+    assert actual.dim() == 0
+    assert actual.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+def test_d_loss_bce_zero_logits_is_two_log_two() -> None:
+    # sigmoid(0) = 1/2: BCE = -log(1/2) = log 2 on each side, whatever the target.
+    close(losses.d_loss_bce(t(0.0, 0.0), t(0.0, 0.0)), 2 * math.log(2))
+    close(losses.d_loss_bce(t(0.0), t(0.0), real_target=0.9), 2 * math.log(2))
+
+
+def test_d_loss_bce_hand_case_and_label_smoothing() -> None:
+    real, fake = t(LOG3, LOG3), t(-LOG3, -LOG3)
+    # real: -log(3/4); fake (target 0): -log(1 - 1/4) = -log(3/4)
+    close(losses.d_loss_bce(real, fake), 2 * math.log(4 / 3))
+    # one-sided smoothing, real target 0.9: -(0.9 log(3/4) + 0.1 log(1/4))
+    smoothed = -(0.9 * math.log(3 / 4) + 0.1 * math.log(1 / 4))
+    close(losses.d_loss_bce(real, fake, real_target=0.9), smoothed + math.log(4 / 3))
+
+
+def test_d_loss_bce_per_sample_targets() -> None:
+    real, fake = t(LOG3, LOG3), t(-LOG3, -LOG3)
+    # real targets (1, 0) ("flipped" second label): mean(-log(3/4), -log(1/4)); fake targets (0, 1):
+    # mean(-log(3/4), -log(1/4)) too.
+    per_side = (math.log(4 / 3) + math.log(4)) / 2
+    close(losses.d_loss_bce(real, fake, real_target=t(1.0, 0.0), fake_target=t(0.0, 1.0)), 2 * per_side)
+    # (N, 1) logits with (N, 1) targets
+    close(
+        losses.d_loss_bce(real[:, None], fake[:, None], real_target=t(1.0, 0.0)[:, None]),
+        per_side + math.log(4 / 3),
+    )
+
+
+def test_g_loss_nonsaturating() -> None:
+    # -log sigmoid(log 3) = log(4/3); -log sigmoid(0) = log 2
+    close(losses.g_loss_nonsaturating(t(LOG3, 0.0)), (math.log(4 / 3) + math.log(2)) / 2)
+
+
+def test_hinge() -> None:
+    real, fake = t(2.0, 0.5, -1.0), t(-2.0, 0.0, 0.5)
+    # relu(1 - real) = (0, 0.5, 2) -> 2.5/3; relu(1 + fake) = (0, 1, 1.5) -> 2.5/3
+    close(losses.d_loss_hinge(real, fake), 5 / 3)
+    # -mean(fake) = -(-2 + 0 + 0.5)/3
+    close(losses.g_loss_hinge(fake), 0.5)
+
+
+def test_wasserstein() -> None:
+    real, fake = t(1.0, 3.0), t(0.5, -1.5)
+    close(losses.d_loss_wasserstein(real, fake), -0.5 - 2.0)  # mean(fake) - mean(real)
+    close(losses.g_loss_wasserstein(fake), 0.5)
+
+
+def test_least_squares() -> None:
+    real, fake = t(1.0, 3.0), t(0.0, 2.0)
+    # 0.5 mean((0, 2)^2) + 0.5 mean((0, 2)^2) = 0.5 * 2 + 0.5 * 2
+    close(losses.d_loss_least_squares(real, fake), 2.0)
+    # 0.5 mean((-1, 1)^2) = 0.5
+    close(losses.g_loss_least_squares(fake), 0.5)
+
+
+# Gradient penalty
+
+
+def _linear_critic(w: torch.Tensor, keepdim: bool = False) -> Callable[[torch.Tensor], torch.Tensor]:
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        out = (x * w).flatten(1).sum(1)
+        return out[:, None] if keepdim else out
+
+    return critic
+
+
+@pytest.mark.parametrize("keepdim", [False, True])
+def test_gradient_penalty_linear_critic(keepdim: bool) -> None:
+    # f(x) = sum(w * x): grad = w at every x_hat, ||w|| = ||(3, 4)|| = 5, penalty = (5 - 1)^2 = 16.
+    w = t(3.0, 0.0, 0.0, 4.0).view(1, 1, 2, 2).requires_grad_(True)
+    real, fake = torch.randn(3, 1, 2, 2, dtype=torch.float64), torch.randn(3, 1, 2, 2, dtype=torch.float64)
+    gp = losses.gradient_penalty(_linear_critic(w, keepdim), real, fake)
+    close(gp, 16.0)
+    # create_graph: the penalty differentiates w.r.t. the critic: d/dw (||w|| - 1)^2 = 2 (||w|| - 1) w / ||w||
+    gp.backward()
+    torch.testing.assert_close(w.grad, (2 * 4 * w / 5).detach())
+
+
+def test_gradient_penalty_quadratic_critic_given_epsilon() -> None:
+    # f(x) = sum(x^2): grad = 2 x_hat. real = 1, fake = 0 -> x_hat_i = eps_i on all 4 pixels,
+    # ||grad_i|| = 2 eps_i * sqrt(4) = 4 eps_i = (1, 2) for eps = (0.25, 0.5) -> mean((0)^2, (1)^2) = 0.5
+    real, fake = torch.ones(2, 1, 2, 2, dtype=torch.float64), torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    gp = losses.gradient_penalty(lambda x: x.square().flatten(1).sum(1), real, fake, epsilon=t(0.25, 0.5))
+    close(gp, 0.5)
+
+
+def test_gradient_penalty_draws_one_epsilon_per_sample() -> None:
+    seen: list[torch.Tensor] = []
+
+    def critic(x: torch.Tensor) -> torch.Tensor:
+        seen.append(x.detach().clone())
+        return x.square().flatten(1).sum(1)
+
+    real, fake = torch.ones(8, 1, 3, 3, dtype=torch.float64), torch.zeros(8, 1, 3, 3, dtype=torch.float64)
+    gp = losses.gradient_penalty(critic, real, fake)
+    x_hat = seen[0].flatten(1)
+    eps = x_hat[:, 0]  # x_hat_i = eps_i * 1 + (1 - eps_i) * 0
+    assert torch.equal(x_hat, eps[:, None].expand_as(x_hat))  # one epsilon per sample, shared by its pixels
+    assert ((eps >= 0) & (eps <= 1)).all() and eps.unique().numel() == 8  # different across samples
+    # ||2 x_hat_i|| = 2 eps_i * sqrt(9) = 6 eps_i
+    close(gp, ((6 * eps - 1) ** 2).mean().item())
+
+
+def test_gradient_penalty_does_not_reach_generator() -> None:
+    g_param = torch.ones((), requires_grad=True)
+    fake = torch.randn(4, 1, 2, 2) * g_param
+    w = torch.randn(1, 1, 2, 2, requires_grad=True)
+    losses.gradient_penalty(_linear_critic(w), torch.randn(4, 1, 2, 2), fake).backward()
+    assert g_param.grad is None and w.grad is not None
+
+
+def test_gradient_penalty_with_layer_norm_dcgan_critic() -> None:
+    from synthmed.nn import DCGANDiscriminator
+
+    critic = DCGANDiscriminator(in_channels=1, image_size=16, base_channels=4, norm="layer")
+    gp = losses.gradient_penalty(critic, torch.randn(3, 1, 16, 16), torch.randn(3, 1, 16, 16))
+    gp.backward()
+    assert torch.isfinite(gp) and all(p.grad is not None for p in critic.parameters())
+
+
+def test_r1_penalty_quadratic() -> None:
+    # D(x) = sum(x^2): grad = 2x, ||2x||^2 = 4 sum(x^2) = (4 * 5, 4 * 9) -> mean 28
+    x = t(1.0, 2.0, 0.0, 3.0).view(2, 1, 1, 2).requires_grad_(True)
+    logits = x.square().flatten(1).sum(1)
+    close(losses.r1_penalty(logits, x), 28.0)
+
+
+# Reconstruction and feature losses
+
+
+def test_l1_and_cycle() -> None:
+    # |(1, -2) - (0, 1)| = (1, 3) -> 2
+    close(losses.l1_loss(t(1.0, -2.0), t(0.0, 1.0)), 2.0)
+    close(losses.cycle_consistency_loss(t(1.0, -2.0), t(0.0, 1.0)), 2.0)
+
+
+def test_multiscale_l1() -> None:
+    a = [t(1.0, 2.0), t(3.0).view(1, 1)]
+    b = [t(1.0, 0.0), t(0.0).view(1, 1)]
+    # scale 1: mean(0, 2) = 1; scale 2: 3 -> mean over scales 2
+    close(losses.multiscale_l1_loss(a, b), 2.0)
+    with pytest.raises(ValueError, match="equally many"):
+        losses.multiscale_l1_loss(a, b[:1])
+    with pytest.raises(ValueError):
+        losses.multiscale_l1_loss([], [])
+
+
+def test_feature_matching() -> None:
+    real = t(1.0, 2.0, 3.0, 4.0).view(2, 2).requires_grad_(True)
+    fake = t(0.0, 0.0, 2.0, 2.0).view(2, 2).requires_grad_(True)
+    # batch means (2, 3) and (1, 1): mean((1, 2)^2) = 2.5
+    loss = losses.feature_matching_loss(real, fake)
+    close(loss, 2.5)
+    loss.backward()
+    assert real.grad is None  # real side detached
+    # d/dfake_ik = 2 (mean_fake_k - mean_real_k) / K / N = 2 * (-1, -2) / 2 / 2
+    torch.testing.assert_close(fake.grad, t(-0.5, -1.0, -0.5, -1.0).view(2, 2))
+    # feature maps are flattened per sample
+    close(losses.feature_matching_loss(real.view(2, 1, 2, 1), fake.view(2, 1, 2, 1)), 2.5)

@@ -1,0 +1,216 @@
+"""Shapes, layouts and properties of the generator/discriminator networks (tiny widths to stay fast)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from synthmed.nn import (
+    DISCRIMINATORS,
+    GENERATORS,
+    DCGANDiscriminator,
+    DCGANGenerator,
+    MinibatchDiscrimination,
+    ResNetDiscriminator,
+    ResNetGenerator,
+    build_discriminator,
+    build_generator,
+    count_parameters,
+    init_dcgan_weights,
+)
+
+LATENT = 16
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def _pair(arch: str, size: int, base: int, channels: int = 1, **d_kwargs):
+    g = build_generator(arch, latent_dim=LATENT, out_channels=channels, image_size=size, base_channels=base)
+    d = build_discriminator(arch, in_channels=channels, image_size=size, base_channels=base, **d_kwargs)
+    return g, d
+
+
+@pytest.mark.parametrize(
+    ("arch", "size", "base"),
+    [("dcgan", 16, 4), ("dcgan", 28, 4), ("dcgan", 32, 4), ("dcgan", 64, 4), ("dcgan", 128, 8)]
+    + [("resnet", 28, 2), ("resnet", 32, 4), ("resnet", 64, 2)],
+)
+def test_shapes_and_range(arch: str, size: int, base: int) -> None:
+    g, d = _pair(arch, size, base, channels=3)
+    x = g(torch.randn(2, LATENT))
+    assert x.shape == (2, 3, size, size)
+    assert x.abs().max() <= 1.0  # tanh
+    logits, feats = d(x, return_features=True)
+    assert logits.shape == (2,) and feats.shape == (2, d.num_features)
+    assert d(x).shape == (2,)
+
+
+def test_feature_sizes() -> None:
+    # DCGAN: last hidden map flattened (64 px, base 8: 64 maps at 4x4); ResNet: pooled 16 x base channels
+    assert DCGANDiscriminator(image_size=64, base_channels=8).num_features == 64 * 4 * 4
+    assert DCGANDiscriminator(image_size=28, base_channels=8).num_features == 16 * 7 * 7
+    assert ResNetDiscriminator(image_size=64, base_channels=2).num_features == 32
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_spatial_dims_3(arch: str) -> None:
+    g = build_generator(arch, latent_dim=LATENT, image_size=16, base_channels=2, spatial_dims=3)
+    d = build_discriminator(arch, image_size=16, base_channels=2, spatial_dims=3)
+    x = g(torch.randn(2, LATENT))
+    assert x.shape == (2, 1, 16, 16, 16)
+    assert d(x).shape == (2,)
+
+
+def test_dcgan_layout_matches_pytorch_tutorial() -> None:
+    # https://pytorch.org/tutorials/beginner/dcgan_faces_tutorial.html: nz=100, nc=3, ngf=ndf=64
+    g = DCGANGenerator(latent_dim=100, out_channels=3, image_size=64, base_channels=64)
+    d = DCGANDiscriminator(in_channels=3, image_size=64, base_channels=64)
+    assert count_parameters(g) == 3_576_704
+    assert count_parameters(d) == 2_765_568
+    convs = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [c.out_channels for c in convs] == [512, 256, 128, 64, 3]
+    assert not any(
+        isinstance(m, (nn.Linear, nn.MaxPool2d, nn.AvgPool2d)) for m in [*g.modules(), *d.modules()]
+    )
+
+
+def test_dcgan_28px_layout() -> None:
+    g = DCGANGenerator(latent_dim=LATENT, image_size=28, base_channels=4)
+    first = g.net[0]
+    assert first.kernel_size == (7, 7) and first.stride == (1, 1) and first.padding == (0, 0)
+    d = DCGANDiscriminator(image_size=28, base_channels=4)
+    assert d.head.kernel_size == (7, 7)
+
+
+def test_dcgan_channel_cap() -> None:
+    g = DCGANGenerator(latent_dim=LATENT, image_size=128, base_channels=8)
+    outs = [m.out_channels for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert outs == [64, 64, 32, 16, 8, 1]  # base * min(2**k, 8)
+
+
+@pytest.mark.parametrize("size", [8, 20, 48, 100])
+def test_bad_image_size(size: int) -> None:
+    with pytest.raises(ValueError, match="image_size"):
+        DCGANGenerator(image_size=size)
+    with pytest.raises(ValueError, match="image_size"):
+        ResNetDiscriminator(image_size=size)
+
+
+def test_bad_norm_and_dims() -> None:
+    with pytest.raises(ValueError, match="norm"):
+        DCGANDiscriminator(norm="spectral")
+    with pytest.raises(ValueError, match="spatial_dims"):
+        DCGANGenerator(image_size=16, spatial_dims=1)
+
+
+@pytest.mark.parametrize(
+    ("norm", "kind"), [("instance", nn.InstanceNorm2d), ("layer", nn.GroupNorm), ("none", None)]
+)
+def test_no_batchnorm_unless_asked(norm: str, kind: type[nn.Module] | None) -> None:
+    d = DCGANDiscriminator(image_size=32, base_channels=4, norm=norm)
+    mods = list(d.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in mods)
+    if kind is not None:
+        assert sum(isinstance(m, kind) for m in mods) == 2  # 32 -> 16 -> 8 -> 4: two normalised layers
+    assert not any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) for m in ResNetDiscriminator(image_size=32).modules()
+    )
+
+
+def _weighted(module: nn.Module) -> list[nn.Module]:
+    return [m for m in module.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+
+
+@pytest.mark.parametrize("mbd", [False, True])
+def test_spectral_norm_when_requested(mbd: bool) -> None:
+    d = DCGANDiscriminator(image_size=16, base_channels=4, spectral_norm=True, minibatch_discrimination=mbd)
+    assert all(parametrize.is_parametrized(m, "weight") for m in _weighted(d))
+    plain = DCGANDiscriminator(image_size=16, base_channels=4, minibatch_discrimination=mbd)
+    assert not any(parametrize.is_parametrized(m, "weight") for m in _weighted(plain))
+    assert all(
+        parametrize.is_parametrized(m, "weight") for m in _weighted(ResNetDiscriminator(image_size=16))
+    )
+    off = ResNetDiscriminator(image_size=16, base_channels=2, spectral_norm=False)
+    assert not any(parametrize.is_parametrized(m, "weight") for m in _weighted(off))
+    # power-iteration vectors are buffers: spectral norm adds no parameters
+    assert count_parameters(d) == count_parameters(plain)
+
+
+def test_minibatch_discrimination_sees_the_batch() -> None:
+    x = torch.randn(4, 1, 16, 16)
+    y = x.clone()
+    y[3] = torch.randn(1, 16, 16)
+    for mbd, mixes in [(True, True), (False, False)]:
+        # eval mode: BatchNorm uses running statistics, so only minibatch discrimination couples samples
+        d = DCGANDiscriminator(image_size=16, base_channels=4, minibatch_discrimination=mbd).eval()
+        with torch.no_grad():
+            changed = not torch.allclose(d(x)[:3], d(y)[:3])
+        assert changed == mixes
+
+
+def test_minibatch_discrimination_layer() -> None:
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3)
+    x = torch.randn(5, 3, 2, 2)
+    out = layer(x)
+    assert out.shape == (5, 12 + 7) and layer.out_features == 19
+    torch.testing.assert_close(out[:, :12], x.flatten(1))
+    assert ((out[:, 12:] > 0) & (out[:, 12:] <= 4)).all()  # sum over the 4 others of exp(-d) in (0, 1]
+    assert torch.equal(layer(x[:1])[:, 12:], torch.zeros(1, 7))  # no other sample: 0
+    # identical samples: distance 0 to each of the 4 others
+    torch.testing.assert_close(layer(x[:1].expand(5, -1, -1, -1))[:, 12:], torch.full((5, 7), 4.0))
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_channels_last_matches_contiguous(arch: str) -> None:
+    g, d = _pair(arch, 32, 4, channels=3)
+    d.eval()  # in training mode spectral norm advances its power iteration on every call
+    z, x = torch.randn(3, LATENT), torch.randn(3, 3, 32, 32)
+    g_cl, d_cl = (copy.deepcopy(m).to(memory_format=torch.channels_last) for m in (g, d))
+    torch.testing.assert_close(g_cl(z), g(z), atol=1e-5, rtol=1e-4)
+    ref = d(x)
+    torch.testing.assert_close(d(x.to(memory_format=torch.channels_last)), ref, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(d_cl(x.to(memory_format=torch.channels_last)), ref, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "resnet"])
+def test_bfloat16_autocast(arch: str) -> None:
+    g, d = _pair(arch, 16, 4, minibatch_discrimination=True) if arch == "dcgan" else _pair(arch, 16, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, feats = d(g(torch.randn(3, LATENT)), return_features=True)
+    assert logits.shape == (3,) and torch.isfinite(logits.float()).all()
+    logits.float().sum().backward()
+    assert all(p.grad is not None for p in g.parameters())
+
+
+def test_dcgan_init() -> None:
+    g = DCGANGenerator(latent_dim=100, out_channels=1, image_size=64, base_channels=64)
+    conv = g.net[3]  # 512 -> 256 transposed conv, 2M weights
+    bn = g.net[4]
+    assert abs(conv.weight.std().item() - 0.02) < 1e-3 and abs(conv.weight.mean().item()) < 1e-3
+    assert abs(bn.weight.mean().item() - 1.0) < 0.01 and torch.equal(bn.bias, torch.zeros_like(bn.bias))
+    # also usable through Module.apply, and on spectrally normalised convs (writes the stored original)
+    d = DCGANDiscriminator(image_size=16, base_channels=4, spectral_norm=True, norm="none")
+    with torch.no_grad():
+        for m in _weighted(d):
+            m.parametrizations.weight.original.fill_(1.0)
+            m.bias.fill_(1.0)
+    d.apply(init_dcgan_weights)
+    for m in _weighted(d):
+        assert m.parametrizations.weight.original.std().item() < 0.1 and not m.bias.any()
+
+
+def test_registry() -> None:
+    assert {"dcgan": DCGANGenerator, "resnet": ResNetGenerator} == GENERATORS
+    assert {"dcgan": DCGANDiscriminator, "resnet": ResNetDiscriminator} == DISCRIMINATORS
+    assert isinstance(build_generator("resnet", image_size=16, base_channels=2), ResNetGenerator)
+    with pytest.raises(ValueError, match="valid: dcgan, resnet"):
+        build_generator("stylegan")
+    with pytest.raises(ValueError, match="unknown discriminator architecture 'patchgan'"):
+        build_discriminator("patchgan")

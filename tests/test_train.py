@@ -1,0 +1,277 @@
+"""Trainer behaviour: exact resume, determinism, budgets, NaN stop, Ctrl-C, phases, data parallelism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+import synthmed
+from synthmed.errors import TrainingDiverged
+from synthmed.recipes import Phase, register_recipe
+from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
+from synthmed.train import checkpoint as ckpt
+
+# Tiny networks and batches: each step takes a few milliseconds on 2 CPU cores.
+TINY = {
+    "g_channels": 8, "d_channels": 8, "latent_dim": 16, "batch_size": 16,
+    "log_every": 3, "sample_every": 1000, "checkpoint_every": 1000, "ema_beta": 0.99,
+}
+LOSS_COLUMNS = ("loss_d", "loss_g", "d_real", "d_fake", "gp")
+
+
+def read_losses(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "losses.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def loss_rows(run_dir: Path) -> list[tuple]:
+    return [tuple(row.get(c) for c in ("step", *LOSS_COLUMNS)) for row in read_losses(run_dir)]
+
+
+def train(tmp: Path, name: str, **options) -> synthmed.train:
+    opts = {**TINY, **options}
+    return synthmed.train(out=tmp / name, progress=False, **opts)
+
+
+@pytest.mark.parametrize("variant", [
+    {"loss": "bce", "diffaugment": "translation,cutout", "instance_noise": 0.1, "label_flip": 0.05,
+     "label_noise": 0.1},
+    {"loss": "wgan-gp"},
+])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path: Path, variant: dict) -> None:
+    full = train(tmp_path, "full", steps=12, **variant)
+    first = train(tmp_path, "split", steps=5, **variant)
+    assert first.steps == 5
+    resumed = synthmed.train(resume_run=tmp_path / "split", steps=12, progress=False)
+    assert resumed.steps == 12
+    assert loss_rows(tmp_path / "split") == loss_rows(full.run_dir)
+    # Weights agree too, not just the logged losses.
+    _, ta = ckpt.load_checkpoint(ckpt.latest_checkpoint(full.run_dir / "checkpoints"))
+    _, tb = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "split" / "checkpoints"))
+    for key in ta:
+        if key.startswith("net/"):
+            assert torch.equal(ta[key], tb[key]), key
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path: Path) -> None:
+    a = train(tmp_path, "a", steps=4, seed=3)
+    b = train(tmp_path, "b", steps=4, seed=3)
+    c = train(tmp_path, "c", steps=4, seed=4)
+    assert loss_rows(a.run_dir) == loss_rows(b.run_dir)
+    assert loss_rows(a.run_dir) != loss_rows(c.run_dir)
+
+
+def test_run_directory_layout(tmp_path: Path) -> None:
+    result = train(tmp_path, "run", steps=6, sample_every=3, checkpoint_every=3)
+    run = result.run_dir
+    for name in ("config.yaml", "losses.csv", "curves.png", "metrics.json"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["step_00000003.png", "step_00000006.png"]
+    assert [p.name for p in ckpt.list_checkpoints(run / "checkpoints")] == ["step_00000003.json",
+                                                                            "step_00000006.json"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["training"]["step"] == 6
+    assert metrics["training"]["last_session"]["device"] == "cpu"
+    assert len(read_losses(run)) == 6
+    assert not list(run.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_time_budget_stops_and_saves(tmp_path: Path) -> None:
+    result = train(tmp_path, "timed", steps=None, max_minutes=0.02)
+    assert result.stopped_because == "time budget"
+    assert result.steps > 0
+    assert ckpt.latest_checkpoint(result.run_dir / "checkpoints").name == f"step_{result.steps:08d}.json"
+
+
+def test_existing_run_directory_is_not_overwritten(tmp_path: Path) -> None:
+    train(tmp_path, "run", steps=2)
+    with pytest.raises(synthmed.ConfigError, match="exists"):
+        train(tmp_path, "run", steps=2)
+
+
+@dataclass
+class _PoisonConfig(UnconditionalConfig):
+    poison_at: int = 7
+
+
+@register_recipe
+class _PoisonedGAN(UnconditionalGAN):
+    """An unconditional GAN whose discriminator loss turns NaN at a given step (for the NaN-stop test)."""
+
+    name = "test-poisoned"
+    Config = _PoisonConfig
+
+    def train_step(self, batch, ctx):
+        out = super().train_step(batch, ctx)
+        if ctx.step + 1 >= self.config.poison_at:
+            with torch.no_grad():
+                for p in self.networks["D"].parameters():
+                    p.fill_(float("nan"))
+            out["loss_d"] = out["loss_d"] * float("nan")
+        return out
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(TrainingDiverged, match=r"loss_d became nan at step 7.*step_00000005"):
+        synthmed.train(recipe="test-poisoned", out=tmp_path / "nan", progress=False, steps=20, batch_size=16,
+                       g_channels=8, d_channels=8, latent_dim=16,
+                       log_every=1, checkpoint_every=5, sample_every=1000)
+    found = ckpt.list_checkpoints(tmp_path / "nan" / "checkpoints")
+    assert [p.name for p in found] == ["step_00000005.json"]
+    _, tensors = ckpt.load_checkpoint(found[0])
+    assert all(torch.isfinite(v).all() for k, v in tensors.items() if k.startswith("net/"))
+    # The model at the last good checkpoint still samples.
+    images = synthmed.load(tmp_path / "nan").sample(4)
+    assert torch.isfinite(images).all()
+
+
+@dataclass
+class _TwoPhaseConfig(UnconditionalConfig):
+    warmup_steps: int = 3
+
+
+@register_recipe
+class _TwoPhase(UnconditionalGAN):
+    """Autoencoder-style warm-up, then GAN: the shape of BAGAN / medGAN / f-AnoGAN schedules."""
+
+    name = "test-two-phase"
+    Config = _TwoPhaseConfig
+    started: list[str] = []
+
+    def phases(self) -> list[Phase]:
+        return [Phase("warmup", self.config.warmup_steps), Phase("adversarial")]
+
+    def start_phase(self, phase: str) -> None:
+        _TwoPhase.started.append(phase)
+
+    def loss_names(self) -> list[str]:
+        return ["warm", *super().loss_names()]
+
+    def train_step(self, batch, ctx):
+        if ctx.phase == "warmup":
+            return {"warm": batch["image"].mean().detach()}
+        return super().train_step(batch, ctx)
+
+
+def test_phases_run_in_order_and_resume_into_the_right_phase(tmp_path: Path) -> None:
+    _TwoPhase.started.clear()
+    opts = {"recipe": "test-two-phase", "progress": False, "batch_size": 16, "log_every": 1, "g_channels": 8,
+            "d_channels": 8,
+            "sample_every": 1000, "checkpoint_every": 1000}
+    synthmed.train(out=tmp_path / "p", steps=2, **opts)
+    assert _TwoPhase.started == ["warmup"]
+    synthmed.train(resume_run=tmp_path / "p", steps=6, progress=False)
+    assert _TwoPhase.started == ["warmup", "warmup", "adversarial"]
+    rows = read_losses(tmp_path / "p")
+    assert [r["phase"] for r in rows] == ["warmup"] * 3 + ["adversarial"] * 3
+    assert rows[0]["warm"] and not rows[0]["loss_d"] and rows[-1]["loss_d"] and not rows[-1]["warm"]
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "synthmed", *args]
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_matches_an_uninterrupted_run(tmp_path: Path) -> None:
+    run = tmp_path / "interrupted"
+    args = ["train", "--out", str(run), "--steps", "100000", "--batch-size", "16", "--checkpoint-every", "100000",
+            "--sample-every", "100000", "-o", "g_channels=8", "-o", "d_channels=8", "-o", "latent_dim=16",
+            "--ema-beta", "0.99", "--quiet"]
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until training is under way (the first rows are logged)
+        if (run / "losses.csv").exists() and len((run / "losses.csv").read_text().splitlines()) > 30:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted at step" in err and "Traceback" not in err
+    stopped = int(err.split("interrupted at step ")[1].split(";")[0])
+    assert ckpt.latest_checkpoint(run / "checkpoints").name == f"step_{stopped:08d}.json"
+
+    subprocess.run(_cli("train", "--resume", str(run), "--steps", str(stopped + 5), "--quiet"), check=True,
+                   capture_output=True)
+    straight = synthmed.train(out=tmp_path / "straight", steps=stopped + 5, progress=False,
+                              **{**TINY, "log_every": 25})
+    assert loss_rows(run) == loss_rows(straight.run_dir)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    from synthmed.train import trainer as trainer_module
+    from synthmed.train.config import DataConfig, RunConfig, TrainConfig
+
+    seen: list[torch.Tensor] = []
+    original = trainer_module.EpochSampler.next
+
+    def recording_next(self):
+        batch = original(self)
+        seen.append(batch.clone())
+        return batch
+
+    trainer_module.EpochSampler.next = recording_next
+    config = RunConfig(
+        recipe_options={"g_channels": 8, "d_channels": 8, "latent_dim": 16},
+        data=DataConfig(),
+        train=TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=1000, checkpoint_every=1000,
+                          device="cpu"),
+    )
+    runner = trainer_module.Trainer(config, out=Path(out), progress=False)
+    recipe_holder: dict = {}
+    build = runner._build
+
+    def keep(info):
+        recipe_holder["r"] = build(info)
+        return recipe_holder["r"]
+
+    runner._build = keep
+    runner.run()
+    params = torch.cat([p.detach().reshape(-1) for p in recipe_holder["r"].networks.parameters()])
+    torch.save({"params": params, "indices": torch.cat(seen)}, Path(result_dir) / f"rank{rank}.pt")
+
+
+def test_data_parallel_two_gloo_processes_stay_in_sync(tmp_path: Path) -> None:
+    port = _free_port()
+    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, str(tmp_path / "ddp"), str(tmp_path)), nprocs=2)
+    r0 = torch.load(tmp_path / "rank0.pt")
+    r1 = torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(r0["params"], r1["params"]), "replicas drifted apart: gradients were not averaged"
+    assert not set(r0["indices"].tolist()[:8]) & set(r1["indices"].tolist()[:8]), "ranks saw the same samples"
+    checkpoint = ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints")
+    record, tensors = ckpt.load_checkpoint(checkpoint)
+    assert record["world_size"] == 2 and "extra/rng/cpu/rank1" in tensors
+    # The saved model is the synchronised one.
+    saved = synthmed.load(tmp_path / "ddp").recipe.networks
+    assert torch.equal(torch.cat([p.detach().reshape(-1) for p in saved.parameters()]), r0["params"])
+
+
+def test_torchrun_cli_with_two_processes(tmp_path: Path) -> None:
+    out = tmp_path / "torchrun"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "synthmed", "train", "--out", str(out), "--steps", "3", "--batch-size", "8",
+           "-o", "g_channels=8", "-o", "d_channels=8", "--quiet", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["training"]["last_session"]["world_size"] == 2
+    assert metrics["training"]["step"] == 3
