@@ -56,7 +56,7 @@ def check_dataset(ds: ImageDataset) -> None:
     assert (ds.info.height, ds.info.width) == tuple(ds.images.shape[-2:])
     if ds.labels is not None:
         assert ds.labels.dtype == torch.int64 and ds.labels.shape == (len(ds),)
-        assert 0 <= int(ds.labels.min()) and int(ds.labels.max()) < ds.info.num_classes
+        assert int(ds.labels.min()) >= 0 and int(ds.labels.max()) < ds.info.num_classes
     if ds.masks is not None:
         assert ds.masks.dtype == torch.float32 and ds.masks.shape == (len(ds), 1, *ds.images.shape[-2:])
         assert set(ds.masks.unique().tolist()) <= {0.0, 1.0}
@@ -196,7 +196,9 @@ def test_class_subfolders_labels_and_stratified_split(tmp_path: Path) -> None:
         assert set(ds.labels.tolist()) == {0, 1} and ds.info.num_classes == 2
         paths[split] = {m["path"] for m in ds.meta}
     assert [len(p) for p in paths.values()] == [21, 3, 6]
-    assert not (paths["train"] & paths["test"] or paths["train"] & paths["val"] or paths["val"] & paths["test"])
+    assert not (
+        paths["train"] & paths["test"] or paths["train"] & paths["val"] or paths["val"] & paths["test"]
+    )
     again = {m["path"] for m in load_dataset(tmp_path, split="test", seed=1).meta}
     assert again == paths["test"]  # deterministic given the seed
 
@@ -334,6 +336,7 @@ def test_npz_medmnist_multilabel_keeps_first_column(tmp_path: Path) -> None:
 
 # ---------------------------------------------------------------- DICOM
 
+
 def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1", **attributes: object) -> Path:
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
@@ -458,7 +461,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     root.mkdir()
     handler = type("Handler", (_Handler,), {"requests": []})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{httpd.server_address[1]}", root, handler.requests
@@ -482,7 +485,9 @@ def test_medmnist_download_then_cache_hit(server, tmp_path: Path, monkeypatch: p
     cache = tmp_path / "cache"
     ds = load_dataset("medmnist:pneumoniamnist", size=64, cache_dir=cache)
     check_dataset(ds)
-    assert len(ds) == 3 and ds.info.class_names == ("normal", "pneumonia") and "MedMNIST" in ds.info.attribution
+    assert (
+        len(ds) == 3 and ds.info.class_names == ("normal", "pneumonia") and "MedMNIST" in ds.info.attribution
+    )
     assert len(requests) == 1 and [p.name for p in cache.iterdir()] == ["pneumoniamnist_64.npz"]
     assert len(load_dataset("medmnist:pneumoniamnist", size=64, cache_dir=cache, split="test")) == 3
     assert len(requests) == 1  # second call served from the cache
@@ -498,7 +503,9 @@ def test_medmnist_cache_env_and_url_env(server, tmp_path: Path, monkeypatch: pyt
     assert (tmp_path / "envcache" / "bloodmnist.npz").is_file() and len(requests) == 1
 
 
-def test_medmnist_checksum_mismatch_leaves_nothing(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_medmnist_checksum_mismatch_leaves_nothing(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     url, root, _ = server
     medmnist_file(root / "dermamnist.npz")
     monkeypatch.setattr(mm, "MEDMNIST_BASE_URL", url)
@@ -511,7 +518,9 @@ def test_medmnist_checksum_mismatch_leaves_nothing(server, tmp_path: Path, monke
     assert list(cache.iterdir()) == []  # neither the file nor a temporary part is left
 
 
-def test_medmnist_server_down_says_where_to_put_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_medmnist_server_down_says_where_to_put_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with socket.socket() as sock:  # a port that nothing listens on
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
@@ -580,7 +589,8 @@ def test_pad_to_uint8_resize_and_channels() -> None:
     u8 = to_uint8(torch.tensor([[[[-1.0, 0.0], [1.0, 1.5]]]]))
     assert u8.shape == (1, 2, 2, 1) and u8.dtype == np.uint8 and u8.ravel().tolist() == [0, 128, 255, 255]
     assert resize(x, 14).shape == (2, 1, 14, 14) and resize(x, 56).shape == (2, 1, 56, 56)
-    assert parse_channels("0,2", 3) == [0, 2] and parse_channels("post_contrast", 3, ("a", "flair", "post-contrast")) == [2]
+    assert parse_channels("0,2", 3) == [0, 2]
+    assert parse_channels("post_contrast", 3, ("a", "flair", "post-contrast")) == [2]
     with pytest.raises(ConfigError, match="unknown channel"):
         parse_channels("flair", 3)
     with pytest.raises(ConfigError, match="out of range"):

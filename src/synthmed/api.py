@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from synthmed.data.dataset import DataInfo
 from synthmed.errors import ConfigError, SynthmedError
 from synthmed.recipes import GenerativeRecipe, Recipe, build_recipe
 from synthmed.train import checkpoint as ckpt
-from synthmed.data.dataset import DataInfo
 from synthmed.train.config import DataConfig, RunConfig, TrainConfig, read_run_document
 from synthmed.train.trainer import TrainResult, fit, resolve_run_dir, resume, select_device
 
@@ -45,6 +45,8 @@ def train(data: str | Path | None = None, *, recipe: str = "unconditional", out:
                               f"(got {', '.join(given)})")
         return resume(resume_run, steps=options.get("steps"), max_minutes=options.get("max_minutes"),
                       progress=progress)
+    if options.get("max_minutes") is not None and "steps" not in options:
+        options["steps"] = None  # a time budget alone: run until it is spent
     data_opts = {k: options.pop(k) for k in list(options) if k in _DATA_KEYS}
     train_opts = {k: options.pop(k) for k in list(options) if k in _TRAIN_KEYS}
     config = RunConfig(

@@ -6,6 +6,7 @@ turns it into the one :class:`ImageDataset`, so every source gets identical prep
 
 from __future__ import annotations
 
+import numbers
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,8 +161,10 @@ def assemble(
     """Select split and channels, normalise, crop to square, resize; build the :class:`ImageDataset`."""
     if len(raw) == 0:
         raise DataError(raw.source, "contains no images")
-    if size is not None and (not isinstance(size, int) or size < 1):
-        raise ConfigError(f"size must be a positive integer, got {size!r}")
+    if size is not None:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
+            raise ConfigError(f"size must be a positive integer, got {size!r}")
+        size = int(size)
     num_classes = raw.num_classes
     if raw.labels is not None and not num_classes:
         # From all rows, before split selection, so a split missing a class does not shrink the label space.

@@ -119,6 +119,7 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def to(self, device: torch.device | str) -> ImageDataset:
         """Move the tensors (e.g. to the GPU once, so batches never cross the bus)."""
+
         def move(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device)
 

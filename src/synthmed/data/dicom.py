@@ -90,6 +90,28 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> np.ndarr
     return np.moveaxis(normalize(pixels, (0.0, float(2**bits - 1))), -1, 1)
 
 
+def _read(pydicom: Any, path: Path) -> Any:
+    """dcmread, also accepting old files without the 128-byte preamble / file meta (e.g. ACR-NEMA style)."""
+    try:
+        return pydicom.dcmread(path)
+    except pydicom.errors.InvalidDicomError:
+        problem = "no 'DICM' header and no readable DICOM elements"
+    except Exception as exc:  # EOFError, struct / value errors on truncated files
+        raise DataError(path, f"not a valid DICOM file ({_one_line(exc)})") from exc
+    try:
+        ds = pydicom.dcmread(path, force=True)
+    except Exception as exc:
+        raise DataError(path, f"not a valid DICOM file ({problem})") from exc
+    # Forced reading "succeeds" on any bytes; only a real object has a SOP class or pixel data.
+    if "SOPClassUID" not in ds and "PixelData" not in ds:
+        raise DataError(path, f"not a valid DICOM file ({problem})")
+    if "TransferSyntaxUID" not in ds.file_meta:
+        from pydicom.uid import ImplicitVRLittleEndian
+
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian  # the default for files without meta
+    return ds
+
+
 def read_dicom(
     files: list[Path],
     *,
@@ -106,10 +128,7 @@ def read_dicom(
             continue
         if path.stat().st_size == 0:
             raise DataError(path, "not a DICOM file (empty file, 0 bytes)")
-        try:
-            ds = pydicom.dcmread(path)
-        except Exception as exc:  # InvalidDicomError, EOFError, struct errors on truncated files
-            raise DataError(path, f"not a valid DICOM file ({_one_line(exc)})") from exc
+        ds = _read(pydicom, path)
         if "PixelData" not in ds:
             if skip_non_image:
                 warnings.warn(f"{path}: DICOM object without pixel data skipped", stacklevel=2)

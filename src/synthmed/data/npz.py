@@ -273,6 +273,7 @@ def _read_medmnist(
         meta=meta,
         class_names=class_names if labels is not None else (),
         num_classes=num_classes,
+        channel_names=("red", "green", "blue") if images.shape[-1 if channels_last else 1] == 3 else (),
         attribution=attribution,
         split_name=split,
     )

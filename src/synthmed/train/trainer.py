@@ -94,7 +94,7 @@ def default_run_name(config: RunConfig) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(source.split(":")[-1]).stem).strip("-") or "data"
     arch = config.recipe_options.get("arch", "")
     loss = config.recipe_options.get("loss", "")
-    parts = [stem, config.recipe if not arch else arch, loss]
+    parts = [stem, arch or config.recipe, loss]
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return "-".join(p for p in parts if p) + f"-{stamp}"
 
@@ -360,7 +360,7 @@ class Trainer:
 
         with stopper.installed(), progress:
             try:
-                for phase, first, end in plan:
+                for phase, _first, end in plan:
                     if end is not None and step >= end:
                         continue
                     current_phase = phase.name
