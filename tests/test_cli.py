@@ -91,11 +91,19 @@ def _bad_inputs(tmp: Path) -> dict[str, tuple[list[str], str]]:
         "unknown medmnist name": (["--data", "medmnist:notamnist"], "notamnist"),
         "unknown medmnist size": (["--data", "medmnist:dermamnist", "--size", "99"], "99"),
         "zero-byte dicom": (["--data", str(empty_dicom)], str(empty_dicom)),
+        "unknown arch": (["--arch", "unet"], "unet"),
+        "unknown augmentation": (["--diffaugment", "colour"], "colour"),
+        "unknown norm": (["-o", "d_norm=spectral"], "spectral"),
+        "unsupported size": (["--size", "48"], "pad_to"),
+        "option of the wrong type": (["-o", "gp_weight=lots"], "gp_weight"),
+        "incompatible options": (["--loss", "wgan-gp", "--label-smoothing", "0.1"], "wgan-gp"),
     }
 
 
 @pytest.mark.parametrize("case", ["missing path", "empty folder", "corrupt png", "npz wrong keys",
-                                  "unknown medmnist name", "unknown medmnist size", "zero-byte dicom"])
+                                  "unknown medmnist name", "unknown medmnist size", "zero-byte dicom",
+                                  "unknown arch", "unknown augmentation", "unknown norm", "unsupported size",
+                                  "option of the wrong type", "incompatible options"])
 def test_bad_input_gives_one_line_naming_the_file_and_no_run_directory(tmp_path: Path, case: str) -> None:
     args, must_name = _bad_inputs(tmp_path)[case]
     out = tmp_path / "run"
@@ -125,3 +133,5 @@ def test_resume_of_something_that_is_not_a_run(tmp_path: Path) -> None:
 def test_resume_refuses_changed_options(trained_run: Path) -> None:
     result = runner.invoke(app, ["train", "--resume", str(trained_run), "--loss", "hinge"])
     assert result.exit_code == 2 and "keeps its configuration" in result.stderr
+    result = runner.invoke(app, ["train", "--resume", str(trained_run), "--data", "elsewhere.npz"])
+    assert result.exit_code == 2 and "--data" in result.stderr

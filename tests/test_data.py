@@ -28,7 +28,8 @@ from synthmed.data import (
     to_uint8,
 )
 from synthmed.data import medmnist as mm
-from synthmed.data.transforms import parse_channels, resize
+from synthmed.data.nifti import patient_ids
+from synthmed.data.transforms import mask_threshold, parse_channels, resize
 from synthmed.errors import ConfigError, DataError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -115,6 +116,7 @@ def test_kaggle_3m_folder_pairs_masks() -> None:
     check_dataset(ds)
     assert len(ds) == 20 and ds.images.shape[1] == 3 and ds.masks is not None
     assert ds.labels is None  # a single sub-folder is not a class
+    assert set(ds.patients.tolist()) == {"TCGA_CS_4942_19970222"}  # sub-folders with masks are patients
     for meta in ds.meta:
         image, mask = Path(meta["path"]), Path(meta["mask_path"])
         assert mask.name == f"{image.stem}_mask{image.suffix}"
@@ -265,6 +267,144 @@ def test_empty_folder_and_missing_path(tmp_path: Path) -> None:
     assert_one_line(excinfo, odd)
 
 
+
+def patient_slices(root: Path, patients: int, slices: int, masks: bool = True) -> None:
+    """kaggle_3m layout: ``TCGA_xx/TCGA_xx_N.tif`` (+ ``_mask.tif``), one sub-folder per patient."""
+    mask = np.zeros((8, 8), np.uint8)
+    mask[2:5, 2:5] = 255
+    for p in range(patients):
+        for s in range(slices):
+            save(root / f"TCGA_{p:02d}" / f"TCGA_{p:02d}_{s}.tif", np.full((8, 8, 3), 10 * s, np.uint8))
+            if masks:
+                save(root / f"TCGA_{p:02d}" / f"TCGA_{p:02d}_{s}_mask.tif", mask)
+
+
+def test_patient_folders_with_masks_split_by_patient(tmp_path: Path) -> None:
+    patient_slices(tmp_path, patients=6, slices=4)
+    seen = {}
+    for split in ("train", "val", "test"):
+        with pytest.warns(UserWarning, match="as patients"):
+            ds = load_dataset(tmp_path, split=split)
+        check_dataset(ds)
+        assert ds.labels is None and ds.info.num_classes == 0
+        seen[split] = set(ds.patients.tolist())
+        assert {Path(m["path"]).parent.name for m in ds.meta} == seen[split]
+        assert len(ds) == 4 * len(seen[split])  # every slice of a patient goes with the patient
+    assert [len(s) for s in seen.values()] == [4, 1, 1]
+    assert not (seen["train"] & seen["test"] or seen["train"] & seen["val"] or seen["val"] & seen["test"])
+
+
+def test_folder_groups_option_and_auto_rule(tmp_path: Path) -> None:
+    few = tmp_path / "few"
+    patient_slices(few, patients=3, slices=4, masks=False)  # 3 folders, no masks: auto reads classes
+    with pytest.warns(UserWarning, match="folder_groups='patient'"):
+        auto = load_dataset(few, split="all")
+    assert auto.info.num_classes == 3 and auto.patients is None
+    parts = {
+        s: load_dataset(few, split=s, folder_groups="patient", val_fraction=0.0, test_fraction=0.34)
+        for s in ("train", "test")
+    }
+    assert all(d.labels is None for d in parts.values())
+    assert len(set(parts["train"].patients.tolist())) == 2 and len(set(parts["test"].patients.tolist())) == 1
+    assert not set(parts["train"].patients.tolist()) & set(parts["test"].patients.tolist())
+
+    many = tmp_path / "many"
+    for p in range(21):  # more than 20 sub-folders: auto reads patients
+        for i in range(2):
+            save(many / f"case{p:02d}" / f"{i}.png", np.full((4, 4), p, np.uint8))
+    with pytest.warns(UserWarning, match="folder_groups='class'"):
+        ds = load_dataset(many, split="all")
+    assert ds.labels is None and len(set(ds.patients.tolist())) == 21
+    classes = load_dataset(many, split="all", folder_groups="class")
+    assert classes.info.num_classes == 21 and classes.patients is None
+    with pytest.raises(ConfigError, match="folder_groups"):
+        load_dataset(few, folder_groups="subject")
+
+
+def test_mask_threshold_by_dtype_convention() -> None:
+    cases = [
+        (np.array([0, 1, 2, 4], np.uint8), [0, 1, 1, 1]),  # label map: every label is foreground
+        (np.array([0, 255], np.uint8), [0, 1]),
+        (np.array([0, 3, 250, 255], np.uint8), [0, 0, 1, 1]),  # JPEG-noisy 0/255 mask
+        (np.array([0, 1, 2], np.uint16), [0, 1, 1]),
+        (np.array([0, 3, 40000, 65535], np.uint16), [0, 0, 1, 1]),
+        (np.array([0.0, 0.3, 0.7, 1.0], np.float32), [0, 0, 1, 1]),
+        (np.array([False, True]), [0, 1]),
+    ]
+    for masks, expected in cases:
+        assert (masks > mask_threshold(masks)).astype(int).tolist() == expected, masks
+
+
+def test_label_map_masks_keep_every_label(tmp_path: Path) -> None:
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, 0] = [0, 1, 2, 4]
+    masks[1, 1, :2] = 1
+    path = tmp_path / "labels.npz"
+    np.savez(path, images=np.zeros((2, 4, 4), np.uint8), masks=masks)
+    ds = load_dataset(path, split="all")
+    assert ds.masks[0, 0, 0].tolist() == [0, 1, 1, 1] and ds.masks[1, 0, 1].tolist() == [1, 1, 0, 0]
+    folder = tmp_path / "folder"
+    save(folder / "x.png", np.zeros((4, 4), np.uint8))
+    save(folder / "x_mask.png", masks[0])
+    assert load_dataset(folder, split="all").masks[0, 0, 0].tolist() == [0, 1, 1, 1]
+
+
+def test_folder_masks_use_one_threshold_for_the_whole_set(tmp_path: Path) -> None:
+    clean = np.zeros((8, 8), np.uint8)
+    clean[2:6, 2:6] = 255
+    noise = np.zeros((8, 8), np.uint8)
+    noise[::2, ::3] = 3  # an empty JPEG-saved mask: compression noise, no tumour
+    save(tmp_path / "train" / "p1" / "a.png", np.full((8, 8), 100, np.uint8))
+    save(tmp_path / "train" / "p1" / "a_mask.png", clean)
+    save(tmp_path / "test" / "p2" / "b.png", np.full((8, 8), 100, np.uint8))
+    save(tmp_path / "test" / "p2" / "b_mask.png", noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the auto folder_groups notice
+        assert float(load_dataset(tmp_path, split="train").masks.sum()) == 16
+        assert float(load_dataset(tmp_path, split="test").masks.sum()) == 0
+
+
+def test_12bit_data_in_uint16_scaled_by_the_data_max(tmp_path: Path) -> None:
+    images = np.zeros((3, 4, 4), np.uint16)
+    images[0, 0, 0], images[1, 0, 0] = 4095, 2048
+    path = tmp_path / "ct12.npz"
+    np.savez(path, images=images)
+    with pytest.warns(UserWarning, match="4095") as record:
+        ds = load_dataset(path, split="all")
+    assert str(path) in str(record[0].message)
+    assert float(ds.images.max()) == 1.0 and float(ds.images.min()) == -1.0
+    torch.testing.assert_close(ds.images[1, 0, 0, 0], torch.tensor(2048 / 4095 * 2 - 1))
+    # Image folder: 16-bit PNGs holding 12-bit values, scaled by the folder's maximum (not each image's own).
+    folder = tmp_path / "png"
+    save(folder / "a.png", np.array([[0, 4095], [1000, 2000]], np.uint16))
+    save(folder / "b.png", np.array([[0, 1000], [0, 0]], np.uint16))
+    with pytest.warns(UserWarning, match="4095"):
+        pngs = load_dataset(folder, split="all")
+    expected = torch.tensor([[0.0, 4095.0], [1000.0, 2000.0]]) / 4095 * 2 - 1
+    torch.testing.assert_close(pngs.images[0, 0], expected)
+    torch.testing.assert_close(pngs.images[1, 0, 0, 1], torch.tensor(1000 / 4095 * 2 - 1))
+
+
+def test_split_warnings_per_image_and_crossing_patients(tmp_path: Path) -> None:
+    for i in range(5):
+        save(tmp_path / "flat" / f"{i}.png", np.full((4, 4), i, np.uint8))
+    with pytest.warns(UserWarning, match="per image") as record:
+        load_dataset(tmp_path / "flat", split="train")
+    message = next(str(w.message) for w in record if "per image" in str(w.message))
+    assert str(tmp_path / "flat") in message and "\n" not in message
+    path = tmp_path / "x.npz"
+    np.savez(
+        path,
+        images=np.zeros((6, 4, 4), np.uint8),
+        patient=np.array(["a", "a", "b", "b", "c", "c"]),
+        split=np.array(["train", "test", "train", "train", "val", "test"]),
+    )
+    with pytest.warns(UserWarning, match="2 patients") as record:
+        assert len(load_dataset(path, split="train")) == 3
+    message = next(str(w.message) for w in record if "2 patients" in str(w.message))
+    assert str(path) in message and "\n" not in message
+
+
 # ---------------------------------------------------------------- npz
 
 
@@ -337,7 +477,7 @@ def test_npz_medmnist_multilabel_keeps_first_column(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- DICOM
 
 
-def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1", **attributes: object) -> Path:
+def write_dicom(path: Path, frames: np.ndarray, patient: str | None = "P1", **attributes: object) -> Path:
     pydicom = pytest.importorskip("pydicom")
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -349,7 +489,8 @@ def write_dicom(path: Path, frames: np.ndarray, patient: str = "P1", **attribute
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID = patient
+    if patient is not None:
+        ds.PatientID = patient
     ds.Rows, ds.Columns = frames.shape[-2:]
     if frames.ndim == 3:
         ds.NumberOfFrames = frames.shape[0]
@@ -375,11 +516,13 @@ def test_dicom_rescale_window_and_monochrome1(tmp_path: Path) -> None:
     )  # fmt: skip
     ds = load_dataset(path, split="all")
     check_dataset(ds)
-    # window [0, 200]: -50 -> -1 (clipped), 50 -> -0.5, 100 -> 0, 150 -> 0.5; MONOCHROME1 -> negated
-    torch.testing.assert_close(ds.images[0, 0], torch.tensor([[1.0, 0.5], [0.0, -0.5]]))
+    # DICOM linear VOI (PS3.3 C.11.2.1.2.1): centre 100, width 200 -> [c - 0.5 - (w-1)/2, c - 0.5 + (w-1)/2]
+    # = [0, 199]: -50 -> -1 (clipped), 50 -> 100/199 - 1, ...; MONOCHROME1 -> negated
+    hu = torch.tensor([[-50.0, 50.0], [100.0, 150.0]])
+    torch.testing.assert_close(ds.images[0, 0], -(hu / 199 * 2 - 1).clamp(-1, 1))
     assert ds.patients.tolist() == ["P1"] and ds.meta[0]["path"] == str(path)
-    custom = load_dicom(path, window=(0, 400), split="all")  # [-200, 200]
-    torch.testing.assert_close(custom.images[0, 0], -torch.tensor([[-0.25, 0.25], [0.5, 0.75]]))
+    custom = load_dicom(path, window=(0, 400), split="all")  # [-0.5 - 199.5, -0.5 + 199.5] = [-200, 199]
+    torch.testing.assert_close(custom.images[0, 0], -((hu + 200) / 399 * 2 - 1))
 
 
 def test_dicom_folder_multiframe_and_patients(tmp_path: Path) -> None:
@@ -405,6 +548,62 @@ def test_dicom_empty_and_invalid_files(tmp_path: Path) -> None:
     with pytest.raises(DataError) as excinfo:
         load_dataset(text)
     assert "not a valid DICOM" in assert_one_line(excinfo, text)
+
+
+
+def test_dicom_without_patient_id_groups_by_study(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    from pydicom.uid import generate_uid
+
+    study_of = {}
+    for s in range(2):
+        study, series = generate_uid(), generate_uid()
+        for i in range(4):
+            path = write_dicom(
+                tmp_path / f"s{s}_{i}.dcm", STORED + i, patient=None,
+                StudyInstanceUID=study, SeriesInstanceUID=series, InstanceNumber=i + 1,
+            )  # fmt: skip
+            study_of[str(path)] = study
+    parts = {}
+    for split in ("train", "test"):
+        with pytest.warns(UserWarning, match="PatientID"):
+            ds = load_dataset(tmp_path, split=split, val_fraction=0.0, test_fraction=0.5)
+        parts[split] = {study_of[m["path"]] for m in ds.meta}
+        assert len(ds) == 4 and len(parts[split]) == 1  # one whole study per split
+    assert parts["train"] != parts["test"]
+
+
+def test_dicom_empty_window_and_one_range_per_series(tmp_path: Path) -> None:
+    pytest.importorskip("pydicom")
+    from pydicom.uid import generate_uid
+
+    series = generate_uid()
+    write_dicom(
+        tmp_path / "a.dcm", np.array([[0, 50], [100, 100]]), SeriesInstanceUID=series, InstanceNumber=1,
+        WindowCenter="", WindowWidth="",
+    )  # fmt: skip
+    write_dicom(tmp_path / "b.dcm", np.array([[0, 100], [200, 200]]), SeriesInstanceUID=series, InstanceNumber=2)
+    ds = load_dataset(tmp_path, split="all")
+    check_dataset(ds)
+    # No usable window: one range for the whole series (0..200), so equal values look equal in every slice.
+    torch.testing.assert_close(ds.images[0, 0], torch.tensor([[-1.0, -0.5], [0.0, 0.0]]))
+    torch.testing.assert_close(ds.images[1, 0], torch.tensor([[-1.0, 0.0], [1.0, 1.0]]))
+
+
+def test_dicom_palette_color_becomes_rgb(tmp_path: Path) -> None:
+    ramp = np.arange(256, dtype=np.uint16) * 257
+    path = write_dicom(
+        tmp_path / "pal.dcm", np.array([[0, 255], [0, 255]]), PhotometricInterpretation="PALETTE COLOR",
+        RedPaletteColorLookupTableDescriptor=[256, 0, 16], RedPaletteColorLookupTableData=ramp.tobytes(),
+        GreenPaletteColorLookupTableDescriptor=[256, 0, 16],
+        GreenPaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes(),
+        BluePaletteColorLookupTableDescriptor=[256, 0, 16], BluePaletteColorLookupTableData=ramp[::-1].tobytes(),
+    )  # fmt: skip
+    ds = load_dataset(path, split="all")
+    check_dataset(ds)
+    assert ds.images.shape == (1, 3, 2, 2) and ds.info.channel_names == ("red", "green", "blue")
+    torch.testing.assert_close(ds.images[0, :, 0, 0], torch.tensor([-1.0, -1.0, 1.0]))
+    torch.testing.assert_close(ds.images[0, :, 0, 1], torch.tensor([1.0, -1.0, -1.0]))
 
 
 # ---------------------------------------------------------------- NIfTI
@@ -440,6 +639,41 @@ def test_nifti_slices_percentiles_and_4d(tmp_path: Path) -> None:
     assert_one_line(excinfo, bad)
 
 
+def test_nifti_patient_ids_and_label_volumes(tmp_path: Path) -> None:
+    nib = pytest.importorskip("nibabel")
+    volume = np.ones((4, 4, 2), np.float32)
+
+    def put(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), path)
+
+    brats = tmp_path / "brats"
+    for case in ("case_001", "case_002", "case_003"):
+        for modality in ("flair", "t1", "seg"):
+            put(brats / case / f"{case}_{modality}.nii.gz")
+    with pytest.warns(UserWarning, match="seg"):
+        ds = load_dataset(brats, split="all")
+    assert len(ds) == 3 * 2 * 2 and not any("seg" in m["path"] for m in ds.meta)  # no label volume
+    assert sorted(set(ds.patients.tolist())) == ["case_001", "case_002", "case_003"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        train = load_dataset(brats, split="train", val_fraction=0.0, test_fraction=0.34)
+        test = load_dataset(brats, split="test", val_fraction=0.0, test_fraction=0.34)
+    assert len(test) == 4 and not set(train.patients.tolist()) & set(test.patients.tolist())
+
+    flat = tmp_path / "flat"
+    for name in ("IXI002_T1", "IXI002_t2", "IXI002_PD", "IXI012_flair", "IXI012_T1CE", "IXI012_brainmask"):
+        put(flat / f"{name}.nii.gz")
+    with pytest.warns(UserWarning, match="mask"):
+        flat_ds = load_dataset(flat, split="all")
+    assert sorted(set(flat_ds.patients.tolist())) == ["IXI002", "IXI012"] and len(flat_ds) == 5 * 2
+    root = Path("/data")  # containers (imagesTr/) vs per-case folders (KiTS, BIDS), by name only
+    files = ["imagesTr/BRATS_001.nii.gz", "imagesTr/BRATS_002.nii.gz", "case_00000/imaging.nii.gz"]
+    files += ["sub-01/anat/sub-01_T1w.nii.gz", "sub-01/anat/sub-01_T2w.nii.gz"]
+    ids = patient_ids([root / f for f in files], root)
+    assert ids == ["BRATS_001", "BRATS_002", "case_00000", "sub-01", "sub-01"]
+
+
 # ---------------------------------------------------------------- MedMNIST download
 
 
@@ -470,8 +704,9 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
         httpd.server_close()
 
 
-def medmnist_file(path: Path) -> str:
-    arrays = {f"{s}_images": np.full((3, 28, 28), 7, np.uint8) for s in ("train", "val", "test")}
+def medmnist_file(path: Path, side: int = 28) -> str:
+    rng = np.random.default_rng(side)
+    arrays = {f"{s}_images": rng.integers(0, 255, (3, side, side), np.uint8) for s in ("train", "val", "test")}
     arrays |= {f"{s}_labels": np.array([[0], [1], [1]], np.uint8) for s in ("train", "val", "test")}
     np.savez_compressed(path, **arrays)
     return hashlib.md5(path.read_bytes()).hexdigest()
@@ -491,6 +726,22 @@ def test_medmnist_download_then_cache_hit(server, tmp_path: Path, monkeypatch: p
     assert len(requests) == 1 and [p.name for p in cache.iterdir()] == ["pneumoniamnist_64.npz"]
     assert len(load_dataset("medmnist:pneumoniamnist", size=64, cache_dir=cache, split="test")) == 3
     assert len(requests) == 1  # second call served from the cache
+
+
+def test_breastmnist_larger_size_uses_the_official_file(
+    server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, root, requests = server
+    md5 = medmnist_file(root / "breastmnist_64.npz", side=64)
+    monkeypatch.setattr(mm, "MEDMNIST_BASE_URL", url)
+    monkeypatch.setitem(mm.MEDMNIST_MD5, "breastmnist_64.npz", md5)
+    cache = tmp_path / "cache"
+    plain = load_dataset("breastmnist", size=64, cache_dir=cache)
+    prefixed = load_dataset("medmnist:breastmnist", size=64, cache_dir=cache)
+    assert plain.images.shape == (3, 1, 64, 64) and torch.equal(plain.images, prefixed.images)
+    assert plain.info.attribution == prefixed.info.attribution and len(requests) == 1
+    assert load_dataset("breastmnist", size=28).images.shape == (546, 1, 28, 28)  # embedded, no download
+    assert len(requests) == 1
 
 
 def test_medmnist_cache_env_and_url_env(server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -598,8 +849,18 @@ def test_pad_to_uint8_resize_and_channels() -> None:
 
 
 def test_no_warnings_on_clean_sources(tmp_path: Path) -> None:
-    save(tmp_path / "a.png", np.zeros((4, 4), np.uint8))
+    save(tmp_path / "plain" / "a.png", np.zeros((4, 4), np.uint8))
+    patient_slices(tmp_path / "kaggle", patients=3, slices=2)
+    path = tmp_path / "p.npz"
+    np.savez(
+        path,
+        images=np.zeros((6, 4, 4), np.uint16),
+        patient=np.array(["a", "a", "b", "b", "c", "c"]),
+        split=np.array(["train", "train", "val", "val", "test", "test"]),
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_dataset(tmp_path, split="all")
+        load_dataset(tmp_path / "plain", split="all")
         load_dataset(split="val")
+        load_dataset(tmp_path / "kaggle", split="train", folder_groups="patient")
+        load_dataset(path, split="train")  # all-zero uint16: no 12-bit notice; split agrees with patients

@@ -202,8 +202,10 @@ def test_dcgan_init() -> None:
             m.parametrizations.weight.original.fill_(1.0)
             m.bias.fill_(1.0)
     d.apply(init_dcgan_weights)
-    for m in _weighted(d):
-        assert m.parametrizations.weight.original.std().item() < 0.1 and not m.bias.any()
+    weights = torch.cat([m.parametrizations.weight.original.reshape(-1) for m in _weighted(d)])
+    # Filled with 1.0 above: re-initialised weights have mean ~0 and std ~0.02 (a constant would have std 0).
+    assert abs(weights.mean().item()) < 0.01 and 0.01 < weights.std().item() < 0.03
+    assert not any(m.bias.any() for m in _weighted(d))
 
 
 def test_registry() -> None:

@@ -152,8 +152,8 @@ class _TwoPhase(UnconditionalGAN):
     def phases(self) -> list[Phase]:
         return [Phase("warmup", self.config.warmup_steps), Phase("adversarial")]
 
-    def start_phase(self, phase: str) -> None:
-        _TwoPhase.started.append(phase)
+    def start_phase(self, phase: str, resumed: bool = False) -> None:
+        _TwoPhase.started.append(f"{phase} (resumed)" if resumed else phase)
 
     def loss_names(self) -> list[str]:
         return ["warm", *super().loss_names()]
@@ -172,7 +172,7 @@ def test_phases_run_in_order_and_resume_into_the_right_phase(tmp_path: Path) -> 
     synthmed.train(out=tmp_path / "p", steps=2, **opts)
     assert _TwoPhase.started == ["warmup"]
     synthmed.train(resume_run=tmp_path / "p", steps=6, progress=False)
-    assert _TwoPhase.started == ["warmup", "warmup", "adversarial"]
+    assert _TwoPhase.started == ["warmup", "warmup (resumed)", "adversarial"]
     rows = read_losses(tmp_path / "p")
     assert [r["phase"] for r in rows] == ["warmup"] * 3 + ["adversarial"] * 3
     assert rows[0]["warm"] and not rows[0]["loss_d"] and rows[-1]["loss_d"] and not rows[-1]["warm"]
@@ -232,7 +232,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
     config = RunConfig(
         recipe_options={"g_channels": 8, "d_channels": 8, "latent_dim": 16},
         data=DataConfig(),
-        train=TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=1000, checkpoint_every=1000,
+        # sample_every not a multiple of log_every: the flush before a preview is a collective on every rank.
+        train=TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=3, checkpoint_every=1000,
                           device="cpu"),
     )
     runner = trainer_module.Trainer(config, out=Path(out), progress=False)
@@ -275,3 +276,75 @@ def test_torchrun_cli_with_two_processes(tmp_path: Path) -> None:
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["training"]["last_session"]["world_size"] == 2
     assert metrics["training"]["step"] == 3
+
+
+@pytest.mark.parametrize("variant", [
+    {"loss": "lsgan", "label_smoothing": 0.1, "label_noise": 0.05},
+    {"loss": "hinge", "arch": "resnet", "size": 32},
+    {"loss": "bce", "feature_matching": 1.0, "minibatch_discrimination": True, "r1_weight": 1.0, "ttur": True},
+])
+def test_every_loss_and_switch_trains_and_logs_finite_losses(tmp_path: Path, variant: dict) -> None:
+    result = train(tmp_path, "v", steps=3, **variant)
+    rows = read_losses(result.run_dir)
+    assert len(rows) == 3
+    for row in rows:
+        for name in ("loss_d", "loss_g"):
+            assert torch.isfinite(torch.tensor(float(row[name])))
+    if variant.get("feature_matching"):
+        assert rows[0]["feature_matching"] and rows[0]["r1"]
+
+
+def test_resolved_presets_are_recorded_in_the_run_config(tmp_path: Path) -> None:
+    import yaml
+
+    result = train(tmp_path, "w", steps=1, loss="wgan-gp")
+    options = yaml.safe_load((result.run_dir / "config.yaml").read_text())["recipe_options"]
+    assert options["n_critic"] == 5 and options["lr_g"] == 1e-4 and options["betas"] == [0.0, 0.9]
+    assert options["d_norm"] == "layer"
+
+
+def test_the_test_split_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(synthmed.ConfigError, match="test split"):
+        train(tmp_path, "t", steps=1, split="test")
+    assert not (tmp_path / "t").exists()
+
+
+def test_resume_falls_back_to_an_older_checkpoint_when_the_newest_is_damaged(tmp_path: Path) -> None:
+    result = train(tmp_path, "c", steps=4, checkpoint_every=2)
+    newest = result.run_dir / "checkpoints" / "step_00000004.safetensors"
+    newest.write_bytes(newest.read_bytes()[:-10] + b"0123456789")
+    with pytest.warns(UserWarning, match="damaged"):
+        resumed = synthmed.train(resume_run=result.run_dir, steps=6, progress=False)
+    assert resumed.steps == 6
+    rows = read_losses(result.run_dir)
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_drops_a_row_cut_short_by_a_hard_kill(tmp_path: Path) -> None:
+    result = train(tmp_path, "k", steps=2, checkpoint_every=2)
+    with open(result.run_dir / "losses.csv", "a") as fh:
+        fh.write("3,train,0.5")  # a row the kill interrupted
+    synthmed.train(resume_run=result.run_dir, steps=3, progress=False)
+    assert [r["step"] for r in read_losses(result.run_dir)] == ["1", "2", "3"]
+
+
+def _allreduce_worker(rank: int, world: int, port: int, result_dir: str) -> None:
+    import torch.distributed as dist
+
+    from synthmed.train.distributed import all_reduce_gradients
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
+    params[0].grad = torch.full((3,), float(rank + 1))       # ranks hold 1 and 2 -> mean 1.5
+    params[1].grad = torch.full((2, 2), 10.0 * (rank + 1))  # 10 and 20 -> mean 15
+    all_reduce_gradients(params, world)
+    torch.save([p.grad for p in params], Path(result_dir) / f"grads{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_gradients_are_averaged_not_summed(tmp_path: Path) -> None:
+    torch.multiprocessing.spawn(_allreduce_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2)
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"grads{rank}.pt")
+        assert torch.allclose(grads[0], torch.full((3,), 1.5))
+        assert torch.allclose(grads[1], torch.full((2, 2), 15.0))

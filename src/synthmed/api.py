@@ -135,12 +135,14 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
     raw = read_run_document(run_dir / "config.yaml")
     config = RunConfig.from_dict(raw)
     info = DataInfo.from_dict(raw["data_info"])
-    json_path = Path(checkpoint) if checkpoint is not None else ckpt.latest_checkpoint(run_dir / "checkpoints")
-    if json_path is None:
-        raise SynthmedError(f"{run_dir / 'checkpoints'}: no complete checkpoint")
-    record, tensors = ckpt.load_checkpoint(json_path)
+    if checkpoint is not None:
+        json_path = Path(checkpoint)
+        record, tensors = ckpt.load_checkpoint(json_path)
+    else:
+        json_path = run_dir / "checkpoints"
+        record, tensors = ckpt.load_latest_valid(json_path)
     recipe = build_recipe(config.recipe, config.recipe_options, info, config.train.ema_beta)
-    ckpt.restore_networks(recipe.networks, tensors)
+    ckpt.restore_networks(recipe.networks, tensors, source=json_path)
     recipe.to(select_device(device))
     recipe.networks.eval()
     if hasattr(recipe, "refresh_sampling_statistics"):

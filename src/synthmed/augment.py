@@ -55,7 +55,7 @@ def rand_translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     """Shift each image by a random integer in [-size*ratio, size*ratio] per axis, filling with zeros."""
     for dim in range(2, x.dim()):
         size = x.shape[dim]
-        shift = int(size * ratio)
+        shift = int(size * ratio + 0.5)  # rounded as in the reference implementation
         t = _per_sample_int(x, -shift, shift + 1)
         # out[i] = x[i + t], read from a one-pixel zero border: indices past either edge land on the border.
         idx = (_axis(x, dim) + t + 1).clamp(0, size + 1)
@@ -69,7 +69,7 @@ def rand_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     inside = torch.ones((), dtype=torch.bool, device=x.device)
     for dim in range(2, x.dim()):
         size = x.shape[dim]
-        cut = int(size * ratio)
+        cut = int(size * ratio + 0.5)
         # centre range as in the reference implementation (one extra position for even cut sizes)
         lo = _per_sample_int(x, 0, size + (1 - cut % 2)) - cut // 2
         pos = _axis(x, dim)

@@ -39,7 +39,8 @@ def train(
                              "medmnist:NAME, or omitted for the embedded BreastMNIST."),
     size: int = typer.Option(None, help="Resize images to SIZE x SIZE (centre-cropped to square first)."),
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
-    split: str = typer.Option("train", help="Split to train on (train/val/test/all); never the test set for GANs."),
+    split: str = typer.Option("train", help="Split to train on (train, val or all); the test split is refused."),
+    folder_groups: str = typer.Option("auto", help="Image folders: sub-folders are 'class'es or 'patient's."),
     recipe: str = typer.Option("unconditional", help="Recipe (task) to train."),
     arch: str = typer.Option(None, help="Network family: dcgan or resnet."),
     loss: str = typer.Option(None, help="Adversarial loss: bce, lsgan, wgan-gp or hinge."),
@@ -81,9 +82,16 @@ def train(
     }.items() if v is not None}
     if split != "train":
         given["split"] = split
+    if folder_groups != "auto":
+        given["folder_groups"] = folder_groups
     for text in option or []:
         key, value = _parse_option(text)
         given[key] = value
+    if resume is not None:
+        fixed = [flag for flag, value in (("--data", data), ("--out", out), ("--name", name),
+                                          ("--recipe", None if recipe == "unconditional" else recipe)) if value]
+        if fixed:
+            _fail(f"a resumed run keeps its data, recipe and directory; drop {', '.join(fixed)}")
     try:
         if resume is not None:
             result = api.train(resume_run=resume, progress=not quiet, **given)
@@ -134,7 +142,14 @@ def explore(
     print(f"wrote {path}")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:
+    return f"synthmed: warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
     app()
 
 

@@ -72,9 +72,17 @@ def g_loss_wasserstein(fake_scores: torch.Tensor) -> torch.Tensor:
 # Least squares (Mao et al. 2017, a=0, b=1, c=1)
 
 
-def d_loss_least_squares(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-    """0.5 mean (real - 1)^2 + 0.5 mean fake^2."""
-    return 0.5 * (real_logits - 1.0).square().mean() + 0.5 * fake_logits.square().mean()
+def d_loss_least_squares(
+    real_logits: torch.Tensor,
+    fake_logits: torch.Tensor,
+    real_target: Target = 1.0,
+    fake_target: Target = 0.0,
+) -> torch.Tensor:
+    """0.5 mean (real - b)^2 + 0.5 mean (fake - a)^2 with b = ``real_target``, a = ``fake_target``.
+
+    Targets other than (1, 0), scalars or per-sample tensors, carry label smoothing, noise and flips.
+    """
+    return 0.5 * (real_logits - real_target).square().mean() + 0.5 * (fake_logits - fake_target).square().mean()
 
 
 def g_loss_least_squares(fake_logits: torch.Tensor) -> torch.Tensor:

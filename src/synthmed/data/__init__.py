@@ -17,12 +17,12 @@ from synthmed.data import medmnist
 from synthmed.data._core import assemble
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, read_dicom
-from synthmed.data.folder import IMAGE_FORMATS, list_files, read_image_folder
+from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_image_folder
 from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
 from synthmed.data.npz import read_npz
 from synthmed.data.splits import patient_split, random_split, stratified_split
 from synthmed.data.transforms import pad_to, to_uint8
-from synthmed.errors import DataError
+from synthmed.errors import ConfigError, DataError
 
 __all__ = [
     "DataInfo",
@@ -54,17 +54,23 @@ def load_dataset(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    folder_groups: str = "auto",
 ) -> ImageDataset:
     """Load any supported source as an :class:`ImageDataset`.
 
     ``source``: ``None``/``"breastmnist"`` (embedded, 28 px), ``"medmnist:<name>"`` (``size`` picks the
     official 28/64/128/224 px file), an ``.npz`` (MedMNIST layout or named arrays), a ``.dcm``, ``.nii``/
     ``.nii.gz``, or a folder of images / DICOM / NIfTI files. Except for ``medmnist:``, ``size`` is the side
-    images are centre-cropped and resized to (default: their own, cropped to a square).
+    images are centre-cropped and resized to (default: their own, cropped to a square); ``"breastmnist"``
+    with ``size`` 64/128/224 loads the official file of that size, exactly as ``"medmnist:breastmnist"``
+    (other sizes resize the embedded 28 px images).
     ``split``: ``train``/``val``/``test`` or ``all``. The source's own split is used when it has one
     (MedMNIST, a split array, split folders); otherwise it is made here, by patient when patient ids
     exist, else stratified by label, seeded by ``seed`` with ``val_fraction``/``test_fraction``.
     ``channels``: indices (``[1]``, ``"0,2"``) or names (``"flair"``) when the source names its channels.
+    ``folder_groups`` (image folders): whether first-level sub-folders are ``"class"``-es or ``"patient"``-s;
+    ``"auto"`` picks patients for more than 20 sub-folders or sub-folders with mask files, else classes
+    (see :mod:`synthmed.data.folder`).
     Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
     """
     common = {
@@ -74,7 +80,12 @@ def load_dataset(
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
     }
+    if folder_groups not in FOLDER_GROUPS:
+        raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     text = "" if source is None else str(source)
+    if (source is None or text.lower() == "breastmnist") and size in medmnist.SIZES and size != 28:
+        # The official larger file (downloaded once, cached), not the 28 px images upsampled.
+        return _load_medmnist("breastmnist", size, cache_dir, download, common)
     if source is None or text.lower() == "breastmnist":
         raw = read_npz(
             medmnist.embedded_breastmnist(),
@@ -91,7 +102,7 @@ def load_dataset(
     if not path.exists():
         raise DataError(path, "no such file or folder")
     if path.is_dir():
-        return _load_folder(path, size, common)
+        return _load_folder(path, size, common, folder_groups)
     name = path.name.lower()
     if name.endswith(".npz"):
         raw = read_npz(
@@ -135,7 +146,7 @@ def _load_medmnist(
     return assemble(raw, **common)
 
 
-def _load_folder(root: Path, size: int | None, common: dict) -> ImageDataset:
+def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str = "auto") -> ImageDataset:
     """A folder holds images, DICOM or NIfTI files: exactly one kind."""
     files = list_files(root)
     images = [p for p in files if p.suffix.lower() in IMAGE_FORMATS]
@@ -158,8 +169,8 @@ def _load_folder(root: Path, size: int | None, common: dict) -> ImageDataset:
         raw = read_dicom(found, source=str(root), size=size, skip_non_image=True)
     elif kind == "NIfTI":
         channels = common.pop("channels")  # NIfTI: channels pick 4D volumes while reading
-        raw = read_nifti(found, source=str(root), size=size, channels=channels)
+        raw = read_nifti(found, source=str(root), size=size, channels=channels, root=root)
     else:
         split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
-        raw = read_image_folder(root, found, size=size, **split_args)
+        raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, **split_args)
     return assemble(raw, size=size, **common)

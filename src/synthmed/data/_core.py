@@ -7,6 +7,7 @@ turns it into the one :class:`ImageDataset`, so every source gets identical prep
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,12 +88,15 @@ def split_indices(
     """Indices of ``split`` (``None`` for ``"all"``).
 
     An explicit per-sample split wins; otherwise patients are split by patient (no leakage), labelled data
-    stratified by class, anything else randomly, all seeded.
+    stratified by class, anything else randomly, all seeded. Warns (one line naming ``source``) when a split
+    is made per image, without patient ids, and when an explicit split puts a patient in two splits.
     """
     if split == "all":
         return None
     if splits is not None:
         names = np.asarray([SPLIT_ALIASES.get(str(s).lower(), str(s)) for s in splits])
+        if patients is not None:
+            _warn_crossing_patients(source, np.asarray(patients).astype(str), names)
         wanted = SPLIT_ALIASES.get(split.lower(), split)
         idx = np.flatnonzero(names == wanted)
         if idx.size == 0:
@@ -106,10 +110,32 @@ def split_indices(
     if patients is not None:
         parts = patient_split(patients, val_fraction, test_fraction, seed)
     else:
+        warnings.warn(
+            f"{source}: split '{split}' made per image (no patient ids); slices or images of one patient may "
+            "cross splits unless patient ids are given (npz: patient_key=..., image folders: "
+            "folder_groups='patient')",
+            stacklevel=3,
+        )
         parts = stratified_split(
             labels if labels is not None else np.zeros(n), val_fraction, test_fraction, seed
         )
     return parts[split]
+
+
+def _warn_crossing_patients(source: str | Path, patients: np.ndarray, names: np.ndarray) -> None:
+    """Warn when an explicit per-row split puts one patient in more than one split."""
+    splits_of: dict[str, set[str]] = {}
+    for patient, name in zip(patients.tolist(), names.tolist(), strict=True):
+        splits_of.setdefault(patient, set()).add(name)
+    crossing = sorted(p for p, found in splits_of.items() if len(found) > 1)
+    if crossing:
+        warnings.warn(
+            f"{source}: the split array puts {len(crossing)} patient{'s' if len(crossing) > 1 else ''} "
+            f"(of {len(splits_of)}) in more than one "
+            f"split, e.g. '{crossing[0]}' in {', '.join(sorted(splits_of[crossing[0]]))}; their images leak "
+            "between splits (fix the split array, or leave it out to split by patient)",
+            stacklevel=4,
+        )
 
 
 def _take(raw: RawData, idx: np.ndarray) -> np.ndarray | None:

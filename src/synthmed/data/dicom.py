@@ -1,17 +1,25 @@
 """DICOM sources: one ``.dcm`` file or a folder of them (needs ``pip install synthmed[dicom]``).
 
-Grey images: stored values -> RescaleSlope/RescaleIntercept (e.g. CT Hounsfield units) -> window
-[center - width/2, center + width/2] -> [-1, 1]. The window is the caller's ``window=(center, width)``, else
-the file's first WindowCenter/WindowWidth, else the file's own min..max. MONOCHROME1 (white = low values) is
-inverted so that high always means bright. Multi-frame files give one sample per frame. Colour (RGB/YBR)
-images are converted to RGB and scaled by their bit depth.
-Patient ids come from PatientID (a file without one counts as its own patient), so splits are by patient.
+Grey images: stored values -> RescaleSlope/RescaleIntercept (e.g. CT Hounsfield units) -> VOI window ->
+[-1, 1]. The window is the caller's ``window=(center, width)``, else the file's first WindowCenter/
+WindowWidth (empty or invalid values count as absent), applied with the DICOM linear VOI function (PS3.3
+C.11.2.1.2.1: [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2]; the file's VOILUTFunction
+LINEAR_EXACT and SIGMOID are honoured). Without a window, the min..max over the whole series (same
+SeriesInstanceUID; files without one share the folder's range) is used, after rescale, so every slice of a
+series gets the same contrast. MONOCHROME1 (white = low values) is inverted so that high always means
+bright. Multi-frame files give one sample per frame. Colour (RGB/YBR) images are converted to RGB and scaled
+by their bit depth; PALETTE COLOR images go through their colour lookup table (``apply_color_lut``) to RGB.
+Patient ids come from PatientID, so splits are by patient. Anonymised files without PatientID fall back to
+StudyInstanceUID, then SeriesInstanceUID (or the PatientID of another file in the same study / series), then
+the file path, with a warning: an anonymised series must not be split slice by slice.
 In a folder, objects without pixel data (structured reports, RT structures, DICOMDIR) are skipped.
 """
 
 from __future__ import annotations
 
 import warnings
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +28,7 @@ import numpy as np
 from synthmed.data._core import RawData, assemble
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.transforms import fit_square, normalize
-from synthmed.errors import DataError
+from synthmed.errors import ConfigError, DataError
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -43,19 +51,68 @@ def looks_like_dicom(path: Path) -> bool:
         return False
 
 
-def _first(value: Any) -> float:
-    """WindowCenter/WindowWidth may be multi-valued (several presets): use the first."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    return float(value[0])
+def _first(value: Any) -> float | None:
+    """WindowCenter/WindowWidth may be multi-valued (several presets): the first; None when empty / invalid."""
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):  # pydicom MultiValue, list
+        value = value[0] if len(value) else None
+    if value is None or isinstance(value, (str, bytes)) and not value.strip():
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if np.isfinite(number) else None
+
+
+def _file_window(ds: Any) -> tuple[float, float] | None:
+    """The file's first (center, width), or None when the tags are absent, empty or invalid (width <= 0)."""
+    center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
+    if center is None or width is None or width <= 0:
+        return None
+    return center, width
+
+
+def voi_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
+    """Apply a DICOM VOI window (PS3.3 C.11.2.1.2) and map its output range to [-1, 1] (float32).
+
+    LINEAR (default): [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2] -> [-1, 1], clipped
+    (width <= 1: a threshold at center - 0.5); LINEAR_EXACT: [center - width / 2, center + width / 2];
+    SIGMOID: 1 / (1 + exp(-4 (x - center) / width)).
+    """
+    function = str(function or "LINEAR").strip().upper()
+    if function == "SIGMOID":
+        y = 1.0 / (1.0 + np.exp(-4.0 * (values.astype(np.float64) - center) / width))
+        return (2.0 * y - 1.0).astype(np.float32)
+    if function == "LINEAR_EXACT":
+        return normalize(values, (center - width / 2, center + width / 2))
+    if width <= 1:
+        return np.where(values > center - 0.5, 1.0, -1.0).astype(np.float32)
+    return normalize(values, (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2))
 
 
 def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> np.ndarray:
-    """(F, C, H, W) float32 in [-1, 1] for one dataset."""
+def _palette_rgb(path: Path, ds: Any, pixels: np.ndarray) -> np.ndarray:
+    """PALETTE COLOR indices -> (F, 3, H, W) in [-1, 1] through the file's colour lookup table."""
+    try:
+        from pydicom.pixels import apply_color_lut
+    except ImportError:  # pydicom < 3
+        from pydicom.pixel_data_handlers.util import apply_color_lut
+    try:
+        rgb = apply_color_lut(pixels, ds)
+    except Exception as exc:  # missing / malformed lookup tables raise several types
+        raise DataError(path, f"PALETTE COLOR image without a usable colour lookup table ({_one_line(exc)})") from exc
+    rgb = rgb[None] if rgb.ndim == 3 else rgb  # (F, H, W, 3)
+    top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
+    return np.moveaxis(normalize(rgb, (0.0, top)), -1, 1)
+
+
+def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+    """(F, C, H, W) float32 in [-1, 1] for one dataset, not yet inverted for MONOCHROME1, and the stored
+    (rescaled) range that was mapped to [-1, 1] when no window applied (``None`` otherwise): the caller
+    re-maps those to one range per series."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing codecs / corrupt data
@@ -65,6 +122,8 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> np.ndarr
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    if samples == 1 and photometric == "PALETTE COLOR":
+        return _palette_rgb(path, ds, pixels), None
     if frames == 1:
         pixels = pixels[None]
     if samples == 1:
@@ -73,21 +132,57 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> np.ndarr
             getattr(ds, "RescaleIntercept", 0) or 0
         )
         if window is not None:
-            center, width = window
-        elif "WindowCenter" in ds and "WindowWidth" in ds:
-            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
-        else:
-            lo, hi = float(stored.min()), float(stored.max())
-            center, width = (lo + hi) / 2, max(hi - lo, 1e-6)
-        out = normalize(stored, (center - width / 2, center + width / 2))
-        return -out if photometric == "MONOCHROME1" else out
+            return voi_window(stored, *window), None
+        file_window = _file_window(ds)
+        if file_window is not None:
+            return voi_window(stored, *file_window, ds.get("VOILUTFunction", "LINEAR")), None
+        lo, hi = float(stored.min()), float(stored.max())
+        return normalize(stored, (lo, hi if hi > lo else lo + 1.0)), (lo, hi)
     if photometric.startswith("YBR") and int(_pydicom(path).__version__.split(".")[0]) < 3:
         # pydicom >= 3 returns RGB from pixel_array already; 2.x returns the stored YCbCr.
         from pydicom.pixel_data_handlers.util import convert_color_space
 
         pixels = convert_color_space(pixels, photometric, "RGB")
     bits = int(getattr(ds, "BitsStored", 8) or 8)
-    return np.moveaxis(normalize(pixels, (0.0, float(2**bits - 1))), -1, 1)
+    return np.moveaxis(normalize(pixels, (0.0, float(2**bits - 1))), -1, 1), None
+
+
+def _uid(ds: Any, keyword: str) -> str:
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def _patient_ids(records: list[tuple[Path, Any]], source: str) -> list[str]:
+    """PatientID per file; without one: the PatientID of another file of its study / series, else its
+    StudyInstanceUID, SeriesInstanceUID or path (with one warning), so a study / series is never split."""
+    known: dict[tuple[str, str], str] = {}
+    for _, ds in records:
+        patient = _uid(ds, "PatientID")
+        if patient:
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+                if _uid(ds, keyword):
+                    known.setdefault((keyword, _uid(ds, keyword)), patient)
+    ids, fallbacks = [], Counter()
+    for path, ds in records:
+        patient = _uid(ds, "PatientID")
+        if not patient:
+            for keyword in ("StudyInstanceUID", "SeriesInstanceUID"):
+                uid = _uid(ds, keyword)
+                if uid:
+                    patient = known.get((keyword, uid), uid)
+                    fallbacks[keyword if patient == uid else f"the PatientID of its {keyword[:-11].lower()}"] += 1
+                    break
+            else:
+                patient = str(path)
+                fallbacks["its own path"] += 1
+        ids.append(patient)
+    if fallbacks:
+        used = ", ".join(f"{what} ({n})" for what, n in fallbacks.items())
+        warnings.warn(
+            f"{source}: {sum(fallbacks.values())} DICOM file(s) without PatientID; patients taken from {used}, "
+            "so splits keep each study / series whole",
+            stacklevel=3,
+        )
+    return ids
 
 
 def _read(pydicom: Any, path: Path) -> Any:
@@ -121,8 +216,10 @@ def read_dicom(
     skip_non_image: bool = False,
 ) -> RawData:
     """Read DICOM files into per-frame samples (see the module docstring)."""
+    if window is not None and not (len(window) == 2 and float(window[1]) > 0):
+        raise ConfigError(f"window={window!r}: expected (center, width) with width > 0")
     pydicom = _pydicom(files[0])
-    records = []
+    records: list[tuple[Path, Any]] = []
     for path in files:
         if path.name.upper() == "DICOMDIR":
             continue
@@ -134,24 +231,49 @@ def read_dicom(
                 warnings.warn(f"{path}: DICOM object without pixel data skipped", stacklevel=2)
                 continue
             raise DataError(path, "DICOM file has no pixel data (not an image)")
-        order = (
-            str(ds.get("PatientID", "")),
-            str(ds.get("SeriesInstanceUID", "")),
-            int(ds.get("InstanceNumber", 0) or 0),
-            str(path),
-        )
-        records.append((order, path, ds))
+        records.append((path, ds))
     if not records:
         raise DataError(source, "contains no DICOM images")
-    records.sort(key=lambda r: r[0])  # anatomical order within each series
+    patients_of = _patient_ids(records, source)
+    order = sorted(
+        range(len(records)),  # anatomical order within each series
+        key=lambda i: (
+            patients_of[i],
+            _uid(records[i][1], "SeriesInstanceUID"),
+            int(records[i][1].get("InstanceNumber", 0) or 0),
+            str(records[i][0]),
+        ),
+    )
 
     images, patients, meta = [], [], []
-    for (patient, _series, instance, _), path, ds in records:
-        patient = patient or str(path)  # no PatientID: the file is its own patient, never merged with others
-        for f, frame in enumerate(_frames(path, ds, window)):
+    series_range: dict[str, tuple[float, float]] = {}  # stored min..max per series, for unwindowed images
+    own_range: list[tuple[str, float, float] | None] = []
+    invert: list[bool] = []
+    for i in order:
+        path, ds = records[i]
+        frames, own = _frames(path, ds, window)
+        series = _uid(ds, "SeriesInstanceUID")
+        if own is not None:
+            lo, hi = series_range.get(series, own)
+            series_range[series] = (min(lo, own[0]), max(hi, own[1]))
+        monochrome1 = str(getattr(ds, "PhotometricInterpretation", "")).upper() == "MONOCHROME1"
+        instance = int(ds.get("InstanceNumber", 0) or 0)
+        for f, frame in enumerate(frames):
             images.append(frame.astype(np.float32) if size is None else fit_square(frame, size))
-            patients.append(patient)
+            patients.append(patients_of[i])
             meta.append({"path": str(path), "frame": f, "instance": instance})
+            own_range.append(None if own is None else (series, *own))
+            invert.append(monochrome1)
+    for k, img in enumerate(images):
+        if own_range[k] is not None:
+            # Re-map from the file's own range to its series' range. Exact after resizing: the filter weights
+            # are non-negative and sum to 1, and nothing was clipped (values lie within the file's own range).
+            series, lo, hi = own_range[k]
+            glo, ghi = series_range[series]
+            span = ghi - glo if ghi > glo else 1.0
+            scale, offset = (hi - lo if hi > lo else 1.0) / span, 2.0 * (lo - glo) / span
+            img = np.clip((img + 1.0) * np.float32(scale) + np.float32(offset - 1.0), -1.0, 1.0)
+        images[k] = -img if invert[k] else img
     channels = {img.shape[0] for img in images}
     if len(channels) > 1:
         raise DataError(source, "mixes grey and colour DICOM images; load them separately")
@@ -175,7 +297,8 @@ def load_dicom(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
 ) -> ImageDataset:
-    """A DICOM file or folder as an :class:`ImageDataset`; ``window=(center, width)`` overrides the files'."""
+    """A DICOM file or folder as an :class:`ImageDataset`; ``window=(center, width)`` overrides the files'
+    (applied with the DICOM linear VOI function, see :func:`voi_window`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         from synthmed.data.folder import list_files

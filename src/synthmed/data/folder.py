@@ -3,19 +3,33 @@
 Layout rules (in this order):
 
 * **Split folders.** If every first-level sub-folder is a split name (``train``, ``val``/``valid``/
-  ``validation``, ``test``), those folders are the split and the level below them holds the classes.
-* **Classes.** Otherwise the first-level sub-folder of each image is its class (sorted names -> labels
-  0..K-1). No labels are made when some images lie directly in the root, when there is only one class, or
-  when every "class" holds a single image (one folder per case, e.g. PH2's ``IMDxxx/``: they are cases,
-  not classes).
+  ``validation``, ``test``), those folders are the split and the level below them holds the groups.
+* **Groups: classes or patients** (``folder_groups``). The first-level sub-folder of each image (below the
+  split folders, if any) is either its **class** or its **patient**:
+
+  - ``"class"``: sorted folder names -> labels 0..K-1. No labels are made when some images lie directly in
+    the root, when there is only one class, or when every "class" holds a single image (one folder per
+    case, e.g. PH2's ``IMDxxx/``: they are cases, not classes). Splits are then stratified per image.
+  - ``"patient"``: the folder name is the patient id (``patients``), no labels; splits are made by patient,
+    so all slices of one patient land in one split (kaggle_3m: ``TCGA_xx/TCGA_xx_N.tif``). An image directly
+    in the root is its own patient (its file name).
+  - ``"auto"`` (default): patients when there are **more than 20 sub-folders** (class folders are few,
+    patient folders many) **or when sub-folders hold images with paired mask files** (``_mask``/``_lesion``:
+    segmentation data come one folder per case); classes otherwise. A warning says which was chosen and
+    how to override it.
 * **Masks.** A file whose name ends in ``_mask`` (kaggle_3m) or ``_lesion`` (PH2) before the extension is
   the mask of the image with the same name without that suffix in the same first-level folder; it is not
   an image. If any image has a mask, every image must have one (a missing tumour mask must not silently
-  read as "no tumour").
+  read as "no tumour"). Foreground follows the masks' value convention, decided over the whole folder
+  (every split), never per image: see :func:`~synthmed.data.transforms.mask_threshold` (label maps: any
+  label > 0; 8-bit black/white: > 127, which also reads JPEG-noisy masks right). Palette masks with colour
+  palettes are read as their palette indices (label maps).
 * **Pixels.** 8-bit images are scaled by 255, 16-bit by 65535 (their dtype range), float images by their
-  own range. Grey stays 1 channel, colour becomes RGB (alpha dropped; palette images become grey when
-  the palette is grey, else RGB; multi-page files: first page). Mixed grey and colour files are all
-  converted to the majority (ties -> RGB), with a warning: a data set must have one channel count.
+  own range. 16-bit grey images whose maximum over the whole folder is below 65535 / 4 (10/12/14-bit data,
+  e.g. 0..4095) are scaled by that maximum instead, with a warning. Grey stays 1 channel, colour becomes RGB
+  (alpha dropped; palette images become grey when the palette is grey, else RGB; multi-page files: first
+  page). Mixed grey and colour files are all converted to the majority (ties -> RGB), with a warning: a
+  data set must have one channel count.
 * Every image is centre-cropped to a square and resized to ``size`` (default: the most common side) as it
   is read, so large folders never sit in memory at full resolution.
 """
@@ -31,8 +45,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthmed.data._core import SPLIT_ALIASES, RawData, common_side, split_indices
-from synthmed.data.transforms import fit_square, normalize, preprocess_masks
-from synthmed.errors import DataError
+from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, normalize, uint16_range
+from synthmed.errors import ConfigError, DataError
 
 IMAGE_FORMATS = {
     ".png": "PNG",
@@ -44,6 +58,8 @@ IMAGE_FORMATS = {
     ".gif": "GIF",
 }
 MASK_SUFFIXES = ("_mask", "_lesion")
+FOLDER_GROUPS = ("auto", "class", "patient")
+AUTO_PATIENT_FOLDERS = 20  # "auto": more sub-folders than this are patients, not classes
 _GREY_MODES = {"1", "L", "LA", "La", "I", "F", "I;16", "I;16L", "I;16B", "I;16N"}
 
 
@@ -83,8 +99,14 @@ def _is_grey(img: Image.Image) -> bool:
     return False
 
 
-def _pixels(path: Path, grey: bool) -> np.ndarray:
-    """Decode one image to float32 (C, H, W) in [-1, 1] with 1 (grey) or 3 (RGB) channels."""
+def _is_16bit(img: Image.Image) -> bool:
+    """16-bit grey (PIL reads 16-bit PNG / TIFF as ``I;16*`` or as its 32-bit ``I`` container)."""
+    return img.mode.startswith("I;16") or img.mode == "I"
+
+
+def _pixels(path: Path, grey: bool, range16: tuple[float, float] = (0.0, 65535.0)) -> np.ndarray:
+    """Decode one image to float32 (C, H, W) in [-1, 1] with 1 (grey) or 3 (RGB) channels; 16-bit grey
+    images map ``range16`` (the folder's, see the module docstring) to [-1, 1]."""
     img = _open(path)
     try:
         with img:
@@ -95,10 +117,10 @@ def _pixels(path: Path, grey: bool) -> np.ndarray:
                 if array.ndim == 3:
                     array = array[..., 0]
                 if img.mode.startswith("I;16"):
-                    lo_hi = (0.0, 65535.0)  # 16-bit: scale by the dtype's range, not by 255
+                    lo_hi = range16  # 16-bit: scale by the dtype's range (or the folder's), not by 255
                 elif img.mode == "I":  # PIL's 32-bit container, used for 16-bit PNG/TIFF
                     in_16 = array.min() >= 0 and array.max() <= 65535
-                    lo_hi = (0.0, 65535.0) if in_16 else (float(array.min()), float(array.max()) or 1.0)
+                    lo_hi = range16 if in_16 else (float(array.min()), float(array.max()) or 1.0)
                 elif img.mode == "F":
                     lo, hi = float(array.min()), float(array.max())
                     lo_hi = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi if hi > lo else lo + 1)
@@ -121,17 +143,78 @@ def _pixels(path: Path, grey: bool) -> np.ndarray:
 
 
 def _mask_pixels(path: Path) -> np.ndarray:
+    """One mask as stored: (H, W) uint8 / uint16 / int32 / float32 values (binarised later, per data set).
+
+    1-bit masks become 0/255, colour-palette masks their palette indices (label maps), colour masks grey.
+    """
     img = _open(path)
     try:
         with img:
             img.load()
             img = ImageOps.exif_transpose(img)
-            array = np.asarray(img if _is_grey(img) and img.mode not in ("P", "PA") else img.convert("L"))
+            if img.mode == "1":
+                array = np.asarray(img, dtype=np.uint8) * np.uint8(255)
+            elif img.mode == "P" and not _is_grey(img):
+                array = np.asarray(img)  # palette indices: the labels of a label map (e.g. VOC-style PNGs)
+            elif _is_grey(img) and img.mode not in ("P", "PA", "LA", "La"):
+                array = np.asarray(img)
+            else:
+                array = np.asarray(img.convert("L"))
     except DataError:
         raise
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"corrupt or truncated mask image ({' '.join(str(exc).split())})") from exc
+    if array.dtype.byteorder == (">" if np.little_endian else "<"):
+        array = array.astype(array.dtype.newbyteorder("="))  # I;16B: native order, so dtypes compare equal
     return array[..., 0] if array.ndim == 3 else array
+
+
+def _mask_dtype(path: Path) -> np.dtype:
+    """The dtype :func:`_mask_pixels` gives, from the header only."""
+    with _open(path) as img:
+        mode = img.mode
+    if mode.startswith("I;16"):
+        return np.dtype(np.uint16)
+    return np.dtype({"I": np.int32, "F": np.float32}.get(mode, np.uint8))
+
+
+def _peak_settled(dtype: np.dtype, peak: float) -> bool:
+    """True when no larger maximum could change :func:`mask_threshold` for this dtype."""
+    if dtype.kind not in "iu":
+        return True
+    return peak > {np.dtype(np.uint8): 10, np.dtype(np.uint16): 255}.get(dtype, 65535)
+
+
+def _mask_peaks(read: list[np.ndarray], others: list[Path]) -> dict[np.dtype, float]:
+    """Maximum per mask dtype over the whole folder: the masks already ``read`` (the selected split), and
+    of ``others`` only as many as can still change the threshold (label maps: all; 0/255 masks: none)."""
+    peaks: dict[np.dtype, float] = {}
+    for mask in read:
+        peaks[mask.dtype] = max(peaks.get(mask.dtype, 0.0), float(mask.max(initial=0)))
+    for path in others:
+        dtype = _mask_dtype(path)
+        if _peak_settled(dtype, peaks.get(dtype, 0.0)):
+            continue
+        mask = _mask_pixels(path)
+        peaks[mask.dtype] = max(peaks.get(mask.dtype, 0.0), float(mask.max(initial=0)))
+    return peaks
+
+
+def _sixteen_bit_range(root: Path, paths: list[Path]) -> tuple[float, float]:
+    """Range for the folder's 16-bit grey images: 0..65535, or 0..max over all of them when that is below
+    65535 / 4 (12-bit data in 16-bit files), so every image and split is scaled the same way."""
+    peak = 0.0
+    for path in paths:
+        with _open(path) as img:
+            try:
+                array = np.asarray(img)
+            except (OSError, ValueError, SyntaxError) as exc:
+                raise DataError(path, f"corrupt or truncated image ({' '.join(str(exc).split())})") from exc
+        if array.size and array.min() >= 0 and array.max() <= 65535:  # "I" files beyond 16 bit: own range
+            peak = max(peak, float(array.max()))
+            if peak >= 65535 / 4:
+                break  # full 16-bit data: dtype scaling, no need to look further
+    return uint16_range(peak, str(root))
 
 
 def list_files(root: Path) -> list[Path]:
@@ -143,6 +226,32 @@ def list_files(root: Path) -> list[Path]:
     )
 
 
+def _group_mode(root: Path, folder_groups: str, groups: Counter, images: list[_Entry]) -> str:
+    """"class" or "patient" for the sub-folders (see the module docstring); warns what "auto" chose."""
+    if folder_groups != "auto":
+        return folder_groups
+    folders = [g for g in groups if g]
+    if not folders:
+        return "class"  # all images in the root: nothing to decide
+    paired = any(e.mask is not None and e.group for e in images)
+    if len(folders) > AUTO_PATIENT_FOLDERS or paired:
+        why = "they hold images with mask files" if paired else f"more than {AUTO_PATIENT_FOLDERS}"
+        warnings.warn(
+            f"{root}: {len(folders)} sub-folder{'s' if len(folders) > 1 else ''} read as patients ({why}), so "
+            "splits keep each patient whole; "
+            "pass folder_groups='class' if they are classes",
+            stacklevel=4,
+        )
+        return "patient"
+    if len(folders) >= 2 and "" not in groups and max(groups.values()) > 1:
+        warnings.warn(
+            f"{root}: {len(folders)} sub-folders read as classes (labels {', '.join(sorted(folders)[:3])}"
+            f"{', ...' if len(folders) > 3 else ''}); pass folder_groups='patient' if each holds one patient",
+            stacklevel=4,
+        )
+    return "class"
+
+
 def read_image_folder(
     root: Path,
     files: list[Path],
@@ -152,8 +261,12 @@ def read_image_folder(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    folder_groups: str = "auto",
 ) -> RawData:
-    """Read the image files ``files`` (found under ``root``) following the module's layout rules."""
+    """Read the image files ``files`` (found under ``root``) following the module's layout rules;
+    ``folder_groups`` (``"auto"``, ``"class"``, ``"patient"``) says what sub-folders are."""
+    if folder_groups not in FOLDER_GROUPS:
+        raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     rels = [f.relative_to(root).parts for f in files]
     first = {parts[0].lower() for parts in rels if len(parts) > 1}
     split_mode = all(len(p) > 1 for p in rels) and bool(first) and first <= set(SPLIT_ALIASES)
@@ -189,17 +302,21 @@ def read_image_folder(
         )
 
     groups = Counter(e.group for e in images)
-    use_labels = "" not in groups and len(groups) >= 2 and max(groups.values()) > 1
+    mode = _group_mode(root, folder_groups, groups, images)
+    use_labels = mode == "class" and "" not in groups and len(groups) >= 2 and max(groups.values()) > 1
     class_names = tuple(sorted(groups)) if use_labels else ()
     labels = np.asarray([class_names.index(e.group) for e in images], dtype=np.int64) if use_labels else None
+    patients = np.asarray([e.group or e.path.stem for e in images], dtype=str) if mode == "patient" else None
 
     # Header-only scan of every file (cheap): finds corrupt files up front, and fixes one channel count and
     # one size for all splits alike.
-    shapes, grey_votes = [], 0
+    shapes, grey_votes, sixteen = [], 0, []
     for entry in images:
         with _open(entry.path) as img:
             shapes.append((img.height, img.width))
             grey_votes += _is_grey(img)
+            if _is_16bit(img):
+                sixteen.append(entry.path)
     grey = grey_votes > len(images) - grey_votes
     if 0 < grey_votes < len(images):
         target = "grey" if grey else "RGB"
@@ -209,12 +326,14 @@ def read_image_folder(
             stacklevel=2,
         )
     side = size or common_side(shapes)
+    range16 = _sixteen_bit_range(root, sixteen) if sixteen else (0.0, 65535.0)
 
     idx = split_indices(
         len(images),
         split,
         source=root,
         labels=labels,
+        patients=patients,
         splits=np.asarray([e.split for e in images]) if split_mode else None,
         seed=seed,
         val_fraction=val_fraction,
@@ -227,7 +346,7 @@ def read_image_folder(
     out_images, out_masks, meta = [], [], []
     for i in selected:
         entry = images[i]
-        pixels = _pixels(entry.path, grey)
+        pixels = _pixels(entry.path, grey, range16)
         out_images.append(fit_square(pixels, side))
         info = {"path": str(entry.path)}
         if entry.mask is not None:
@@ -238,17 +357,23 @@ def read_image_folder(
                     f"is {mask.shape[1]}x{mask.shape[0]} px but its image {entry.path.name} "
                     f"is {pixels.shape[2]}x{pixels.shape[1]} px",
                 )
-            out_masks.append(preprocess_masks(mask[None], side)[0, 0].numpy() > 0.5)
+            out_masks.append(fit_mask(mask, side))  # values kept: binarised below, one rule for the set
             info["mask_path"] = str(entry.mask)
         if entry.split:
             info["split"] = entry.split
         meta.append(info)
+    if out_masks:
+        chosen = set(selected)
+        others = [e.mask for i, e in enumerate(images) if i not in chosen and e.mask is not None]
+        peaks = _mask_peaks(out_masks, others)
+        out_masks = [m > mask_threshold(m[:0], peak=peaks[m.dtype]) for m in out_masks]
 
     return RawData(
         source=str(root),
         images=out_images,
         labels=None if labels is None else labels[list(selected)],
         masks=out_masks or None,
+        patients=None if patients is None else patients[list(selected)],
         meta=meta,
         class_names=class_names,
         num_classes=len(class_names),

@@ -6,10 +6,11 @@ Multi-label files (ChestMNIST, labels (N, 14)): the **first column** is kept as 
 (ChestMNIST: atelectasis yes/no) and a warning says so; multi-label conditioning is not supported.
 
 Named arrays: ``image_key`` (default ``images``) holds (N, H, W), (N, H, W, C) or (N, C, H, W) images of
-uint8 / uint16 / bool / float / int; optional labels, masks, patient ids and a per-row split are read from
-the given keys or, when not given, from keys called ``labels``, ``masks``, ``patient``, ``split`` (and a few
-spellings). String labels become sorted class names. A ``channel_names`` key, or a known file family
-(``lgg_mri_*``), names the channels.
+uint8 / uint16 / bool / float / int (scaled as :func:`~synthmed.data.transforms.value_range` says; uint16
+data below 65535 / 4, e.g. 12-bit, by the file's maximum); optional labels, masks, patient ids and a
+per-row split are read from the given keys or, when not given, from keys called ``labels``, ``masks``,
+``patient``, ``split`` (and a few spellings). String labels become sorted class names. A ``channel_names``
+key, or a known file family (``lgg_mri_*``), names the channels.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def read_npz(
     return RawData(
         source=source or str(path),
         images=images,
-        value_range=value_range(images),  # over the whole file, so every split is scaled the same way
+        # Over the whole file, so every split is scaled the same way.
+        value_range=value_range(images, source=str(path)),
         channels_last=channels_last,
         labels=labels,
         masks=masks,
@@ -258,6 +260,9 @@ def _read_medmnist(
             all_labels.append(_labels_1d(path, f"{s}_labels", arrays[f"{s}_labels"]))
     images = parts[0] if len(parts) == 1 else np.concatenate(parts)
     images, channels_last = _images_layout(path, f"{wanted[0]}_images", images)
+    peak = None
+    if images.dtype == np.uint16:  # the range comes from every split, so all splits are scaled alike
+        peak = max(float(arrays[f"{s}_images"].max(initial=0)) for s in MEDMNIST_SPLITS if f"{s}_images" in keys)
     labels = None
     num_classes = 0
     if label_parts and len(label_parts) == len(parts):
@@ -267,7 +272,7 @@ def _read_medmnist(
     return RawData(
         source=source or str(path),
         images=images,
-        value_range=value_range(images),
+        value_range=value_range(images, peak=peak, source=str(path)),
         channels_last=channels_last,
         labels=labels,
         meta=meta,

@@ -6,6 +6,7 @@ Masks are resized with nearest neighbour so they stay binary.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -16,7 +17,9 @@ from synthmed.errors import ConfigError
 
 __all__ = [
     "center_crop_square",
+    "fit_mask",
     "fit_square",
+    "mask_threshold",
     "normalize",
     "pad_to",
     "parse_channels",
@@ -24,6 +27,7 @@ __all__ = [
     "preprocess_masks",
     "resize",
     "to_uint8",
+    "uint16_range",
     "value_range",
 ]
 
@@ -31,17 +35,26 @@ __all__ = [
 CHUNK = 256
 
 
-def value_range(array: np.ndarray) -> tuple[float, float]:
+def value_range(
+    array: np.ndarray, *, peak: float | None = None, source: str | None = None
+) -> tuple[float, float]:
     """The range that maps to [-1, 1]: the dtype's range for integers of 8/16 bit, the data's otherwise.
 
     Why the dtype and not the data: a dark uint8 image must stay dark, so its own min/max must not
     stretch it. Float data already in [0, 1] or [-1, 1] keep that range; other floats and wide integer
     types (e.g. CT in Hounsfield units as int16) use the array's min/max.
+    uint16 data whose maximum over the whole data set (``array``, or ``peak`` when the caller computed it
+    over more than ``array``) is below a quarter of 65535 is 10/12/14-bit data in a 16-bit container: it is
+    scaled by that maximum instead (see :func:`uint16_range`), with a warning naming ``source``.
     """
     if array.dtype == np.bool_:
         return 0.0, 1.0
-    if array.dtype in (np.uint8, np.uint16):
-        return 0.0, float(np.iinfo(array.dtype).max)
+    if array.dtype == np.uint8:
+        return 0.0, 255.0
+    if array.dtype == np.uint16:
+        if peak is None:
+            peak = float(np.max(array)) if array.size else 0.0
+        return uint16_range(peak, source)
     if array.size == 0:
         return 0.0, 1.0
     lo, hi = float(np.min(array)), float(np.max(array))
@@ -51,6 +64,24 @@ def value_range(array: np.ndarray) -> tuple[float, float]:
         if lo >= -1.0 and hi <= 1.0:
             return -1.0, 1.0
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+# uint16 data whose whole-set maximum is below this use fewer bits (e.g. 12-bit CT / MR / X-ray: 0..4095).
+LOW_BIT_UINT16 = 65535 / 4
+
+
+def uint16_range(peak: float, source: str | None = None) -> tuple[float, float]:
+    """Range for uint16 data with maximum ``peak`` over the whole data set: (0, 65535), or (0, peak) with a
+    warning when ``peak`` < 65535 / 4 (12-bit data would otherwise land in [-1, -0.875])."""
+    if 0 < peak < LOW_BIT_UINT16:
+        bits = int(np.ceil(np.log2(peak + 1)))
+        warnings.warn(
+            f"{source or 'data'}: uint16 values only reach {peak:g} (about {bits}-bit data); scaled by 0..{peak:g} "
+            "(the maximum over the whole data set) instead of 0..65535",
+            stacklevel=3,
+        )
+        return 0.0, float(peak)
+    return 0.0, 65535.0
 
 
 def normalize(array: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
@@ -94,6 +125,16 @@ def fit_square(image: np.ndarray, size: int | None) -> np.ndarray:
     return x.numpy() if size is None else resize(x[None], size)[0].numpy()
 
 
+def fit_mask(mask: np.ndarray, size: int | None) -> np.ndarray:
+    """Centre-crop one (H, W) mask of any dtype and resize it to ``size`` by nearest neighbour (torch's
+    ``nearest-exact``), keeping its values and dtype: binarise afterwards with :func:`mask_threshold`."""
+    mask = center_crop_square(mask)
+    if size is None or mask.shape[-1] == size:
+        return np.ascontiguousarray(mask)
+    index = _nearest_index(mask.shape[-1], size)
+    return mask[index][:, index]
+
+
 def preprocess_images(
     images: np.ndarray,
     value_range: tuple[float, float] | None,
@@ -134,7 +175,8 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 def preprocess_masks(masks: np.ndarray, size: int | None, *, rows: np.ndarray | None = None) -> torch.Tensor:
     """(N, H, W) masks of any dtype -> float32 tensor (N', 1, size, size) in {0, 1} (nearest neighbour).
 
-    The foreground threshold comes from the whole array, so every sample is binarised the same way.
+    The foreground threshold (:func:`mask_threshold`) comes from the dtype and the whole array, so every
+    sample is binarised the same way.
     """
     threshold = mask_threshold(masks)
     n = masks.shape[0] if rows is None else len(rows)
@@ -149,10 +191,30 @@ def preprocess_masks(masks: np.ndarray, size: int | None, *, rows: np.ndarray | 
     return out
 
 
-def mask_threshold(masks: np.ndarray) -> float:
-    """Foreground = above half the maximum, which reads {0, 1}, {0, 255} and JPEG-noisy masks alike."""
-    peak = float(masks.max()) if masks.size else 0.0
-    return peak / 2.0 if peak > 0 else float("inf")
+def mask_threshold(masks: np.ndarray, peak: float | None = None) -> float:
+    """Foreground = ``masks > mask_threshold(masks)``; the threshold follows the dtype's value convention.
+
+    * bool: as is; float: ``> 0.5`` (probabilities, {0, 1}, {0, 255} and label maps alike);
+    * integer masks whose maximum is <= 10 are label maps ({0, 1}, {0, 1, 2, 4} ...): any label ``> 0``;
+    * otherwise the masks are black/white at the bit depth of their values: ``> 127`` for 8-bit values
+      (uint8, or 0..255 in a wider type), ``> 32767`` for 16-bit values, so JPEG noise (3, 250) reads right.
+
+    ``peak`` is the maximum over the whole data set; pass it when ``masks`` is only part of the set, so every
+    image and split is binarised the same way (never by its own maximum).
+    """
+    if masks.dtype == np.bool_:
+        return 0.0
+    if not np.issubdtype(masks.dtype, np.integer):
+        return 0.5
+    if peak is None:
+        peak = float(masks.max()) if masks.size else 0.0
+    if peak <= 10:
+        return 0.0
+    if masks.dtype == np.uint8 or peak <= 255:
+        return 127.0
+    if masks.dtype == np.uint16 or peak <= 65535:
+        return 32767.0
+    return float(np.iinfo(masks.dtype).max) / 2.0
 
 
 def parse_channels(

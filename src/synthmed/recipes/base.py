@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -78,8 +80,12 @@ class Recipe:
     def phases(self) -> list[Phase]:
         return [Phase("train")]
 
-    def start_phase(self, phase: str) -> None:
-        """Hook called when a phase begins (also on resume into that phase): freeze, copy weights, ..."""
+    def start_phase(self, phase: str, resumed: bool = False) -> None:
+        """Hook called when a phase begins: freeze networks, copy weights, build a stage's optimiser state.
+
+        ``resumed`` is True when a run resumes inside ``phase`` from a checkpoint: the networks already hold the
+        trained weights, so one-off initialisations (e.g. BAGAN copying its decoder into G) must be skipped.
+        """
 
     def prepare_data(self, data: ImageDataset) -> ImageDataset:
         """Last data transform before training (e.g. pad 28 px to the network's 32 px). Default: unchanged."""
@@ -152,18 +158,51 @@ def get_recipe(name: str) -> type[Recipe]:
     return RECIPES[name]
 
 
+def _coerce(cls_name: str, key: str, annotation: Any, value: Any) -> Any:
+    """Convert a value from the CLI/YAML (``-o lr_g=1e-4`` arrives as a string) to the field's declared type."""
+    args = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, types.UnionType) else ()
+    optional = type(None) in args
+    kinds = [a for a in args if a is not type(None)] or [annotation]
+    kind = typing.get_origin(kinds[0]) or kinds[0]
+    label = " | ".join(getattr(k, "__name__", str(k)) for k in kinds) + (" | None" if optional else "")
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"recipe {cls_name!r} option {key}: a value is required")
+    try:
+        if kind is tuple:
+            items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
+            return tuple(float(v) for v in items)
+        if kind is bool:
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if kind is int and not isinstance(value, bool):
+            as_float = float(value)
+            if as_float != int(as_float):
+                raise ValueError(value)
+            return int(as_float)
+        if kind is float and not isinstance(value, bool):
+            return float(value)
+        if kind is str:
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"recipe {cls_name!r} option {key}: expected {label}, got {value!r}") from None
+    return value
+
+
 def make_config(cls: type[Recipe], options: dict[str, Any]) -> Any:
-    """Build a recipe's config dataclass from a plain dict, rejecting unknown keys with a clear message."""
+    """Build a recipe's config dataclass from a plain dict: unknown keys and wrong types are clear errors."""
     fields = {f.name: f for f in dataclasses.fields(cls.Config)}
     unknown = sorted(set(options) - set(fields))
     if unknown:
         raise ConfigError(
             f"recipe {cls.name!r} has no option(s) {', '.join(unknown)}; options: {', '.join(sorted(fields))}"
         )
-    values = {}
-    for key, value in options.items():
-        kind = fields[key].type
-        values[key] = tuple(value) if isinstance(value, list) and "tuple" in str(kind) else value
+    hints = typing.get_type_hints(cls.Config)
+    values = {key: _coerce(cls.name, key, hints[key], value) for key, value in options.items()}
     return cls.Config(**values)
 
 

@@ -14,7 +14,7 @@ Loss presets (``loss=``) follow their papers unless an option overrides them:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -78,9 +78,41 @@ class UnconditionalConfig:
     diffaugment: str = ""
 
 
-def _resolve(config: UnconditionalConfig, key: str, preset_key: str | None = None) -> object:
-    value = getattr(config, key)
-    return _PRESETS[config.loss][preset_key or key] if value is None else value
+def _resolved(config: UnconditionalConfig) -> UnconditionalConfig:
+    """The config with every ``None`` replaced by the loss preset, so ``config.yaml`` records what ran."""
+    preset = _PRESETS[config.loss]
+    lr_g = preset["lr_g"] if config.lr_g is None else config.lr_g
+    ttur_lr_d = 4 * float(lr_g) if config.ttur else preset["lr_d"]  # type: ignore[arg-type]
+    lr_d = config.lr_d if config.lr_d is not None else ttur_lr_d
+    d_norm = config.d_norm if config.d_norm is not None else (preset["d_norm"] if config.arch == "dcgan" else "none")
+    spectral = config.spectral_norm
+    if spectral is None:
+        spectral = bool(preset["sn"]) or config.arch == "resnet"
+    n_critic = preset["n_critic"] if config.n_critic is None else config.n_critic
+    betas = tuple(config.betas or preset["betas"])  # type: ignore[arg-type]
+    return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
+                   d_norm=d_norm, spectral_norm=spectral)
+
+
+def _check_compatible(config: UnconditionalConfig) -> None:
+    """Refuse option combinations that would silently do nothing or break an assumption."""
+    if config.loss == "wgan-gp":
+        if config.d_norm == "batch":
+            raise ConfigError("WGAN-GP's critic must not use BatchNorm (the penalty is per sample); use d_norm='layer'")
+        if config.minibatch_discrimination:
+            raise ConfigError("minibatch discrimination couples samples, which breaks WGAN-GP's per-sample penalty")
+    if config.loss in ("wgan-gp", "hinge") and (config.label_smoothing or config.label_noise or config.label_flip):
+        raise ConfigError(f"label smoothing/noise/flips apply to the bce and lsgan losses, not {config.loss}")
+    if config.arch != "dcgan":
+        if config.minibatch_discrimination:
+            raise ConfigError("minibatch_discrimination is available with arch='dcgan' only")
+        if config.d_norm not in (None, "none"):
+            raise ConfigError(f"d_norm applies to arch='dcgan'; the {config.arch} discriminator uses spectral norm")
+    for key in ("label_smoothing", "label_noise", "label_flip"):
+        if not 0.0 <= getattr(config, key) < 1.0:
+            raise ConfigError(f"{key} must be in [0, 1) (got {getattr(config, key)})")
+    if config.n_critic is not None and config.n_critic < 1:
+        raise ConfigError(f"n_critic must be at least 1 (got {config.n_critic})")
 
 
 @register_recipe
@@ -93,43 +125,43 @@ class UnconditionalGAN(GenerativeRecipe):
     prefers_channels_last = True
 
     def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
-        super().__init__(config, data_info)
         if config.loss not in LOSSES:
             raise ConfigError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
+        config = _resolved(config)
+        super().__init__(config, data_info)
+        _check_compatible(config)
         self.data_size = data_info.image_size
         self.train_size = config.pad_to or (32 if self.data_size == 28 else self.data_size)
         if self.train_size < self.data_size:
             raise ConfigError(f"pad_to={config.pad_to} is smaller than the images ({self.data_size} px)")
         self.latent_dim = config.latent_dim
-        self.n_critic = int(_resolve(config, "n_critic"))  # type: ignore[arg-type]
-        self.augment_policy = parse_policy(config.diffaugment) if config.diffaugment else ()
+        self.n_critic = int(config.n_critic)  # type: ignore[arg-type]
         channels = data_info.channels
-        self.networks["G"] = build_generator(
-            config.arch, latent_dim=config.latent_dim, out_channels=channels,
-            image_size=self.train_size, base_channels=config.g_channels,
-        )
         d_kwargs: dict[str, object] = {
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
-            "spectral_norm": bool(_resolve(config, "spectral_norm", "sn")),
+            "spectral_norm": bool(config.spectral_norm),
         }
         if config.arch == "dcgan":
-            d_kwargs["norm"] = _resolve(config, "d_norm")
+            d_kwargs["norm"] = config.d_norm
             d_kwargs["minibatch_discrimination"] = config.minibatch_discrimination
-        elif config.minibatch_discrimination:
-            raise ConfigError("minibatch_discrimination is available with arch='dcgan' only")
-        if config.loss == "wgan-gp" and d_kwargs.get("norm") == "batch":
-            raise ConfigError("WGAN-GP's critic must not use BatchNorm (the penalty is per sample); use d_norm='layer'")
-        self.networks["D"] = build_discriminator(config.arch, **d_kwargs)
+        try:
+            self.augment_policy = parse_policy(config.diffaugment) if config.diffaugment else ()
+            self.networks["G"] = build_generator(
+                config.arch, latent_dim=config.latent_dim, out_channels=channels,
+                image_size=self.train_size, base_channels=config.g_channels,
+            )
+            self.networks["D"] = build_discriminator(config.arch, **d_kwargs)
+        except ValueError as exc:  # bad option values surface as one-line configuration errors
+            hint = " (resize with --size, or pad with -o pad_to=N)" if "size" in str(exc) else ""
+            raise ConfigError(f"{exc}{hint}") from exc
 
     # --- set-up ----------------------------------------------------------------------------------------
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         cfg = self.config
-        lr_g = float(_resolve(cfg, "lr_g"))  # type: ignore[arg-type]
-        lr_d = cfg.lr_d if cfg.lr_d is not None else (4 * lr_g if cfg.ttur else _PRESETS[cfg.loss]["lr_d"])
-        betas = tuple(_resolve(cfg, "betas"))  # type: ignore[arg-type]
+        betas = tuple(cfg.betas)  # type: ignore[arg-type]
         return {
-            "D": adam(self.networks["D"].parameters(), lr=float(lr_d), betas=betas, device=self.device),
-            "G": adam(self.networks["G"].parameters(), lr=lr_g, betas=betas, device=self.device),
+            "D": adam(self.networks["D"].parameters(), lr=float(cfg.lr_d), betas=betas, device=self.device),  # type: ignore[arg-type]
+            "G": adam(self.networks["G"].parameters(), lr=float(cfg.lr_g), betas=betas, device=self.device),  # type: ignore[arg-type]
         }
 
     def prepare_data(self, data: ImageDataset) -> ImageDataset:
@@ -138,7 +170,8 @@ class UnconditionalGAN(GenerativeRecipe):
         pad = self.train_size - self.data_size
         before, after = pad // 2, pad - pad // 2
         images = F.pad(data.images, (before, after, before, after), value=-1.0)
-        return ImageDataset(images=images, info=data.info, labels=data.labels, patients=data.patients)
+        masks = None if data.masks is None else F.pad(data.masks, (before, after, before, after), value=0.0)
+        return replace(data, images=images, masks=masks)
 
     def loss_names(self) -> list[str]:
         names = ["loss_d", "loss_g", "d_real", "d_fake"]
@@ -203,7 +236,6 @@ class UnconditionalGAN(GenerativeRecipe):
         G, D = self.networks["G"], self.networks["D"]
         use_features = cfg.feature_matching > 0
         out: dict[str, torch.Tensor] = {}
-        real_features = None
         for i in range(self.n_critic):
             real = batch["image"] if i == 0 else ctx.draw_batch()["image"]
             z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
@@ -211,10 +243,7 @@ class UnconditionalGAN(GenerativeRecipe):
                 with torch.no_grad():
                     fake = G(z)
                 real_in, fake_in = self._augment(real, ctx), self._augment(fake, ctx)
-                if use_features:
-                    real_logits, real_features = D(real_in, return_features=True)
-                else:
-                    real_logits = D(real_in)
+                real_logits = D(real_in)
                 fake_logits = D(fake_in)
                 loss_d = self._d_loss(real_logits.float(), fake_logits.float())
             if cfg.loss == "wgan-gp":
@@ -230,22 +259,30 @@ class UnconditionalGAN(GenerativeRecipe):
             ctx.optimize("D", loss_d)
 
         # Generator step. D's weights need no gradients here, which saves a third of its backward pass.
+        flags = [p.requires_grad for p in D.parameters()]
         D.requires_grad_(False)
-        z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
-        with ctx.autocast():
-            fake = G(z)
-            fake_in = self._augment(fake, ctx)
-            if use_features:
-                fake_logits_g, fake_features = D(fake_in, return_features=True)
-            else:
-                fake_logits_g = D(fake_in)
-            loss_g = self._g_loss(fake_logits_g.float())
-            if use_features:
-                fm = L.feature_matching_loss(real_features.float(), fake_features.float())
-                loss_g = loss_g + cfg.feature_matching * fm
-                out["feature_matching"] = fm.detach()
-        ctx.optimize("G", loss_g)
-        D.requires_grad_(True)
+        try:
+            z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
+            with ctx.autocast():
+                fake = G(z)
+                fake_in = self._augment(fake, ctx)
+                if use_features:
+                    fake_logits_g, fake_features = D(fake_in, return_features=True)
+                    # Salimans et al. match statistics of one discriminator: the real side is recomputed
+                    # with the just-updated D rather than reused from before its step.
+                    with torch.no_grad():
+                        _, real_features = D(self._augment(batch["image"], ctx), return_features=True)
+                else:
+                    fake_logits_g = D(fake_in)
+                loss_g = self._g_loss(fake_logits_g.float())
+                if use_features:
+                    fm = L.feature_matching_loss(real_features.float(), fake_features.float())
+                    loss_g = loss_g + cfg.feature_matching * fm
+                    out["feature_matching"] = fm.detach()
+            ctx.optimize("G", loss_g)
+        finally:
+            for p, flag in zip(D.parameters(), flags, strict=True):
+                p.requires_grad_(flag)
 
         out.update(
             loss_d=loss_d.detach(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -135,9 +136,40 @@ def load_checkpoint(json_path: Path, verify: bool = True) -> tuple[dict[str, Any
     return record, load_file(str(weights_path))
 
 
-def restore_networks(networks: torch.nn.ModuleDict, tensors: dict[str, torch.Tensor]) -> None:
+def load_latest_valid(directory: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The newest checkpoint whose weights match their hash; older ones are tried when the newest is damaged."""
+    found = list_checkpoints(directory)
+    if not found:
+        raise SynthmedError(f"{directory}: no complete checkpoint")
+    problems = []
+    for json_path in reversed(found):
+        try:
+            record, tensors = load_checkpoint(json_path)
+        except SynthmedError as exc:
+            problems.append(str(exc))
+            continue
+        if problems:
+            warnings.warn(f"skipped damaged checkpoint(s): {'; '.join(problems)}; using {json_path.name}",
+                          stacklevel=2)
+        return record, tensors
+    raise SynthmedError(f"{directory}: every checkpoint is damaged ({problems[0]})")
+
+
+def remove_stale_temporaries(run_dir: Path) -> None:
+    """Delete temp files a hard kill left behind mid-write (they can be as large as a checkpoint)."""
+    for tmp in run_dir.rglob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def restore_networks(networks: torch.nn.ModuleDict, tensors: dict[str, torch.Tensor], source: Path | None = None
+                     ) -> None:
     state = {k[len("net/"):]: v for k, v in tensors.items() if k.startswith("net/")}
-    networks.load_state_dict(state, strict=True)
+    try:
+        networks.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[1].strip() if len(str(exc).splitlines()) > 1 else str(exc)
+        where = f"{source}: " if source else ""
+        raise SynthmedError(f"{where}checkpoint does not match the recipe's networks ({first})") from None
 
 
 def restore_optimizers(

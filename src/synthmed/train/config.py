@@ -25,6 +25,8 @@ class DataConfig:
     mask_key: str | None = None
     patient_key: str | None = None
     split_key: str | None = None
+    #: Image folders: are first-level sub-folders classes or patients? "auto" decides and says which.
+    folder_groups: str = "auto"
     #: Seed of the train/val/test split for sources without one (independent of the training seed).
     split_seed: int = 0
 
@@ -62,7 +64,7 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+    def from_dict(cls, raw: dict[str, Any], source: Path | None = None) -> RunConfig:
         try:
             return cls(
                 recipe=raw.get("recipe", "unconditional"),
@@ -72,7 +74,8 @@ class RunConfig:
                 name=raw.get("name", ""),
             )
         except TypeError as exc:
-            raise ConfigError(f"invalid run configuration: {exc}") from exc
+            where = f"{source}: " if source else ""
+            raise ConfigError(f"{where}invalid run configuration ({exc})") from exc
 
     def validate(self) -> None:
         t = self.train
@@ -94,7 +97,7 @@ class RunConfig:
 
 
 def read_run_config(path: Path) -> RunConfig:
-    return RunConfig.from_dict(read_run_document(path))
+    return RunConfig.from_dict(read_run_document(path), source=path)
 
 
 def read_run_document(path: Path) -> dict[str, Any]:

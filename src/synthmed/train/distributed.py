@@ -3,7 +3,8 @@
 GAN steps alternate several networks, freeze some of them, and take gradients of gradients (WGAN-GP, R1), all
 of which fight ``DistributedDataParallel``'s per-module hooks. As in NVlabs' StyleGAN2-ADA, we keep plain
 modules and average each optimiser's gradients with one flattened all-reduce just before it steps: every
-process then applies the same update, so the replicas never drift apart.
+process then applies the same update, so the parameters never drift apart. BatchNorm running statistics stay
+per process (as with DDP's ``broadcast_buffers=False``); rank 0's are the ones saved.
 """
 
 from __future__ import annotations

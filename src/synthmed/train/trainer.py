@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -75,8 +76,12 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError("--device cuda was asked for, but no CUDA GPU is available")
-        if device.index is None:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            if device.index is not None:
+                raise ConfigError("under torchrun each process uses the GPU of its LOCAL_RANK: use --device cuda")
             device = torch.device("cuda", local_rank)
+        elif device.index is None:
+            device = torch.device("cuda", 0)
     return device
 
 
@@ -84,8 +89,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         # bf16 autocast only where the hardware has it: on this kind of CPU it ran 13-49x slower.
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    if precision == "bf16" and device.type == "cpu":
-        return "bf16"  # allowed when asked for explicitly (CPUs with AMX/AVX512-BF16 gain from it)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp32")
+    # bf16 on a CPU is allowed when asked for explicitly (CPUs with AMX/AVX512-BF16 gain from it).
     return precision
 
 
@@ -174,7 +180,9 @@ class _LossLog:
         # Drop rows after the checkpoint: they will be recomputed, identically.
         with open(self.path, newline="", encoding="utf-8") as fh:
             rows = [r for r in csv.reader(fh)]
-        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= resume_step]
+        # A row cut short by a hard kill has fewer cells or a partial step number: drop it.
+        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit()
+                            and int(r[0]) <= resume_step]
         atomic_write_text(self.path, "".join(",".join(r) + "\n" for r in kept))
 
     def append(self, rows: list[tuple[int, str, dict[str, float]]]) -> None:
@@ -212,10 +220,15 @@ class Trainer:
 
     def _load_data(self) -> ImageDataset:
         d = self.config.data
+        if d.split == "test":
+            raise ConfigError("a GAN must never see the test split (it is kept for evaluation); train on 'train'")
+        if d.split == "all":
+            warnings.warn("training on split 'all' includes any test images of this data: evaluate on other data",
+                          stacklevel=2)
         return load_dataset(
             d.source, size=d.size, split=d.split, channels=d.channels, image_key=d.image_key,
             label_key=d.label_key, mask_key=d.mask_key, patient_key=d.patient_key, split_key=d.split_key,
-            seed=d.split_seed,
+            seed=d.split_seed, folder_groups=d.folder_groups,
         )
 
     def _build(self, data_info: DataInfo) -> Recipe:
@@ -247,10 +260,7 @@ class Trainer:
         resume_record, resume_tensors = None, None
         if self.resume_dir is not None:
             run_dir = Path(self.resume_dir)
-            latest = ckpt.latest_checkpoint(run_dir / "checkpoints")
-            if latest is None:
-                raise SynthmedError(f"{run_dir / 'checkpoints'}: no complete checkpoint to resume from")
-            resume_record, resume_tensors = ckpt.load_checkpoint(latest)
+            resume_record, resume_tensors = ckpt.load_latest_valid(run_dir / "checkpoints")
         self._setup_runtime()
         try:
             return self._run(resume_record, resume_tensors)
@@ -279,10 +289,22 @@ class Trainer:
         loss_names = recipe.loss_names()
 
         if resume_record is None:
-            run_dir = self._create_run_dir() if self.dist.is_main else Path(".")
+            run_dir, problem = Path("."), None
+            if self.dist.is_main:
+                try:
+                    run_dir = self._create_run_dir()
+                except SynthmedError as exc:
+                    problem = exc
+            # Every process must stop together, or the others would wait forever in their first collective.
+            if self.dist.enabled and D.any_process(problem is not None, self.device) and problem is None:
+                raise SynthmedError("the main process stopped with a configuration error")
+            if problem is not None:
+                raise problem
             start_step = 0
         else:
             run_dir = Path(self.resume_dir)  # type: ignore[arg-type]
+            if self.dist.is_main:
+                ckpt.remove_stale_temporaries(run_dir)
             start_step = self._restore(resume_record, resume_tensors or {}, recipe, optimizers, sampler)
         run_dir_main = self.dist.is_main
         log = _LossLog(run_dir / "losses.csv", loss_names)
@@ -360,11 +382,11 @@ class Trainer:
 
         with stopper.installed(), progress:
             try:
-                for phase, _first, end in plan:
+                for phase, first, end in plan:
                     if end is not None and step >= end:
                         continue
                     current_phase = phase.name
-                    recipe.start_phase(phase.name)
+                    recipe.start_phase(phase.name, resumed=resume_record is not None and step > first)
                     ctx.phase = phase.name
                     while end is None or step < end:
                         at_sync = (step + 1) % t.log_every == 0
@@ -386,9 +408,10 @@ class Trainer:
                         pending.append((step, phase.name, losses))
                         if step % t.log_every == 0:
                             flush()
-                        if step % t.sample_every == 0 and run_dir_main:
-                            flush()
-                            self._write_preview(recipe, run_dir, preview_inputs, step)
+                        if step % t.sample_every == 0:
+                            flush()  # on every process: under DDP it is a collective
+                            if run_dir_main:
+                                self._write_preview(recipe, run_dir, preview_inputs, step)
                         if step % t.checkpoint_every == 0:
                             save()
             except _StopTraining:
@@ -521,4 +544,6 @@ def resume(run: str | Path, steps: int | None = None, max_minutes: float | None 
         config.train.steps = steps
     if max_minutes is not None:
         config.train.max_minutes = max_minutes
+        if steps is None:
+            config.train.steps = None  # a new time budget alone: go on until it is spent, as a fresh run would
     return Trainer(config, resume=run_dir, progress=progress).run()
