@@ -130,8 +130,12 @@ class TrainedModel:
 
 
 def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "auto") -> TrainedModel:
-    """Load a run directory (or a name under ``./runs``) at its latest (or a given) checkpoint."""
+    """Load a run directory (or a name under ``./runs``) at its latest checkpoint, ``"best"``, or a given JSON."""
     run_dir = resolve_run_dir(run)
+    if checkpoint == "best":
+        checkpoint = run_dir / "checkpoints" / "best.json"
+        if not checkpoint.is_file():
+            raise SynthmedError(f"{checkpoint}: no best checkpoint (train with --eval-every N)")
     raw = read_run_document(run_dir / "config.yaml")
     config = RunConfig.from_dict(raw)
     info = DataInfo.from_dict(raw["data_info"])
@@ -150,8 +154,9 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
     return TrainedModel(run_dir, config, recipe, int(record["step"]))
 
 
-def sample(run: str | Path, n: int, out: str | Path, fmt: str = "png", seed: int = 0) -> Path:
-    return load(run).save_samples(out, n, seed=seed, fmt=fmt)
+def sample(run: str | Path, n: int, out: str | Path, fmt: str = "png", seed: int = 0,
+           checkpoint: str | Path | None = None) -> Path:
+    return load(run, checkpoint=checkpoint).save_samples(out, n, seed=seed, fmt=fmt)
 
 
 def explore(run: str | Path, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:

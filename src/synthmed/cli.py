@@ -65,6 +65,9 @@ def train(
     feature_matching: float = typer.Option(None, help="Weight of the feature-matching generator loss."),
     minibatch_discrimination: bool = typer.Option(None, "--minibatch-discrimination/--no-minibatch-discrimination",
                                                   help="Minibatch discrimination layer in D."),
+    eval_every: int = typer.Option(None, help="Score FID every N steps and keep checkpoints/best.*."),
+    eval_features: str = typer.Option(None, help="Feature space of that FID: radiomics or inception."),
+    eval_samples: int = typer.Option(None, help="Synthetic images per evaluation [default: 500]."),
     option: list[str] = typer.Option(None, "--option", "-o", help="Any recipe option as KEY=VALUE (repeatable)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
@@ -79,6 +82,7 @@ def train(
         "arch": arch, "loss": loss, "diffaugment": diffaugment, "label_smoothing": label_smoothing,
         "label_noise": label_noise, "label_flip": label_flip, "instance_noise": instance_noise, "ttur": ttur,
         "feature_matching": feature_matching, "minibatch_discrimination": minibatch_discrimination,
+        "eval_every": eval_every, "eval_features": eval_features, "eval_samples": eval_samples,
     }.items() if v is not None}
     if split != "train":
         given["split"] = split
@@ -113,12 +117,13 @@ def sample(
     out: Path = typer.Option(..., "--out", help="New or empty output folder."),
     fmt: str = typer.Option("png", "--format", help="png (one file per image) or npz (one file)."),
     seed: int = typer.Option(0, help="Seed of the latent vectors."),
+    checkpoint: str = typer.Option(None, help="'best' (with --eval-every) or a checkpoint JSON [default: latest]."),
 ) -> None:
     """Generate N images from a trained run into a folder (PNG files or one npz)."""
     from synthmed import api
 
     try:
-        path = api.sample(run, n, out, fmt=fmt, seed=seed)
+        path = api.sample(run, n, out, fmt=fmt, seed=seed, checkpoint=checkpoint)
     except SynthmedError as exc:
         _fail(str(exc))
     print(f"wrote {n} images to {path}")
@@ -140,6 +145,46 @@ def explore(
     except SynthmedError as exc:
         _fail(str(exc))
     print(f"wrote {path}")
+
+
+@app.command()
+def evaluate(
+    real: str = typer.Option(..., "--real", help="Held-out real images: a data source (folder, npz, medmnist:NAME)."),
+    fake: str = typer.Option(..., "--fake", help="Synthetic images: a folder, an npz, or a run directory."),
+    train: str = typer.Option(None, "--train", help="The real training images (domain features, memorisation)."),
+    features: str = typer.Option("domain,radiomics", help="Feature spaces: any of domain, radiomics, inception."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for metrics.json, report.md and pictures."),
+    real_split: str = typer.Option("auto", help="Split of --real: auto = test where the source has splits, else all."),
+    fake_split: str = typer.Option("all", help="Split of --fake to use when it is a data source."),
+    train_split: str = typer.Option("train", help="Split of --train to use."),
+    size: int = typer.Option(None, help="Resize every set to SIZE px."),
+    channels: str = typer.Option(None, help="Channels to keep (index or name)."),
+    n_fake: int = typer.Option(None, help="Synthetic images to sample from a run [default: as many as real]."),
+    domain_model: Path = typer.Option(None, help="A saved domain feature network (JSON) instead of fitting one."),
+    weights: Path = typer.Option(None, help="Inception TorchScript weights (inception-2015-12-05.pt)."),
+    bootstrap: int = typer.Option(100, help="Bootstrap resamples for the FID interval (0: none)."),
+    seed: int = typer.Option(0, help="Seed of sampling, subsets and bootstrap."),
+    device: str = typer.Option("cpu", help="Device for feature extraction (cpu, cuda)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Fidelity, diversity and memorisation of synthetic images, each in a named feature space."""
+    from synthmed.metrics.evaluate import evaluate as run_evaluation
+
+    try:
+        result = run_evaluation(
+            real, fake, train=train, features=tuple(features.split(",")), out=out, real_split=real_split,
+            fake_split=fake_split, train_split=train_split, size=size, channels=channels, n_fake=n_fake,
+            domain_model=domain_model, inception_weights=weights, bootstrap=bootstrap, seed=seed, device=device,
+            progress=not quiet,
+        )
+    except SynthmedError as exc:
+        _fail(str(exc))
+    for m in result.metrics:
+        if m.name in ("fid", "kid", "precision", "recall") or m.name.startswith("ms_ssim"):
+            spread = f" [{m.interval[0]:.4g}, {m.interval[1]:.4g}]" if m.interval else (
+                f" +- {m.std:.3g}" if m.std is not None else "")
+            print(f"{m.extractor:>10}  {m.name:<12} {m.value:.4g}{spread}")
+    print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:

@@ -50,6 +50,10 @@ class TrainConfig:
     keep_checkpoints: int = 3
     preview_count: int = 64
     preview_seed: int = 0
+    #: Score the sampling generator (FID in ``eval_features`` space) every N steps and keep the best checkpoint.
+    eval_every: int | None = None
+    eval_features: str = "radiomics"
+    eval_samples: int = 500
 
 
 @dataclass
@@ -91,6 +95,10 @@ class RunConfig:
             raise ConfigError(f"--precision must be auto, fp32 or bf16 (got {t.precision!r})")
         if not 0.0 <= t.ema_beta < 1.0:
             raise ConfigError(f"--ema-beta must be in [0, 1) (got {t.ema_beta})")
+        if t.eval_every is not None and t.eval_every < 1:
+            raise ConfigError("--eval-every must be at least 1")
+        if t.eval_samples < 2:
+            raise ConfigError("--eval-samples must be at least 2")
         for key in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")

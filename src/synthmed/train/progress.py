@@ -53,6 +53,11 @@ class TrainProgress:
         if self._progress is not None:
             self._progress.stop()
 
+    def note(self, text: str) -> None:
+        """A line above the bar (e.g. a periodic FID), kept in the scrollback."""
+        if self._progress is not None:
+            self._progress.console.print(text)
+
     def update(self, step: int, losses: dict[str, float]) -> None:
         if self._progress is None or self._task is None:
             return

@@ -273,6 +273,11 @@ class Trainer:
         # Everything that can fail on bad input happens before the run directory exists.
         data = self._load_data()
         recipe = self._build(data.info)
+        evaluator = None
+        if t.eval_every and self.dist.is_main:
+            from synthmed.train.periodic_eval import PeriodicFID
+
+            evaluator = PeriodicFID(recipe, data.images, t.eval_features, t.eval_samples, seed=t.preview_seed)
         data = recipe.prepare_data(data)
         if len(data) < t.batch_size * self.dist.world_size:
             raise ConfigError(
@@ -306,6 +311,8 @@ class Trainer:
             if self.dist.is_main:
                 ckpt.remove_stale_temporaries(run_dir)
             start_step = self._restore(resume_record, resume_tensors or {}, recipe, optimizers, sampler)
+            if evaluator is not None:
+                evaluator.restore(run_dir, start_step)
         run_dir_main = self.dist.is_main
         log = _LossLog(run_dir / "losses.csv", loss_names)
         if run_dir_main:
@@ -414,6 +421,22 @@ class Trainer:
                                 self._write_preview(recipe, run_dir, preview_inputs, step)
                         if step % t.checkpoint_every == 0:
                             save()
+                        if t.eval_every and step % t.eval_every == 0:
+                            flush()
+                            improved = False
+                            if evaluator is not None:
+                                value = evaluator.score(recipe)  # type: ignore[arg-type]
+                                improved = evaluator.record(run_dir, step, value)
+                                progress.note(f"fid {value:.3f}")
+                            if self.dist.enabled:
+                                improved = D.any_process(improved, self.device)
+                            if improved:
+                                if last_saved_step != step:
+                                    save()
+                                if run_dir_main and last_checkpoint is not None:
+                                    from synthmed.train.periodic_eval import copy_as_best
+
+                                    copy_as_best(last_checkpoint)
             except _StopTraining:
                 pass
             flush()
@@ -422,7 +445,8 @@ class Trainer:
         wall = time.monotonic() - started
         if run_dir_main:
             self._write_outputs(recipe, run_dir, preview_inputs, step, final=True)
-            self._write_metrics(run_dir, step - start_step, step, wall, stopped_because, last_values)
+            self._write_metrics(run_dir, step - start_step, step, wall, stopped_because, last_values,
+                                None if evaluator is None else evaluator.summary())
         result = TrainResult(run_dir=run_dir, steps=step, stopped_because=stopped_because,
                              checkpoint=last_checkpoint, final_losses=last_values, wall_seconds=wall)
         if stopped_because == "interrupted":
@@ -495,7 +519,7 @@ class Trainer:
         plot_losses(run_dir / "losses.csv", run_dir / "curves.png", title=f"{run_dir.name}: losses")
 
     def _write_metrics(self, run_dir: Path, steps_this_session: int, step: int, wall: float, why: str,
-                       last_values: dict[str, float]) -> None:
+                       last_values: dict[str, float], evaluation: dict[str, Any] | None = None) -> None:
         path = run_dir / "metrics.json"
         metrics: dict[str, Any] = {}
         if path.exists():
@@ -523,6 +547,8 @@ class Trainer:
             },
             "final_losses": last_values,
         }
+        if evaluation is not None:
+            metrics["training_evaluation"] = evaluation
         atomic_write_text(path, json.dumps(metrics, indent=1))
 
 

@@ -1,0 +1,444 @@
+"""The evaluation protocol behind ``synthmed evaluate``: fidelity, diversity and memorisation of a synthetic set.
+
+Three image sets take part:
+
+* ``real``: held-out real images (by default the *test* split of a data source): what the synthetic images are
+  compared with. A GAN never saw them.
+* ``fake``: synthetic images: a folder, an npz, or a run directory (then ``n_fake`` images are sampled).
+* ``train``: the real images the GAN was trained on (optional): the domain feature network is fitted on them,
+  the radiomics features are standardised with their statistics, and memorisation is measured against them.
+
+Every figure is computed in a named feature space and written with that name, the sample counts and, where it
+varies, a bootstrap interval or a standard deviation (``metrics.json``), next to a Markdown report with pictures.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import synthmed
+from synthmed.data import load_dataset
+from synthmed.data.transforms import resize
+from synthmed.errors import ConfigError, SynthmedError
+from synthmed.io import atomic_write_text
+from synthmed.metrics.diversity import ms_ssim_config, ms_ssim_diversity
+from synthmed.metrics.features import FeatureExtractor, get_extractor
+from synthmed.metrics.fidelity import fid, inception_score, kid, prdc
+from synthmed.metrics.memorisation import MemorisationResult, closest_pairs_grid, memorisation
+from synthmed.metrics.stats import MetricValue, bootstrap_interval, sample_size_warning
+
+DEFAULT_FEATURES = ("domain", "radiomics")
+
+
+@dataclass
+class ImageSet:
+    """Images (N, C, H, W) in [-1, 1] with where they came from."""
+
+    role: str
+    images: torch.Tensor
+    source: str
+    split: str | None = None
+    note: str = ""
+
+    def describe(self) -> dict[str, Any]:
+        c, h, w = self.images.shape[1:]
+        out: dict[str, Any] = {"source": self.source, "n": len(self.images), "channels": c, "size": [h, w]}
+        if self.split:
+            out["split"] = self.split
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass
+class EvaluationResult:
+    metrics: list[MetricValue]
+    sets: dict[str, dict[str, Any]]
+    extractors: dict[str, dict[str, Any]]
+    memorisation: dict[str, dict[str, Any]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    out: Path | None = None
+
+    def value(self, name: str, extractor: str) -> float:
+        for m in self.metrics:
+            if m.name == name and m.extractor == extractor:
+                return m.value
+        raise KeyError(f"{name} in {extractor}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "synthmed_version": synthmed.__version__,
+            "sets": self.sets,
+            "extractors": self.extractors,
+            "metrics": [m.to_dict() for m in self.metrics],
+            "memorisation": self.memorisation,
+            "warnings": self.warnings,
+            "seconds": self.seconds,
+        }
+
+
+def _is_run(path: str | Path) -> bool:
+    return (Path(path) / "config.yaml").is_file() and (Path(path) / "checkpoints").is_dir()
+
+
+def load_image_set(role: str, source: str | Path | torch.Tensor, *, split: str, size: int | None = None,
+                   channels: str | None = None, n: int | None = None, seed: int = 0) -> ImageSet:
+    """A data source (any ``--data`` form), a run directory (sampled), or a tensor, as an :class:`ImageSet`."""
+    if isinstance(source, torch.Tensor):
+        return ImageSet(role, source.float(), "tensor")
+    if _is_run(source):
+        model = synthmed.load(source)
+        count = n or 1000
+        images = model.sample(count, seed=seed)
+        return ImageSet(role, images, str(source), note=f"{count} samples of step {model.step}, seed {seed}")
+    data = load_dataset(source, split=split, size=size, channels=channels)
+    images = data.images
+    if n is not None and n < len(images):
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+        images = images[pick]
+    return ImageSet(role, images, str(source), split=split)
+
+
+def default_real_split(source: str | Path | torch.Tensor) -> str:
+    """``test`` where the source defines splits (MedMNIST, npz with a split array, split folders), else ``all``.
+
+    A folder or npz of held-out images has no split of its own: taking its "test" part would silently keep only
+    a random fifth of it.
+    """
+    if isinstance(source, torch.Tensor) or _is_run(source):
+        return "all"
+    text = str(source)
+    if text in ("breastmnist",) or text.startswith("medmnist:"):
+        return "test"
+    path = Path(text)
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as arrays:
+            return "test" if "test_images" in arrays.files or "split" in arrays.files else "all"
+    if path.is_dir() and any((path / name).is_dir() for name in ("test", "testing")):
+        return "test"
+    return "all"
+
+
+def _match(reference: ImageSet, other: ImageSet) -> ImageSet:
+    """Bring ``other`` to the reference's channels and size (synthetic sets may come at another size)."""
+    c, h, w = reference.images.shape[1:]
+    images = other.images
+    if images.shape[1] != c:
+        raise ConfigError(f"{other.source}: {images.shape[1]} channel(s), but the real images have {c}")
+    if images.shape[2:] != (h, w):
+        if h != w:
+            raise ConfigError(f"{other.source}: size {tuple(images.shape[2:])} differs from the real {(h, w)}")
+        images = resize(images, h)
+        other = ImageSet(other.role, images, other.source, other.split,
+                         (other.note + "; " if other.note else "") + f"resized to {h} px")
+    return other
+
+
+def _build_extractor(name: str, train: ImageSet | None, real: ImageSet, out: Path | None,
+                     domain_model: str | Path | None, inception_weights: str | Path | None, device: str,
+                     progress: bool) -> FeatureExtractor:
+    if name == "domain":
+        if domain_model is not None:
+            return get_extractor("domain", path=domain_model, device=device)
+        if train is None:
+            raise ConfigError("the 'domain' features are learnt from the real training images: give --train "
+                              "(or --domain-model PATH, or choose --features radiomics)")
+        from synthmed.data.dataset import DataInfo, ImageDataset
+
+        c, h, w = train.images.shape[1:]
+        data = ImageDataset(images=train.images.contiguous(), info=DataInfo(source=train.source, channels=c,
+                                                                           height=h, width=w, split="train"))
+        extractor = get_extractor("domain", dataset=data, device=device, progress=progress)
+        if out is not None:
+            extractor.save(out / "domain_features.json")
+        return extractor
+    if name == "radiomics":
+        return get_extractor("radiomics", channels=real.images.shape[1], device=device)
+    if name == "inception":
+        kwargs: dict[str, Any] = {"device": device}
+        if inception_weights is not None:
+            kwargs["weights"] = inception_weights
+        return get_extractor("inception", **kwargs)
+    return get_extractor(name)
+
+
+def evaluate(
+    real: str | Path | torch.Tensor,
+    fake: str | Path | torch.Tensor,
+    *,
+    train: str | Path | torch.Tensor | None = None,
+    features: tuple[str, ...] | list[str] = DEFAULT_FEATURES,
+    out: str | Path | None = None,
+    real_split: str = "auto",
+    fake_split: str = "all",
+    train_split: str = "train",
+    size: int | None = None,
+    channels: str | None = None,
+    n_fake: int | None = None,
+    n_max: int | None = None,
+    domain_model: str | Path | None = None,
+    inception_weights: str | Path | None = None,
+    bootstrap: int = 100,
+    kid_subsets: int = 100,
+    diversity_pairs: int = 1000,
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = True,
+) -> EvaluationResult:
+    """Compare ``fake`` with held-out ``real`` images in each feature space of ``features``.
+
+    Writes ``metrics.json``, ``report.md`` and pictures into ``out`` when given (a new or empty folder). When
+    ``fake`` is a run directory the results are also recorded in that run's ``metrics.json``.
+    """
+    if real_split == "auto":
+        real_split = default_real_split(real)
+    if real_split == "train" and train is not None:
+        warnings.warn("--real-split train: the reference set is the training data, not held-out data", stacklevel=2)
+    names = [f.strip().lower() for f in features if f.strip()]
+    if not names:
+        raise ConfigError("give at least one feature extractor (--features domain,radiomics,inception)")
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
+        raise SynthmedError(f"{out_dir}: output folder exists and is not empty")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    real_set = load_image_set("real", real, split=real_split, size=size, channels=channels, n=n_max, seed=seed)
+    n_default = n_fake or len(real_set.images)
+    fake_set = _match(real_set, load_image_set("fake", fake, split=fake_split, size=size, channels=channels,
+                                               n=n_fake if not _is_run_like(fake) else n_default, seed=seed))
+    train_set = None
+    if train is not None:
+        train_set = _match(real_set, load_image_set("train", train, split=train_split, size=size,
+                                                    channels=channels, n=n_max, seed=seed))
+    timings["load"] = time.perf_counter() - started
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    result = EvaluationResult(metrics=[], sets={s.role: s.describe() for s in (real_set, fake_set, train_set) if s},
+                              extractors={})
+    n_real, n_fake_images = len(real_set.images), len(fake_set.images)
+    for name in names:
+        t0 = time.perf_counter()
+        extractor = _build_extractor(name, train_set, real_set, out_dir, domain_model, inception_weights, device,
+                                     progress)
+        timings[f"{name}:build"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        if name == "radiomics":
+            reference = train_set if train_set is not None else real_set
+            extractor.fit_standardizer(extractor.extract(reference.images, raw=True))  # type: ignore[attr-defined]
+        real_f = extractor.extract(real_set.images, progress=progress)
+        fake_f = extractor.extract(fake_set.images, progress=progress)
+        train_f = extractor.extract(train_set.images, progress=progress) if train_set is not None else None
+        timings[f"{name}:features"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        result.extractors[name] = extractor.describe()
+        _fidelity(result, name, real_f, fake_f, bootstrap, kid_subsets, seed)
+        if name == "inception" and getattr(extractor, "has_classifier", False):
+            probs = extractor.extract_probabilities(fake_set.images, progress=progress)  # type: ignore[attr-defined]
+            mean, std = inception_score(probs, splits=min(10, max(1, len(probs) // 50)))
+            result.metrics.append(MetricValue("inception_score", mean, name, n_real=0, n_fake=n_fake_images,
+                                              interval=None, std=std, note="exp E KL(p(y|x) || p(y)), split std"))
+        if train_f is not None:
+            mem = memorisation(fake_f, train_f, real_f, space="feature")
+            result.memorisation[name] = mem.to_dict()
+            if out_dir is not None and train_set is not None:
+                _save_pairs(out_dir / f"closest_pairs_{name}.png", fake_set, train_set, mem)
+        if out_dir is not None:
+            _save_histograms(out_dir / f"features_{name}.png", extractor, real_f, fake_f)
+        timings[f"{name}:metrics"] = time.perf_counter() - t0
+        message = sample_size_warning(min(n_real, n_fake_images), extractor.dim)
+        if message:
+            result.warnings.append(f"{name}: {message}")
+
+    t0 = time.perf_counter()
+    _diversity(result, real_set, fake_set, diversity_pairs, seed)
+    if train_set is not None:
+        pixel = memorisation(fake_set.images.flatten(1), train_set.images.flatten(1), real_set.images.flatten(1),
+                             space="pixel")
+        result.memorisation["pixel"] = pixel.to_dict()
+        if out_dir is not None:
+            _save_pairs(out_dir / "closest_pairs_pixel.png", fake_set, train_set, pixel)
+    timings["diversity_and_pixels"] = time.perf_counter() - t0
+    timings["total"] = time.perf_counter() - started
+    result.seconds = {k: round(v, 3) for k, v in timings.items()}
+    for message in result.warnings:
+        warnings.warn(message, stacklevel=2)
+    if out_dir is not None:
+        result.out = out_dir
+        _write_outputs(result, out_dir, real_set, fake_set)
+    if not isinstance(fake, torch.Tensor) and _is_run(fake):
+        _record_in_run(Path(fake), result)
+    return result
+
+
+def _is_run_like(source: object) -> bool:
+    return not isinstance(source, torch.Tensor) and _is_run(source)  # type: ignore[arg-type]
+
+
+def _fidelity(result: EvaluationResult, name: str, real_f: np.ndarray, fake_f: np.ndarray, bootstrap: int,
+              kid_subsets: int, seed: int) -> None:
+    n_real, n_fake = len(real_f), len(fake_f)
+    with warnings.catch_warnings():  # the sample-size warning is reported once, by the caller
+        warnings.simplefilter("ignore")
+        value = fid(real_f, fake_f)
+        interval = None
+        if bootstrap > 0:
+            interval = bootstrap_interval(fid, real_f, fake_f, n_boot=bootstrap, seed=seed, recentre=True)
+            interval = (max(0.0, interval[0]), interval[1])
+    result.metrics.append(MetricValue("fid", value, name, n_real, n_fake, interval, None,
+                                      f"Frechet distance; 95% bootstrap interval over {bootstrap} resamples of both "
+                                      "sets, re-centred on the value (resampling inflates FID)"
+                                      if bootstrap else "Frechet distance"))
+    # Subsets of half the smaller set, so that the spread over subsets means something for small sets too.
+    subset = max(2, min(1000, min(n_real, n_fake) // 2))
+    mean, std = kid(real_f, fake_f, subsets=kid_subsets, subset_size=subset, seed=seed)
+    result.metrics.append(MetricValue("kid", mean, name, n_real, n_fake, None, std,
+                                      f"unbiased MMD^2, cubic polynomial kernel; mean and std over {kid_subsets} "
+                                      f"subsets of {subset}"))
+    scores = prdc(real_f, fake_f, k=5)
+    for key in ("precision", "recall", "density", "coverage"):
+        result.metrics.append(MetricValue(key, float(scores[key]), name, n_real, n_fake, None, None,
+                                          "k = 5 nearest neighbours (Kynkaanniemi 2019; Naeem 2020)"))
+
+
+def _diversity(result: EvaluationResult, real: ImageSet, fake: ImageSet, pairs: int, seed: int) -> None:
+    config = ms_ssim_config(real.images.shape[-1])
+    note = (f"mean MS-SSIM over {pairs} random pairs within the set ({config.scales} scales, {config.window} px "
+            "window); higher = less diverse; compare with the real set's value")
+    for role, images in (("fake", fake.images), ("real", real.images)):
+        div = ms_ssim_diversity(images, pairs=pairs, seed=seed)
+        n = len(images)
+        result.metrics.append(MetricValue(f"ms_ssim_{role}", float(div["mean"]), "pixels",
+                                          n if role == "real" else 0, n if role == "fake" else 0, None,
+                                          float(div["std"]), note))
+
+
+def _save_pairs(path: Path, fake: ImageSet, train: ImageSet, mem: MemorisationResult) -> None:
+    from synthmed.viz.grid import save_grid
+
+    grid = closest_pairs_grid(fake.images, train.images, mem, n=16)
+    save_grid(path, grid, nrow=8, scale=max(1, min(4, 128 // fake.images.shape[-1])))
+
+
+def _save_histograms(path: Path, extractor: FeatureExtractor, real_f: np.ndarray, fake_f: np.ndarray) -> None:
+    """Histograms of a few features, real against synthetic (radiomics: named features; else principal axes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from synthmed.io import atomic_write
+
+    names = getattr(extractor, "feature_names", None)
+    if names:
+        picks = list(range(min(len(names), 8)))
+        real_cols, fake_cols, labels = real_f[:, picks], fake_f[:, picks], [names[i] for i in picks]
+    else:  # principal axes of the real features
+        mean = real_f.mean(0)
+        _, _, vt = np.linalg.svd(real_f - mean, full_matrices=False)
+        axes = vt[:8].T
+        real_cols, fake_cols = (real_f - mean) @ axes, (fake_f - mean) @ axes
+        labels = [f"principal axis {i + 1}" for i in range(axes.shape[1])]
+    cols = len(labels)
+    fig, grid = plt.subplots(2, (cols + 1) // 2, figsize=(3.2 * ((cols + 1) // 2), 5.2), squeeze=False)
+    for i, label in enumerate(labels):
+        ax = grid[i % 2, i // 2]
+        lo = min(real_cols[:, i].min(), fake_cols[:, i].min())
+        hi = max(real_cols[:, i].max(), fake_cols[:, i].max())
+        bins = np.linspace(lo, hi if hi > lo else lo + 1, 30)
+        ax.hist(real_cols[:, i], bins=bins, alpha=0.55, density=True, label="real")
+        ax.hist(fake_cols[:, i], bins=bins, alpha=0.55, density=True, label="synthetic")
+        ax.set_title(label, fontsize=8)
+        ax.tick_params(labelsize=7)
+    for j in range(len(labels), grid.size):
+        grid[j % 2, j // 2].axis("off")
+    grid[0, 0].legend(fontsize=7)
+    fig.suptitle(f"{extractor.name} features: real vs synthetic", fontsize=10)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+def _write_outputs(result: EvaluationResult, out: Path, real: ImageSet, fake: ImageSet) -> None:
+    from synthmed.viz.grid import save_grid
+
+    scale = max(1, min(4, 256 // real.images.shape[-1]))
+    for role, images in (("real", real.images), ("fake", fake.images)):
+        pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:64]
+        save_grid(out / f"{role}_grid.png", images[pick], scale=scale)
+    atomic_write_text(out / "metrics.json", json.dumps(result.to_dict(), indent=1))
+    atomic_write_text(out / "report.md", render_report(result, out))
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}"
+
+
+def render_report(result: EvaluationResult, out: Path | None = None) -> str:
+    """The Markdown report: sets, a table per feature space, memorisation, diversity, pictures."""
+    lines = ["# synthmed evaluation", ""]
+    lines += ["| set | source | split | n | size | note |", "|---|---|---|---|---|---|"]
+    for role, info in result.sets.items():
+        lines.append(f"| {role} | {info['source']} | {info.get('split', '')} | {info['n']} | "
+                     f"{info['channels']}x{info['size'][0]}x{info['size'][1]} | {info.get('note', '')} |")
+    lines += ["", "## Fidelity (held-out real vs synthetic)", "",
+              "| feature space | metric | value | 95% interval / std | n real | n synthetic |",
+              "|---|---|---|---|---|---|"]
+    for m in result.metrics:
+        if m.extractor == "pixels":
+            continue
+        spread = f"[{_fmt(m.interval[0])}, {_fmt(m.interval[1])}]" if m.interval else (
+            f"std {_fmt(m.std)}" if m.std is not None else "")
+        lines.append(f"| {m.extractor} | {m.name} | {_fmt(m.value)} | {spread} | {m.n_real} | {m.n_fake} |")
+    lines += ["", "Feature spaces:", ""]
+    for name, info in result.extractors.items():
+        summary = {k: v for k, v in info.items() if k not in ("standardizer", "features")}
+        lines.append(f"- **{name}** ({info.get('dim')}-d): `{json.dumps(summary, default=str)[:400]}`")
+    lines += ["", "## Diversity (MS-SSIM within a set)", ""]
+    for m in result.metrics:
+        if m.extractor == "pixels":
+            lines.append(f"- {m.name}: {_fmt(m.value)} (std {_fmt(m.std)}); {m.note}")
+    if result.memorisation:
+        lines += ["", "## Memorisation (nearest training image of each synthetic image)", "",
+                  "| space | copies (synthetic) | copies (held-out real, baseline) | closer to train than to "
+                  "held-out | expected without memorisation |", "|---|---|---|---|---|"]
+        for space, mem in result.memorisation.items():
+            lines.append(f"| {space} | {_fmt(mem.get('copy_fraction'))} | {_fmt(mem.get('holdout_copy_fraction'))}"
+                         f" | {_fmt(mem.get('closer_to_train_fraction'))} | "
+                         f"{_fmt(mem.get('expected_closer_to_train_fraction'))} |")
+        lines += ["", "A synthetic image counts as a copy when it is closer to its nearest training image than that "
+                  "training image is to any other training image; the same test on held-out real images is the "
+                  "baseline a generator that does not memorise should match."]
+    if result.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in result.warnings]
+    if out is not None:
+        lines += ["", "## Pictures", "", "| real (held-out) | synthetic |", "|---|---|",
+                  "| ![real](real_grid.png) | ![synthetic](fake_grid.png) |", ""]
+        for png in sorted(out.glob("closest_pairs_*.png")):
+            lines += [f"Closest pairs in {png.stem.removeprefix('closest_pairs_')} space (synthetic, then its "
+                      "nearest training image):", "", f"![pairs]({png.name})", ""]
+        for png in sorted(out.glob("features_*.png")):
+            lines += [f"![histograms]({png.name})", ""]
+    lines += ["", f"Timings (s): `{json.dumps(result.seconds)}`", ""]
+    return "\n".join(lines)
+
+
+def _record_in_run(run_dir: Path, result: EvaluationResult) -> None:
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except ValueError:
+        metrics = {}
+    metrics["evaluation"] = result.to_dict()
+    atomic_write_text(path, json.dumps(metrics, indent=1))

