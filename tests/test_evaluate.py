@@ -169,3 +169,76 @@ def test_inception_fid_equals_fid_helpers_own_on_two_folders(tmp_path: Path, bre
                           device="cpu")
     theirs = float(helper.compute_fid_score_from_dir(str(folders["a"]), str(folders["b"])))
     assert abs(ours - theirs) <= 1e-4 * abs(theirs), (ours, theirs)
+
+
+def test_a_failing_extractor_leaves_no_output_folder(breast: dict, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    with pytest.raises(ConfigError, match="clip"):
+        evaluate(breast["test"], breast["train"][:50], features=("radiomics", "clip"), out=out, progress=False)
+    assert not out.exists() and not list(tmp_path.iterdir()), "half-written output left behind"
+
+
+def test_too_few_images_is_a_one_line_error(tmp_path: Path, breast: dict) -> None:
+    result = runner.invoke(app, ["evaluate", "--real", "breastmnist", "--fake", str(_png_folder(tmp_path, 5)),
+                                 "--features", "radiomics", "--out", str(tmp_path / "e")])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "more than 5" in result.stderr and not (tmp_path / "e").exists()
+
+
+def _png_folder(tmp: Path, n: int) -> Path:
+    from PIL import Image
+
+    folder = tmp / "pngs"
+    folder.mkdir()
+    for i in range(n):
+        Image.fromarray(np.full((28, 28), 40 * i % 255, np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+def test_real_and_train_from_one_source_never_overlap() -> None:
+    with pytest.raises(ConfigError, match="overlap"):
+        evaluate("breastmnist", "breastmnist", train="breastmnist", real_split="all", features=("radiomics",),
+                 progress=False)
+
+
+def test_held_out_images_found_in_the_training_set_are_reported(breast: dict) -> None:
+    test = breast["test"]
+    with pytest.warns(UserWarning, match="also appear in the training set"):
+        evaluate(test, test[:50], train=torch.cat([breast["train"], test[:10]]), features=("radiomics",),
+                 bootstrap=0, kid_subsets=5, diversity_pairs=20, progress=False)
+
+
+def test_a_run_brings_its_own_training_and_held_out_data(tmp_path: Path) -> None:
+    run = synthmed.train(out=tmp_path / "run", steps=2, progress=False, g_channels=8, d_channels=8, batch_size=16,
+                         sample_every=1000, checkpoint_every=1000).run_dir
+    result = evaluate(None, run, features=("radiomics",), bootstrap=0, kid_subsets=5, diversity_pairs=20,
+                      progress=False)
+    assert result.sets["real"]["split"] == "test" and result.sets["real"]["n"] == 156
+    assert result.sets["train"]["split"] == "train" and result.sets["train"]["n"] == 546
+
+
+def test_domain_network_fitted_by_evaluate_learns_the_labels(breast: dict, tmp_path: Path, monkeypatch) -> None:
+    from synthmed.metrics.features import domain as domain_module
+
+    seen = {}
+    original = domain_module.DomainExtractor.fit
+
+    def quick_fit(self, dataset, **kwargs):
+        seen["labels"] = dataset.labels
+        seen["split"] = dataset.info.split
+        return original(self, dataset, **{**kwargs, "steps": 5})
+
+    monkeypatch.setattr(domain_module.DomainExtractor, "fit", quick_fit)
+    evaluate("breastmnist", "breastmnist", train="breastmnist", fake_split="val", features=("domain",),
+             bootstrap=0, kid_subsets=5, diversity_pairs=20, progress=False)
+    assert seen["labels"] is not None and seen["split"] == "train"
+
+
+def test_training_with_evaluation_resumes_exactly(tmp_path: Path) -> None:
+    opts = {"progress": False, "g_channels": 8, "d_channels": 8, "batch_size": 16, "log_every": 1,
+            "sample_every": 1000, "checkpoint_every": 1000, "eval_every": 2, "eval_samples": 16}
+    full = synthmed.train(out=tmp_path / "full", steps=6, **opts).run_dir
+    split = synthmed.train(out=tmp_path / "split", steps=3, **opts).run_dir
+    synthmed.train(resume_run=split, steps=6, progress=False)
+    assert (split / "losses.csv").read_text() == (full / "losses.csv").read_text()
+    assert (split / "eval.csv").read_text() == (full / "eval.csv").read_text()

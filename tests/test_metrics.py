@@ -408,3 +408,17 @@ def test_metric_value_and_sample_size_warning() -> None:
     assert sample_size_warning(10_000, 2048) is None
     message = sample_size_warning(500, 2048)
     assert message is not None and "rank-deficient" in message and "\n" not in message
+
+
+def test_recentred_bootstrap_interval_brackets_the_fid() -> None:
+    from synthmed.metrics.fidelity import fid
+    from synthmed.metrics.stats import bootstrap_interval
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(200, 8)), rng.normal(0.3, 1.0, size=(200, 8))
+    value = fid(a, b)
+    plain = bootstrap_interval(fid, a, b, n_boot=100, seed=0)
+    centred = bootstrap_interval(fid, a, b, n_boot=100, seed=0, recentre=True)
+    assert centred[0] <= value <= centred[1]
+    # Resampling with replacement inflates FID: the plain interval sits higher than the re-centred one.
+    assert plain[0] > centred[0] and plain[1] > centred[1]

@@ -149,9 +149,11 @@ def explore(
 
 @app.command()
 def evaluate(
-    real: str = typer.Option(..., "--real", help="Held-out real images: a data source (folder, npz, medmnist:NAME)."),
+    real: str = typer.Option(None, "--real", help="Held-out real images (folder, npz, medmnist:NAME) [default: the "
+                             "test split of a run's data]."),
     fake: str = typer.Option(..., "--fake", help="Synthetic images: a folder, an npz, or a run directory."),
-    train: str = typer.Option(None, "--train", help="The real training images (domain features, memorisation)."),
+    train: str = typer.Option(None, "--train", help="Real training images (domain features, memorisation) [default: "
+                              "a run's training data]."),
     features: str = typer.Option("domain,radiomics", help="Feature spaces: any of domain, radiomics, inception."),
     out: Path = typer.Option(..., "--out", help="New or empty folder for metrics.json, report.md and pictures."),
     real_split: str = typer.Option("auto", help="Split of --real: auto = test where the source has splits, else all."),

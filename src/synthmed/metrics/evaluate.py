@@ -15,6 +15,8 @@ varies, a bootstrap interval or a standard deviation (``metrics.json``), next to
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -29,10 +31,10 @@ from synthmed.data import load_dataset
 from synthmed.data.transforms import resize
 from synthmed.errors import ConfigError, SynthmedError
 from synthmed.io import atomic_write_text
-from synthmed.metrics.diversity import ms_ssim_config, ms_ssim_diversity
+from synthmed.metrics.diversity import ms_ssim_diversity
 from synthmed.metrics.features import FeatureExtractor, get_extractor
 from synthmed.metrics.fidelity import fid, inception_score, kid, prdc
-from synthmed.metrics.memorisation import MemorisationResult, closest_pairs_grid, memorisation
+from synthmed.metrics.memorisation import MemorisationResult, closest_pairs_grid, memorisation, nearest_neighbours
 from synthmed.metrics.stats import MetricValue, bootstrap_interval, sample_size_warning
 
 DEFAULT_FEATURES = ("domain", "radiomics")
@@ -47,6 +49,8 @@ class ImageSet:
     source: str
     split: str | None = None
     note: str = ""
+    labels: torch.Tensor | None = None
+    num_classes: int = 0
 
     def describe(self) -> dict[str, Any]:
         c, h, w = self.images.shape[1:]
@@ -101,11 +105,12 @@ def load_image_set(role: str, source: str | Path | torch.Tensor, *, split: str, 
         images = model.sample(count, seed=seed)
         return ImageSet(role, images, str(source), note=f"{count} samples of step {model.step}, seed {seed}")
     data = load_dataset(source, split=split, size=size, channels=channels)
-    images = data.images
+    images, labels = data.images, data.labels
     if n is not None and n < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
         images = images[pick]
-    return ImageSet(role, images, str(source), split=split)
+        labels = None if labels is None else labels[pick]
+    return ImageSet(role, images, str(source), split=split, labels=labels, num_classes=data.info.num_classes)
 
 
 def default_real_split(source: str | Path | torch.Tensor) -> str:
@@ -139,7 +144,8 @@ def _match(reference: ImageSet, other: ImageSet) -> ImageSet:
             raise ConfigError(f"{other.source}: size {tuple(images.shape[2:])} differs from the real {(h, w)}")
         images = resize(images, h)
         other = ImageSet(other.role, images, other.source, other.split,
-                         (other.note + "; " if other.note else "") + f"resized to {h} px")
+                         (other.note + "; " if other.note else "") + f"resized to {h} px", other.labels,
+                         other.num_classes)
     return other
 
 
@@ -155,8 +161,9 @@ def _build_extractor(name: str, train: ImageSet | None, real: ImageSet, out: Pat
         from synthmed.data.dataset import DataInfo, ImageDataset
 
         c, h, w = train.images.shape[1:]
-        data = ImageDataset(images=train.images.contiguous(), info=DataInfo(source=train.source, channels=c,
-                                                                           height=h, width=w, split="train"))
+        info = DataInfo(source=train.source, channels=c, height=h, width=w, split=train.split or "train",
+                        num_classes=train.num_classes)
+        data = ImageDataset(images=train.images.contiguous(), info=info, labels=train.labels)
         extractor = get_extractor("domain", dataset=data, device=device, progress=progress)
         if out is not None:
             extractor.save(out / "domain_features.json")
@@ -171,8 +178,16 @@ def _build_extractor(name: str, train: ImageSet | None, real: ImageSet, out: Pat
     return get_extractor(name)
 
 
+def _run_data(run: Path) -> tuple[str, str, int]:
+    """The data source, training split and split seed a run was trained on (from its ``config.yaml``)."""
+    from synthmed.train.config import read_run_config
+
+    config = read_run_config(run / "config.yaml")
+    return config.data.source or "breastmnist", config.data.split, config.data.split_seed
+
+
 def evaluate(
-    real: str | Path | torch.Tensor,
+    real: str | Path | torch.Tensor | None,
     fake: str | Path | torch.Tensor,
     *,
     train: str | Path | torch.Tensor | None = None,
@@ -196,19 +211,45 @@ def evaluate(
 ) -> EvaluationResult:
     """Compare ``fake`` with held-out ``real`` images in each feature space of ``features``.
 
-    Writes ``metrics.json``, ``report.md`` and pictures into ``out`` when given (a new or empty folder). When
-    ``fake`` is a run directory the results are also recorded in that run's ``metrics.json``.
+    When ``fake`` is a run directory, ``train`` defaults to the data the run was trained on and ``real`` to the
+    test split of that source. Writes ``metrics.json``, ``report.md`` and pictures into ``out`` when given (a new
+    or empty folder, filled all at once: a failure leaves nothing behind), and records the results in the run's
+    ``metrics.json`` when ``fake`` is a run.
     """
-    if real_split == "auto":
-        real_split = default_real_split(real)
-    if real_split == "train" and train is not None:
-        warnings.warn("--real-split train: the reference set is the training data, not held-out data", stacklevel=2)
+    from synthmed.metrics.features import EXTRACTORS
+    from synthmed.train.trainer import select_device
+
     names = [f.strip().lower() for f in features if f.strip()]
     if not names:
         raise ConfigError("give at least one feature extractor (--features domain,radiomics,inception)")
+    unknown = [n for n in names if n not in EXTRACTORS]
+    if unknown:
+        raise ConfigError(f"unknown feature extractor(s) {', '.join(unknown)}; choose from {', '.join(EXTRACTORS)}")
+    if bootstrap == 1 or bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be 0 (no interval) or at least 2 (got {bootstrap})")
+    if kid_subsets < 1 or diversity_pairs < 1:
+        raise ConfigError("kid_subsets and diversity_pairs must be at least 1")
+    torch_device = select_device(device)
     out_dir = Path(out) if out is not None else None
-    if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()):
+    if out_dir is not None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SynthmedError(f"{out_dir}: output folder exists and is not empty")
+
+    if _is_run_like(fake):
+        source, run_split, _ = _run_data(Path(fake))  # type: ignore[arg-type]
+        if train is None:
+            train, train_split = source, run_split
+        if real is None:
+            real = source
+    if real is None:
+        raise ConfigError("give the held-out real images (--real), or a run directory as --fake")
+    same_source = (train is not None and not isinstance(real, torch.Tensor) and not isinstance(train, torch.Tensor)
+                   and str(real) == str(train))
+    if real_split == "auto":
+        real_split = "test" if same_source else default_real_split(real)
+    if same_source and (real_split == train_split or "all" in (real_split, train_split)):
+        raise ConfigError(f"--real and --train are both {real}: their splits ({real_split}, {train_split}) overlap; "
+                          "use --real-split test")
+
     timings: dict[str, float] = {}
     started = time.perf_counter()
     real_set = load_image_set("real", real, split=real_split, size=size, channels=channels, n=n_max, seed=seed)
@@ -219,19 +260,71 @@ def evaluate(
     if train is not None:
         train_set = _match(real_set, load_image_set("train", train, split=train_split, size=size,
                                                     channels=channels, n=n_max, seed=seed))
+    _check_sets(real_set, fake_set, train_set)
     timings["load"] = time.perf_counter() - started
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
+    staging = None
+    if out_dir is not None:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        result = _evaluate_sets(real_set, fake_set, train_set, names, staging, domain_model, inception_weights,
+                                str(torch_device), progress, bootstrap, kid_subsets, diversity_pairs, seed, timings)
+        timings["total"] = time.perf_counter() - started
+        result.seconds = {k: round(v, 3) for k, v in timings.items()}
+        if staging is not None and out_dir is not None:
+            _write_outputs(result, staging, real_set, fake_set)
+            if out_dir.exists():
+                out_dir.rmdir()
+            staging.rename(out_dir)
+            result.out = out_dir
+            staging = None
+    except ValueError as exc:  # a metric refusing its input (too few samples, ...): one line, not a traceback
+        raise ConfigError(f"evaluation failed: {exc}") from exc
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
+    for message in result.warnings:
+        warnings.warn(message, stacklevel=2)
+    if not isinstance(fake, torch.Tensor) and _is_run(fake):
+        _record_in_run(Path(fake), result)
+    return result
+
+
+def _check_sets(real: ImageSet, fake: ImageSet, train: ImageSet | None) -> None:
+    """Refuse sets too small for the metrics, before anything is computed."""
+    for s in (real, fake):
+        if len(s.images) <= 5:
+            raise ConfigError(f"{s.source}: {len(s.images)} {s.role} images; precision/recall need more than 5")
+    if train is not None and len(train.images) < 2:
+        raise ConfigError(f"{train.source}: the training set needs at least 2 images")
+    if min(real.images.shape[-2:]) < 8:
+        raise ConfigError(f"{real.source}: images of {tuple(real.images.shape[-2:])} px are too small to evaluate")
+
+
+def _evaluate_sets(real_set: ImageSet, fake_set: ImageSet, train_set: ImageSet | None, names: list[str],
+                   out_dir: Path | None, domain_model: str | Path | None, inception_weights: str | Path | None,
+                   device: str, progress: bool, bootstrap: int, kid_subsets: int, diversity_pairs: int, seed: int,
+                   timings: dict[str, float]) -> EvaluationResult:
     result = EvaluationResult(metrics=[], sets={s.role: s.describe() for s in (real_set, fake_set, train_set) if s},
                               extractors={})
+    if train_set is not None:
+        # Held-out images that also sit in the training set contaminate both the reference and the baseline.
+        d, _ = nearest_neighbours(real_set.images.flatten(1), train_set.images.flatten(1))
+        shared = int((d == 0).sum())
+        if shared:
+            result.warnings.append(f"{shared} of the {len(real_set.images)} held-out real images also appear in the "
+                                   "training set: the reference is not held out")
     n_real, n_fake_images = len(real_set.images), len(fake_set.images)
-    for name in names:
+    extractors = {}
+    for name in names:  # build all first: a missing weight file fails before any work is done
         t0 = time.perf_counter()
-        extractor = _build_extractor(name, train_set, real_set, out_dir, domain_model, inception_weights, device,
-                                     progress)
+        extractors[name] = _build_extractor(name, train_set, real_set, out_dir, domain_model, inception_weights,
+                                            device, progress)
         timings[f"{name}:build"] = time.perf_counter() - t0
+    for name, extractor in extractors.items():
         t0 = time.perf_counter()
+        reference = None
         if name == "radiomics":
             reference = train_set if train_set is not None else real_set
             extractor.fit_standardizer(extractor.extract(reference.images, raw=True))  # type: ignore[attr-defined]
@@ -241,16 +334,22 @@ def evaluate(
         timings[f"{name}:features"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         result.extractors[name] = extractor.describe()
+        if reference is not None:
+            result.extractors[name]["standardizer_reference"] = {"role": reference.role, **reference.describe()}
+            if reference is real_set:
+                result.warnings.append("radiomics: standardised with the held-out set's statistics (no --train)")
         _fidelity(result, name, real_f, fake_f, bootstrap, kid_subsets, seed)
         if name == "inception" and getattr(extractor, "has_classifier", False):
             probs = extractor.extract_probabilities(fake_set.images, progress=progress)  # type: ignore[attr-defined]
-            mean, std = inception_score(probs, splits=min(10, max(1, len(probs) // 50)))
-            result.metrics.append(MetricValue("inception_score", mean, name, n_real=0, n_fake=n_fake_images,
-                                              interval=None, std=std, note="exp E KL(p(y|x) || p(y)), split std"))
-        if train_f is not None:
+            splits = min(10, max(1, len(probs) // 50))
+            mean, std = inception_score(probs, splits=splits)
+            result.metrics.append(MetricValue("inception_score", mean, name, n_real=None, n_fake=n_fake_images,
+                                              interval=None, std=std,
+                                              note=f"exp E KL(p(y|x) || p(y)); std over {splits} splits"))
+        if train_f is not None and train_set is not None:
             mem = memorisation(fake_f, train_f, real_f, space="feature")
             result.memorisation[name] = mem.to_dict()
-            if out_dir is not None and train_set is not None:
+            if out_dir is not None:
                 _save_pairs(out_dir / f"closest_pairs_{name}.png", fake_set, train_set, mem)
         if out_dir is not None:
             _save_histograms(out_dir / f"features_{name}.png", extractor, real_f, fake_f)
@@ -268,15 +367,6 @@ def evaluate(
         if out_dir is not None:
             _save_pairs(out_dir / "closest_pairs_pixel.png", fake_set, train_set, pixel)
     timings["diversity_and_pixels"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - started
-    result.seconds = {k: round(v, 3) for k, v in timings.items()}
-    for message in result.warnings:
-        warnings.warn(message, stacklevel=2)
-    if out_dir is not None:
-        result.out = out_dir
-        _write_outputs(result, out_dir, real_set, fake_set)
-    if not isinstance(fake, torch.Tensor) and _is_run(fake):
-        _record_in_run(Path(fake), result)
     return result
 
 
@@ -289,10 +379,12 @@ def _fidelity(result: EvaluationResult, name: str, real_f: np.ndarray, fake_f: n
     n_real, n_fake = len(real_f), len(fake_f)
     with warnings.catch_warnings():  # the sample-size warning is reported once, by the caller
         warnings.simplefilter("ignore")
-        value = fid(real_f, fake_f)
+        # The eigenvalue route is exact for covariance matrices and never fails on an imaginary part.
+        value = fid(real_f, fake_f, method="eigh")
         interval = None
         if bootstrap > 0:
-            interval = bootstrap_interval(fid, real_f, fake_f, n_boot=bootstrap, seed=seed, recentre=True)
+            interval = bootstrap_interval(lambda a, b: fid(a, b, method="eigh"), real_f, fake_f, n_boot=bootstrap,
+                                          seed=seed, recentre=True)
             interval = (max(0.0, interval[0]), interval[1])
     result.metrics.append(MetricValue("fid", value, name, n_real, n_fake, interval, None,
                                       f"Frechet distance; 95% bootstrap interval over {bootstrap} resamples of both "
@@ -311,14 +403,13 @@ def _fidelity(result: EvaluationResult, name: str, real_f: np.ndarray, fake_f: n
 
 
 def _diversity(result: EvaluationResult, real: ImageSet, fake: ImageSet, pairs: int, seed: int) -> None:
-    config = ms_ssim_config(real.images.shape[-1])
-    note = (f"mean MS-SSIM over {pairs} random pairs within the set ({config.scales} scales, {config.window} px "
-            "window); higher = less diverse; compare with the real set's value")
     for role, images in (("fake", fake.images), ("real", real.images)):
         div = ms_ssim_diversity(images, pairs=pairs, seed=seed)
         n = len(images)
+        note = (f"mean MS-SSIM over {div['pairs']} random pairs within the {role} set ({div['scales']} scales, "
+                f"{div['window']} px window); higher = less diverse; compare synthetic with real")
         result.metrics.append(MetricValue(f"ms_ssim_{role}", float(div["mean"]), "pixels",
-                                          n if role == "real" else 0, n if role == "fake" else 0, None,
+                                          n if role == "real" else None, n if role == "fake" else None, None,
                                           float(div["std"]), note))
 
 
@@ -393,14 +484,15 @@ def render_report(result: EvaluationResult, out: Path | None = None) -> str:
         lines.append(f"| {role} | {info['source']} | {info.get('split', '')} | {info['n']} | "
                      f"{info['channels']}x{info['size'][0]}x{info['size'][1]} | {info.get('note', '')} |")
     lines += ["", "## Fidelity (held-out real vs synthetic)", "",
-              "| feature space | metric | value | 95% interval / std | n real | n synthetic |",
-              "|---|---|---|---|---|---|"]
+              "| feature space | metric | value | 95% interval / std | n real | n synthetic | how |",
+              "|---|---|---|---|---|---|---|"]
     for m in result.metrics:
         if m.extractor == "pixels":
             continue
         spread = f"[{_fmt(m.interval[0])}, {_fmt(m.interval[1])}]" if m.interval else (
             f"std {_fmt(m.std)}" if m.std is not None else "")
-        lines.append(f"| {m.extractor} | {m.name} | {_fmt(m.value)} | {spread} | {m.n_real} | {m.n_fake} |")
+        lines.append(f"| {m.extractor} | {m.name} | {_fmt(m.value)} | {spread} | {m.n_real} | {m.n_fake} | "
+                     f"{m.note or ''} |")
     lines += ["", "Feature spaces:", ""]
     for name, info in result.extractors.items():
         summary = {k: v for k, v in info.items() if k not in ("standardizer", "features")}
@@ -408,14 +500,16 @@ def render_report(result: EvaluationResult, out: Path | None = None) -> str:
     lines += ["", "## Diversity (MS-SSIM within a set)", ""]
     for m in result.metrics:
         if m.extractor == "pixels":
-            lines.append(f"- {m.name}: {_fmt(m.value)} (std {_fmt(m.std)}); {m.note}")
+            n = m.n_real if m.n_real is not None else m.n_fake
+            lines.append(f"- {m.name}: {_fmt(m.value)} (std {_fmt(m.std)}, n = {n}); {m.note}")
     if result.memorisation:
         lines += ["", "## Memorisation (nearest training image of each synthetic image)", "",
-                  "| space | copies (synthetic) | copies (held-out real, baseline) | closer to train than to "
-                  "held-out | expected without memorisation |", "|---|---|---|---|---|"]
+                  "| space | n synthetic / train / held-out | copies (synthetic) | copies (held-out real, baseline) "
+                  "| closer to train than to held-out | expected without memorisation |", "|---|---|---|---|---|---|"]
         for space, mem in result.memorisation.items():
-            lines.append(f"| {space} | {_fmt(mem.get('copy_fraction'))} | {_fmt(mem.get('holdout_copy_fraction'))}"
-                         f" | {_fmt(mem.get('closer_to_train_fraction'))} | "
+            counts = f"{mem.get('n_fake')} / {mem.get('n_train')} / {mem.get('n_holdout')}"
+            lines.append(f"| {space} | {counts} | {_fmt(mem.get('copy_fraction'))} | "
+                         f"{_fmt(mem.get('holdout_copy_fraction'))} | {_fmt(mem.get('closer_to_train_fraction'))} | "
                          f"{_fmt(mem.get('expected_closer_to_train_fraction'))} |")
         lines += ["", "A synthetic image counts as a copy when it is closer to its nearest training image than that "
                   "training image is to any other training image; the same test on held-out real images is the "
@@ -438,7 +532,7 @@ def _record_in_run(run_dir: Path, result: EvaluationResult) -> None:
     path = run_dir / "metrics.json"
     try:
         metrics = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    except ValueError:
-        metrics = {}
+    except ValueError as exc:  # never overwrite the training record with a blank one
+        raise SynthmedError(f"{path}: unreadable ({exc}); evaluation results were not recorded in the run") from exc
     metrics["evaluation"] = result.to_dict()
     atomic_write_text(path, json.dumps(metrics, indent=1))

@@ -26,8 +26,8 @@ def bootstrap_interval(
 
     Every replicate resamples the rows of each array independently with replacement (real and synthetic sets are
     independent samples) and recomputes the statistic; the interval is the (1 - c)/2 and (1 + c)/2 percentiles
-    of the replicates. Note that for distances such as FID, duplicated rows shift the replicates (FID is biased
-    by sample size), so the interval describes the spread rather than being centred on the point value.
+    of the replicates. For distances such as FID, duplicated rows shift the replicates (FID is biased by sample
+    size): without ``recentre`` the interval then describes the spread but sits above the point value.
     """
     if not arrays:
         raise ValueError("bootstrap_interval needs at least one array")

@@ -99,6 +99,9 @@ class RunConfig:
             raise ConfigError("--eval-every must be at least 1")
         if t.eval_samples < 2:
             raise ConfigError("--eval-samples must be at least 2")
+        if t.eval_every is not None and t.eval_features not in ("radiomics", "inception"):
+            raise ConfigError(f"--eval-features must be radiomics or inception (got {t.eval_features!r}); the domain "
+                              "network would first have to be trained")
         for key in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")

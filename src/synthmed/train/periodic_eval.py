@@ -25,8 +25,8 @@ BEST_STEM = "best"
 class PeriodicFID:
     """Scores a generative recipe with FID against fixed real features; remembers the best step."""
 
-    def __init__(self, recipe: Recipe, real_images: torch.Tensor, features: str, samples: int, seed: int = 0
-                 ) -> None:
+    def __init__(self, recipe: Recipe, real_images: torch.Tensor, features: str, samples: int, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
         from synthmed.metrics.features import get_extractor
 
         if not isinstance(recipe, GenerativeRecipe):
@@ -37,7 +37,11 @@ class PeriodicFID:
         self.features = features
         self.samples = samples
         self.seed = seed
-        kwargs: dict[str, object] = {"channels": real_images.shape[1]} if features == "radiomics" else {}
+        # The trainer's device: features (and so which checkpoint is "best") must not depend on what else the
+        # machine has.
+        kwargs: dict[str, object] = {"device": device}
+        if features == "radiomics":
+            kwargs["channels"] = real_images.shape[1]
         self.extractor = get_extractor(features, **kwargs)
         real = real_images.detach().float().cpu()
         if features == "radiomics":
@@ -56,12 +60,12 @@ class PeriodicFID:
         images = recipe.sample(self.samples, seed=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the sample-size caveat is stated once in metrics.json
-            return fid(self.real_features, self.extractor.extract(images))
+            return fid(self.real_features, self.extractor.extract(images), method="eigh")
 
     def record(self, run_dir: Path, step: int, value: float) -> bool:
         """Append to ``eval.csv``; True when ``value`` is the best so far."""
         path = run_dir / "eval.csv"
-        new = not path.exists()
+        new = not path.exists() or path.stat().st_size == 0
         with open(path, "a", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             if new:
@@ -73,24 +77,47 @@ class PeriodicFID:
         return improved
 
     def restore(self, run_dir: Path, up_to_step: int) -> None:
-        """After a resume: drop rows past the checkpoint and recover the best value so far."""
+        """After a resume: drop rows past the checkpoint, recover the best value so far, and drop a ``best.*``
+        saved after the checkpoint (training from there is being redone)."""
+        import json
+
+        from synthmed.io import atomic_write_text
+
         path = run_dir / "eval.csv"
-        if not path.exists():
-            return
-        with open(path, newline="", encoding="utf-8") as fh:
-            rows = [r for r in csv.reader(fh)]
-        kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit()
-                            and int(r[0]) <= up_to_step]
-        path.write_text("".join(",".join(r) + "\n" for r in kept), encoding="utf-8")
-        for row in kept[1:]:
-            value = float(row[1])
-            if value < self.best_value:
-                self.best_value, self.best_step = value, int(row[0])
+        if path.exists():
+            with open(path, newline="", encoding="utf-8") as fh:
+                rows = [r for r in csv.reader(fh)]
+            header, kept = (rows[0] if rows else None), []
+            for row in rows[1:]:
+                try:
+                    step, value = int(row[0]), float(row[1])
+                except (ValueError, IndexError):
+                    continue  # a row cut short by a hard kill
+                if step <= up_to_step and header is not None and len(row) == len(header):
+                    kept.append(row)
+                    if value < self.best_value:
+                        self.best_value, self.best_step = value, step
+            text = "" if header is None else "".join(",".join(r) + "\n" for r in [header, *kept])
+            atomic_write_text(path, text)
+        best = run_dir / "checkpoints" / f"{BEST_STEM}.json"
+        if best.exists():
+            try:
+                step = int(json.loads(best.read_text(encoding="utf-8"))["step"])
+            except (ValueError, KeyError):
+                step = up_to_step + 1
+            if step > up_to_step or step != self.best_step:
+                best.unlink()
+                best.with_suffix(".safetensors").unlink(missing_ok=True)
 
     def summary(self) -> dict[str, object]:
+        from synthmed.metrics.stats import sample_size_warning
+
+        described = {k: v for k, v in self.extractor.describe().items() if k not in ("standardizer", "features")}
         return {
             "metric": "fid",
-            "features": self.extractor.describe()["name"],
+            "features": described["name"],
+            "extractor": described,
+            "warning": sample_size_warning(min(self.samples, len(self.real_features)), self.extractor.dim),
             "n_fake": self.samples,
             "n_real": len(self.real_features),
             "best_step": self.best_step,

@@ -273,11 +273,19 @@ class Trainer:
         # Everything that can fail on bad input happens before the run directory exists.
         data = self._load_data()
         recipe = self._build(data.info)
-        evaluator = None
+        evaluator, problem = None, None
         if t.eval_every and self.dist.is_main:
             from synthmed.train.periodic_eval import PeriodicFID
 
-            evaluator = PeriodicFID(recipe, data.images, t.eval_features, t.eval_samples, seed=t.preview_seed)
+            try:  # e.g. missing Inception weights: every process must stop, not only this one
+                evaluator = PeriodicFID(recipe, data.images, t.eval_features, t.eval_samples, seed=t.preview_seed,
+                                        device=self.device)
+            except SynthmedError as exc:
+                problem = exc
+        if self.dist.enabled and D.any_process(problem is not None, self.device) and problem is None:
+            raise SynthmedError("the main process could not set up training-time evaluation")
+        if problem is not None:
+            raise problem
         data = recipe.prepare_data(data)
         if len(data) < t.batch_size * self.dist.world_size:
             raise ConfigError(
@@ -423,13 +431,20 @@ class Trainer:
                             save()
                         if t.eval_every and step % t.eval_every == 0:
                             flush()
-                            improved = False
+                            improved, failure = False, None
                             if evaluator is not None:
-                                value = evaluator.score(recipe)  # type: ignore[arg-type]
-                                improved = evaluator.record(run_dir, step, value)
-                                progress.note(f"fid {value:.3f}")
+                                try:
+                                    value = evaluator.score(recipe)  # type: ignore[arg-type]
+                                    improved = evaluator.record(run_dir, step, value)
+                                    progress.note(f"step {step}: fid {value:.3f}")
+                                except Exception as exc:  # shared below, so no process waits forever
+                                    failure = exc
                             if self.dist.enabled:
+                                if D.any_process(failure is not None, self.device):
+                                    raise failure or SynthmedError("training-time evaluation failed on rank 0")
                                 improved = D.any_process(improved, self.device)
+                            elif failure is not None:
+                                raise failure
                             if improved:
                                 if last_saved_step != step:
                                     save()

@@ -1,0 +1,706 @@
+"""Training throughput of synthmed's step against a plain PyTorch loop, with FLOPs, MFU and a profile.
+
+    python benchmarks/training_speed.py                           # all configs, about 5-6 minutes on 2 cores
+    python benchmarks/training_speed.py --configs dcgan64 --repeats 5
+    python benchmarks/training_speed.py --experiments none        # only the synthmed-vs-plain comparison
+    python benchmarks/training_speed.py --experiments compile     # add the (slow to compile) torch.compile variant
+
+Everything is measured in ONE process and every speed is reported as a ratio against a reference timed in the
+same run: timings on the shared 2-core machines vary +-30% between runs.
+
+1. Dense GEMM peak: best of a few 2048x2048 fp32 matmuls (GFLOP/s), at the start and at the end; the higher is
+   the MFU denominator.
+2. Per config (DCGAN 28 px = the default recipe, DCGAN 64 px with 64 channels, WGAN-GP 64 px with 32 channels;
+   batch 64, one grey channel, random images in [-1, 1] held in memory: pixel values do not change fp32 speed):
+   * ``synthmed``: the real recipe (``build_recipe("unconditional", ...)``, EMA 0.999), moved as the trainer moves
+     it (channels_last when the recipe prefers it), its optimisers, a ``StepContext``, ``EpochSampler`` +
+     ``ImageDataset.batch``, ``update_ema`` after every step and the trainer's loss buffering (one host read
+     every 25 steps and at the end of each timed block; no other sync).
+   * ``plain``: the same networks (synthmed.nn classes, same sizes) trained the way the PyTorch DCGAN tutorial
+     writes it: DataLoader over a TensorDataset (shuffle, drop_last, no workers), NCHW, BCEWithLogitsLoss,
+     errD_real.backward() + errD_fake.backward(), one G forward reused for the G step with D's parameters still
+     requiring grad, torch.optim.Adam with its default implementation, ``.item()`` of the losses every step, no
+     EMA. WGAN-GP: Gulrajani et al.'s Algorithm 1 with an ``autograd.grad`` penalty, written the same way.
+   * ``monai``: MONAI's Generator/Discriminator with its own loop, only if ``import monai`` works.
+   * experiments (``--experiments``): variants of the synthmed step that support the diagnosis (NCHW instead of
+     channels_last, bf16 autocast, one thread, the native 7-14-28 layout, torch.compile).
+   Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
+3. FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step: every forward,
+   backward and double backward; convolutions and matrix products), cross-checked by a hand count of the DCGAN
+   64 generator's forward pass; MFU = FLOPs/step * steps/s / GEMM peak.
+4. ``torch.profiler`` of the synthmed DCGAN 64 step (and of the plain one, for comparison): top ops by self CPU
+   time with their share, grouped into convolution / batch norm / optimiser / ... and the unattributed rest.
+
+Writes benchmarks/results/training_speed_<device>.json (``training_speed_cpu.json`` on CPU) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from synthmed.recipes import build_recipe
+from synthmed.train.context import StepContext
+from synthmed.train.ema import ema_beta, update_ema
+from synthmed.train.sampler import EpochSampler
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+BATCH = 64
+EMA_BETA = 0.999
+LOG_EVERY = 25  # the trainer's default: buffered losses are read from the device every 25 steps
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "dcgan28": {
+        "label": "DCGAN 28 px (default recipe: padded to 32, g/d 32 ch)",
+        "size": 28, "options": {}, "plain": "dcgan", "channels": 32,
+    },
+    "dcgan64": {
+        "label": "DCGAN 64 px (g/d 64 ch, the tutorial's network)",
+        "size": 64, "options": {"g_channels": 64, "d_channels": 64}, "plain": "dcgan", "channels": 64,
+    },
+    "wgangp64": {
+        "label": "WGAN-GP 64 px (g/d 32 ch, n_critic 5, layer-norm critic)",
+        "size": 64, "options": {"loss": "wgan-gp", "g_channels": 32, "d_channels": 32}, "plain": "wgan-gp",
+        "channels": 32,
+    },
+}
+# Experiments: (config, name, description, synthmed-runner overrides)
+EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
+    "nchw": [
+        ("dcgan28", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
+        ("dcgan64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
+        ("wgangp64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
+    ],
+    "bf16": [("dcgan64", "synthmed_bf16", "synthmed step with precision='bf16' (autocast)", {"precision": "bf16"})],
+    "threads1": [("dcgan28", "synthmed_1thread", "synthmed step with torch.set_num_threads(1)", {"threads": 1})],
+    "native28": [("dcgan28", "synthmed_native28", "synthmed with pad_to=28 (7-14-28 layout instead of 4-8-16-32)",
+                  {"options": {"pad_to": 28}})],
+    "fusedadam": [("dcgan64", "synthmed_fusedadam", "synthmed step with Adam(fused=True) instead of foreach",
+                   {"fused_adam": True})],
+    "compile": [("dcgan64", "synthmed_compile", "synthmed step with torch.compile'd G and D", {"compile": True})],
+}
+DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,native28,fusedadam"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine(device: torch.device) -> dict[str, Any]:
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            flags = next((line for line in fh if line.startswith("flags")), "")
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": sorted({f for f in flags.split() if f.startswith(("avx512_bf16", "avx512f", "amx", "avx2"))}),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+# --- 1. GEMM peak --------------------------------------------------------------------------------------------
+def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 6) -> float:
+    """Best of ``repeats`` n x n fp32 matmuls, GFLOP/s."""
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    for _ in range(2):
+        a @ b
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+# --- 2. runners ------------------------------------------------------------------------------------------------
+@dataclass
+class Runner:
+    """One way of training a config: ``step()`` does one training step, ``finish()`` flushes/syncs."""
+
+    name: str
+    description: str
+    step: Callable[[], None]
+    finish: Callable[[], None]
+    device: torch.device
+    threads: int | None = None
+    networks: dict[str, nn.Module] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 1, size, size, generator=gen) * 2 - 1
+
+
+def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, name: str = "synthmed",
+                  description: str = "synthmed recipe + StepContext + EpochSampler + EMA, as the trainer runs it",
+                  channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
+                  threads: int | None = None, fused_adam: bool = False, compile: bool = False) -> Runner:
+    size = cfg["size"]
+    info = DataInfo(source="random", channels=1, height=size, width=size, split="train")
+    torch.manual_seed(0)
+    recipe = build_recipe("unconditional", {**cfg["options"], **(options or {})}, info, ema_beta=EMA_BETA)
+    cl = recipe.prefers_channels_last if channels_last is None else channels_last
+    recipe.to(device, channels_last=cl)
+    data = recipe.prepare_data(ImageDataset(images=images.clone(), info=info))
+    if cl:
+        data = replace(data, images=data.images.contiguous(memory_format=torch.channels_last))
+    data = data.to(device)
+    optimizers = recipe.configure_optimizers()
+    if fused_adam:
+        for opt in optimizers.values():
+            for group in opt.param_groups:
+                group["foreach"], group["fused"] = False, True
+            opt.defaults["foreach"], opt.defaults["fused"] = False, True
+    if compile:
+        for key in ("G", "D"):
+            recipe.networks[key].forward = torch.compile(recipe.networks[key].forward)  # type: ignore[method-assign]
+    sampler = EpochSampler(len(data), BATCH, seed=0)
+    ctx = StepContext(device=device, optimizers=optimizers, precision=precision)
+    ctx.draw_batch = lambda: data.batch(sampler.next().to(device, non_blocking=True))
+    ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]
+    state = {"step": 0}
+    pending: list[dict[str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if pending:
+            flat = torch.cat([torch.stack([v.float().reshape(()) for v in vals.values()]) for vals in pending])
+            flat.tolist()
+            pending.clear()
+
+    def step() -> None:
+        s = state["step"]
+        ctx.step = s
+        batch = data.batch(sampler.next().to(device, non_blocking=True))
+        losses = recipe.train_step(batch, ctx)
+        for source, shadow in ema_pairs:
+            update_ema(shadow, source, ema_beta(s, EMA_BETA))
+        state["step"] = s + 1
+        pending.append(losses)
+        if state["step"] % LOG_EVERY == 0:
+            flush()
+
+    def finish() -> None:
+        flush()
+        sync(device)
+
+    return Runner(name, description, step, finish, device, threads,
+                  networks={"G": recipe.networks["G"], "D": recipe.networks["D"]},
+                  extra={"channels_last": cl, "precision": precision, "recipe": recipe})
+
+
+def _infinite(loader: torch.utils.data.DataLoader) -> Callable[[], torch.Tensor]:
+    it = iter(loader)
+
+    def next_batch() -> torch.Tensor:
+        nonlocal it
+        try:
+            return next(it)[0]
+        except StopIteration:
+            it = iter(loader)
+            return next(it)[0]
+
+    return next_batch
+
+
+def make_plain(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) -> Runner:
+    """The same networks trained as the PyTorch DCGAN tutorial (or a plain WGAN-GP Algorithm 1) writes it."""
+    size = cfg["size"]
+    train_size = 32 if size == 28 else size  # same architecture as synthmed's: 28 px data padded to 32
+    if train_size != size:
+        pad = train_size - size
+        images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
+    nz, ch = 100, cfg["channels"]
+    wgan = cfg["plain"] == "wgan-gp"
+    torch.manual_seed(0)
+    netG = DCGANGenerator(latent_dim=nz, out_channels=1, image_size=train_size, base_channels=ch).to(device)
+    netD = DCGANDiscriminator(in_channels=1, image_size=train_size, base_channels=ch,
+                              norm="layer" if wgan else "batch").to(device)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=BATCH, shuffle=True,
+                                         drop_last=True, num_workers=0)
+    next_batch = _infinite(loader)
+
+    if not wgan:
+        criterion = nn.BCEWithLogitsLoss()
+        optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+        def step() -> None:
+            real = next_batch().to(device)
+            b = real.size(0)
+            # (1) Update D: maximize log(D(x)) + log(1 - D(G(z)))
+            netD.zero_grad()
+            label = torch.full((b,), 1.0, dtype=torch.float, device=device)
+            output = netD(real).view(-1)
+            errD_real = criterion(output, label)
+            errD_real.backward()
+            D_x = output.mean().item()  # noqa: N806,F841 (the tutorial's names)
+            noise = torch.randn(b, nz, device=device)
+            fake = netG(noise)
+            label.fill_(0.0)
+            output = netD(fake.detach()).view(-1)
+            errD_fake = criterion(output, label)
+            errD_fake.backward()
+            D_G_z1 = output.mean().item()  # noqa: N806,F841
+            errD = errD_real + errD_fake
+            optD.step()
+            # (2) Update G: maximize log(D(G(z)))
+            netG.zero_grad()
+            label.fill_(1.0)
+            output = netD(fake).view(-1)
+            errG = criterion(output, label)
+            errG.backward()
+            D_G_z2 = output.mean().item()  # noqa: N806,F841
+            optG.step()
+            errD.item(), errG.item()
+
+        desc = ("PyTorch DCGAN tutorial loop: DataLoader, NCHW, BCEWithLogitsLoss, two D backwards, G forward "
+                "reused, D grads on in the G step, default Adam, .item() every step, no EMA")
+    else:
+        n_critic, lam = 5, 10.0
+        optD = torch.optim.Adam(netD.parameters(), lr=1e-4, betas=(0.0, 0.9))
+        optG = torch.optim.Adam(netG.parameters(), lr=1e-4, betas=(0.0, 0.9))
+
+        def step() -> None:
+            for _ in range(n_critic):
+                real = next_batch().to(device)
+                b = real.size(0)
+                z = torch.randn(b, nz, device=device)
+                with torch.no_grad():
+                    fake = netG(z)
+                eps = torch.rand(b, 1, 1, 1, device=device)
+                x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+                d_real = netD(real).mean()
+                d_fake = netD(fake).mean()
+                (grad,) = torch.autograd.grad(netD(x_hat).sum(), x_hat, create_graph=True)
+                gp = ((grad.view(b, -1).norm(2, dim=1) - 1) ** 2).mean()
+                lossD = d_fake - d_real + lam * gp  # noqa: N806
+                optD.zero_grad()
+                lossD.backward()
+                optD.step()
+                lossD.item()
+            z = torch.randn(BATCH, nz, device=device)
+            lossG = -netD(netG(z)).mean()  # noqa: N806
+            optG.zero_grad()
+            lossG.backward()
+            optG.step()
+            lossG.item()
+
+        desc = ("plain WGAN-GP Algorithm 1: DataLoader, NCHW, 5 critic iterations with autograd.grad penalty, "
+                "D grads on in the G step, default Adam, .item() every iteration, no EMA")
+
+    return Runner("plain", desc, step, lambda: sync(device), device, networks={"G": netG, "D": netD})
+
+
+def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) -> Runner | None:
+    """MONAI's Generator/Discriminator (3x3 kernels) with a MONAI-tutorial-style loop; None without MONAI."""
+    if cfg["plain"] != "dcgan":
+        return None
+    try:
+        from monai.networks.nets import Discriminator, Generator
+    except Exception:  # noqa: BLE001 (skip silently when MONAI is missing or broken)
+        return None
+    size = 32 if cfg["size"] == 28 else cfg["size"]
+    if size != cfg["size"]:
+        pad = size - cfg["size"]
+        images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
+    ch, nz = cfg["channels"], 100
+    start = size // 16
+    torch.manual_seed(0)
+    netG = Generator(latent_shape=nz, start_shape=(ch * 8, start, start),
+                     channels=[ch * 4, ch * 2, ch, 1], strides=[2, 2, 2, 2]).to(device)
+    netD = Discriminator(in_shape=(1, size, size), channels=(ch, ch * 2, ch * 4, ch * 8), strides=(2, 2, 2, 2),
+                         num_res_units=0, kernel_size=3).to(device)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=BATCH, shuffle=True,
+                                         drop_last=True)
+    next_batch = _infinite(loader)
+    criterion = nn.BCEWithLogitsLoss()
+    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+
+    def step() -> None:
+        real = next_batch().to(device)
+        b = real.size(0)
+        z = torch.randn(b, nz, device=device)
+        fake = netG(z)
+        optG.zero_grad()
+        lossG = criterion(netD(fake).view(-1), torch.ones(b, device=device))  # noqa: N806
+        lossG.backward()
+        optG.step()
+        optD.zero_grad()
+        lossD = (criterion(netD(real).view(-1), torch.ones(b, device=device))  # noqa: N806
+                 + criterion(netD(fake.detach()).view(-1), torch.zeros(b, device=device))) / 2
+        lossD.backward()
+        optD.step()
+        lossG.item(), lossD.item()
+
+    return Runner("monai", "MONAI Generator/Discriminator (3x3 kernels), MONAI tutorial-style loop", step,
+                  lambda: sync(device), device, networks={"G": netG, "D": netD})
+
+
+# --- timing --------------------------------------------------------------------------------------------------
+def run_block(runner: Runner, steps: int, default_threads: int) -> float:
+    torch.set_num_threads(runner.threads or default_threads)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            runner.step()
+        runner.finish()
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(default_threads)
+
+
+def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: int | None, warmup: int,
+            default_threads: int) -> dict[str, dict[str, Any]]:
+    """Warm up each runner, size its block to ~budget/(runners*repeats) seconds, time interleaved blocks."""
+    step_time: dict[str, float] = {}
+    for r in runners:
+        for _ in range(max(0, warmup - 1)):
+            run_block(r, 1, default_threads)
+        step_time[r.name] = run_block(r, 1, default_threads)
+    target = budget_s / max(1, len(runners) * repeats)
+    steps = {r.name: fixed_steps or max(1, round(target / step_time[r.name])) for r in runners}
+    rates: dict[str, list[float]] = {r.name: [] for r in runners}
+    for rep in range(repeats):
+        order = runners if rep % 2 == 0 else runners[::-1]  # A B C, C B A, ...: cancels linear drift
+        for r in order:
+            rates[r.name].append(steps[r.name] / run_block(r, steps[r.name], default_threads))
+    return {
+        r.name: {"steps_per_block": steps[r.name], "warmup_step_seconds": round(step_time[r.name], 4),
+                 "steps_per_s_blocks": [round(x, 4) for x in rates[r.name]],
+                 "steps_per_s": statistics.median(rates[r.name])}
+        for r in runners
+    }
+
+
+# --- 3. FLOPs --------------------------------------------------------------------------------------------------
+def count_step_flops(runner: Runner) -> dict[str, Any]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        runner.step()
+        runner.finish()
+    by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}
+    return {"total": int(counter.get_total_flops()), "by_op": by_op}
+
+
+def hand_count_generator_forward(G: DCGANGenerator, n: int) -> dict[str, Any]:
+    """2 * Cin * Cout * k * k * (spatial size the kernel slides over) * N per conv layer.
+
+    For a Conv2d the kernel is applied at every output position (Hout * Wout); a ConvTranspose2d scatters the
+    kernel from every *input* position, so its count uses Hin * Win (using Hout * Wout for a stride-2 transposed
+    conv would count 4x too many multiply-adds). This is also what FlopCounterMode does.
+    """
+    layers, x = [], torch.zeros(n, G.latent_dim, *([1] * G.spatial_dims))
+    total = 0
+    with torch.no_grad():
+        for m in G.net:
+            y = m(x)
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                cout, cin = m.out_channels, m.in_channels
+                k = m.kernel_size[0] * m.kernel_size[1]
+                positions = (x.shape[2] * x.shape[3]) if isinstance(m, nn.ConvTranspose2d) else y.shape[2] * y.shape[3]
+                flops = 2 * cin * cout * k * positions * n
+                total += flops
+                layers.append({"layer": f"{type(m).__name__}({cin}->{cout}, k{m.kernel_size[0]})",
+                               "in": list(x.shape[1:]), "out": list(y.shape[1:]), "gflops": round(flops / 1e9, 4)})
+            x = y
+    return {"layers": layers, "total": total}
+
+
+# --- 4. profile ------------------------------------------------------------------------------------------------
+CATEGORIES = [
+    ("convolution forward", ("mkldnn_convolution", "slow_conv", "conv_transpose", "_convolution", "convolution",
+                             "conv2d", "thnn_conv")),
+    ("convolution backward", ("convolution_backward", "conv_depthwise", "mkldnn_convolution_backward")),
+    ("batch/group norm", ("batch_norm", "group_norm", "native_layer_norm")),
+    ("optimiser (Adam)", ("_foreach", "_fused_adam", "addcdiv", "addcmul", "lerp", "sqrt", "mul_", "add_", "div_")),
+    ("activations", ("relu", "leaky", "tanh", "threshold", "softplus", "sigmoid", "binary_cross")),
+    ("copies / layout / allocation", ("copy_", "contiguous", "clone", "empty", "zero", "fill_", "to_copy", "_to",
+                                      "as_strided", "index_select", "cat", "stack", "pad")),
+]
+
+
+def categorise(name: str) -> str:
+    low = name.lower()
+    if "backward" in low and "conv" in low:
+        return "convolution backward"
+    for cat, keys in CATEGORIES:
+        if any(k in low for k in keys):
+            return cat
+    return "other ops"
+
+
+def profile_runner(runner: Runner, steps: int, default_threads: int) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if runner.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    torch.set_num_threads(runner.threads or default_threads)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            runner.step()
+        runner.finish()
+        wall = time.perf_counter() - t0
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total_self = sum(e.self_cpu_time_total for e in events)  # microseconds
+    wall_us = wall * 1e6
+    events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
+    top = [{"op": e.key, "self_cpu_ms_per_step": round(e.self_cpu_time_total / 1e3 / steps, 2),
+            "share_of_wall": round(e.self_cpu_time_total / wall_us, 4), "calls_per_step": e.count / steps}
+           for e in events[:15]]
+    groups: dict[str, float] = {}
+    for e in events:
+        cat = categorise(e.key)
+        groups[cat] = groups.get(cat, 0.0) + e.self_cpu_time_total
+    groups["outside ops (Python, autograd engine, profiler)"] = max(0.0, wall_us - total_self)
+    return {
+        "steps": steps, "wall_ms_per_step": round(wall * 1e3 / steps, 1),
+        "note": "profiled wall time includes profiler overhead; shares are of the profiled wall time",
+        "top_ops_by_self_cpu": top,
+        "groups": {k: {"ms_per_step": round(v / 1e3 / steps, 2), "share_of_wall": round(v / wall_us, 4)}
+                   for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+    }
+
+
+# --- micro-benchmarks for the diagnosis -------------------------------------------------------------------------
+def adam_and_ema_micro(networks: dict[str, nn.Module], device: torch.device, steps: int = 20) -> dict[str, Any]:
+    """Time one optimiser step (G and D parameters, random grads) per Adam implementation, and one update_ema."""
+    params = [p for net in networks.values() for p in net.parameters()]
+    copies = [p.detach().clone().requires_grad_(True) for p in params]
+    for p in copies:
+        p.grad = torch.randn_like(p)
+    out: dict[str, Any] = {"parameters": sum(p.numel() for p in copies)}
+    variants = {"for-loop (default on CPU)": {"foreach": False}, "foreach (synthmed on CPU)": {"foreach": True},
+                "fused": {"fused": True}}
+    opts = {}
+    for name, kw in variants.items():
+        try:
+            opts[name] = torch.optim.Adam(copies, lr=1e-4, **kw)
+            opts[name].step()
+        except (RuntimeError, ValueError) as exc:
+            out[name] = f"unavailable: {exc}"
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for _ in range(3):
+        for name, opt in opts.items():
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                opt.step()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / steps * 1e3)
+    for name in opts:
+        out[name] = {"ms_per_step": round(statistics.median(times[name]), 2)}
+    G = networks["G"]
+    import copy
+
+    shadow = copy.deepcopy(G).requires_grad_(False)
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for i in range(steps):
+            update_ema(shadow, G, ema_beta(1000 + i, EMA_BETA))
+        sync(device)
+        ts.append((time.perf_counter() - t0) / steps * 1e3)
+    out["update_ema(G) ms"] = round(statistics.median(ts), 2)
+    return out
+
+
+# --- main ----------------------------------------------------------------------------------------------------
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64", help=f"comma list of {', '.join(CONFIGS)}")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="steps per timed block (default: sized so each config takes --seconds)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed blocks per runner (median)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per config (all runners)")
+    parser.add_argument("--experiments", default=DEFAULT_EXPERIMENTS,
+                        help=f"comma list of {', '.join(EXPERIMENTS)}, or 'none'")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    default_threads = torch.get_num_threads()
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown config(s) {unknown}; choose from {', '.join(CONFIGS)}")
+    exps = [] if args.experiments in ("", "none") else [e.strip() for e in args.experiments.split(",")]
+    bad = [e for e in exps if e not in EXPERIMENTS]
+    if bad:
+        raise SystemExit(f"unknown experiment(s) {bad}; choose from {', '.join(EXPERIMENTS)}")
+    started = time.perf_counter()
+    doc: dict[str, Any] = {
+        "benchmark": "training/speed",
+        "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "machine": machine(device), "load_average_start": load_average(),
+        "data": "random images uniform in [-1, 1] (N=2048, 1 channel), held in memory; speed does not depend on "
+                "pixel values in fp32",
+        "batch_size": BATCH,
+        "images_per_s_definition": "steps/s * batch size (64 generated images per generator iteration; WGAN-GP "
+                                   "additionally generates 5 x 64 for its critic iterations), as the trainer's "
+                                   "metrics.json counts it",
+    }
+
+    print(f"torch {torch.__version__}, {default_threads} threads, {device}, capability "
+          f"{torch.backends.cpu.get_cpu_capability()}", flush=True)
+    peak_start = gemm_peak(device)
+    print(f"GEMM peak (2048^2 fp32): {peak_start:.1f} GFLOP/s", flush=True)
+
+    results: dict[str, Any] = {}
+    for name in configs:
+        cfg = CONFIGS[name]
+        t_cfg = time.perf_counter()
+        images = random_images(2048, cfg["size"])
+        runners = [make_synthmed(cfg, device, images), make_plain(cfg, device, images)]
+        monai_runner = make_monai(cfg, device, images)
+        if monai_runner is not None:
+            runners.append(monai_runner)
+        exp_desc = {}
+        for exp in exps:
+            for c, rname, desc, kw in EXPERIMENTS[exp]:
+                if c == name:
+                    runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
+                    exp_desc[rname] = desc
+        # Each experiment adds a third of --seconds, so the main comparison keeps most of its share.
+        budget = args.seconds + args.seconds / 3 * len(exp_desc)
+        print(f"\n== {name}: {cfg['label']}; runners: {', '.join(r.name for r in runners)}", flush=True)
+        timing = measure(runners, budget, args.repeats, args.steps, warmup=3 if name == "dcgan28" else 2,
+                         default_threads=default_threads)
+        entry: dict[str, Any] = {"label": cfg["label"], "options": cfg["options"], "runners": {}}
+        for r in runners:
+            t = timing[r.name]
+            entry["runners"][r.name] = {
+                "description": r.description, **t,
+                "images_per_s": t["steps_per_s"] * BATCH,
+                **{k: v for k, v in r.extra.items() if k in ("channels_last", "precision")},
+            }
+        # FLOPs of one real step, per runner kind that differs in work (synthmed vs plain vs monai).
+        for r in runners:
+            if r.name in ("synthmed", "plain", "monai"):
+                entry["runners"][r.name]["flops_per_step"] = count_step_flops(r)
+        base = entry["runners"]["synthmed"]["steps_per_s"]
+        for rname, rv in entry["runners"].items():
+            rv["ratio_vs_plain"] = rv["steps_per_s"] / entry["runners"]["plain"]["steps_per_s"]
+            rv["ratio_vs_synthmed"] = rv["steps_per_s"] / base
+        if name == "dcgan64":
+            entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
+            if not args.no_profile:
+                entry["profile"] = {r.name: profile_runner(r, 3, default_threads) for r in runners[:2]}
+            G = runners[1].networks["G"]
+            hand = hand_count_generator_forward(G.cpu(), BATCH)  # type: ignore[arg-type]
+            G.to(device)
+            from torch.utils.flop_counter import FlopCounterMode
+
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                G(torch.randn(BATCH, 100, device=device))
+            hand["flop_counter_total"] = int(counter.get_total_flops())
+            hand["agree"] = hand["total"] == hand["flop_counter_total"]
+            entry["hand_count_G_forward"] = hand
+        entry["seconds"] = round(time.perf_counter() - t_cfg, 1)
+        results[name] = entry
+        for rname, rv in entry["runners"].items():
+            print(f"  {rname:20s} {rv['steps_per_s']:7.3f} steps/s  x{rv['ratio_vs_plain']:.2f} vs plain  "
+                  f"blocks {rv['steps_per_s_blocks']}", flush=True)
+        del runners
+
+    peak_end = gemm_peak(device)
+    peak = max(peak_start, peak_end)
+    for entry in results.values():
+        for rv in entry["runners"].values():
+            if "flops_per_step" in rv:
+                rv["achieved_gflop_s"] = rv["flops_per_step"]["total"] * rv["steps_per_s"] / 1e9
+                rv["mfu"] = rv["achieved_gflop_s"] / peak
+    doc["gemm_peak_gflop_s"] = {"start": round(peak_start, 1), "end": round(peak_end, 1), "used": round(peak, 1),
+                                "how": "best of 6 fp32 2048x2048 matmuls"}
+    doc["configs"] = results
+    doc["monai"] = "measured" if any("monai" in e["runners"] for e in results.values()) else "not installed: skipped"
+    doc["load_average_end"] = load_average()
+    doc["total_seconds"] = round(time.perf_counter() - started, 1)
+    doc["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
+
+    out = args.out or RESULTS / f"training_speed_{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(_rounded(doc), indent=1) + "\n", encoding="utf-8")
+    print_table(doc)
+    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {doc['total_seconds']} s")
+
+
+def _rounded(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 4) if abs(obj) < 1000 else round(obj, 1)
+    if isinstance(obj, dict):
+        return {k: _rounded(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_rounded(v) for v in obj]
+    return obj
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    peak = doc["gemm_peak_gflop_s"]["used"]
+    print(f"\nGEMM peak: {peak} GFLOP/s (start {doc['gemm_peak_gflop_s']['start']}, end {doc['gemm_peak_gflop_s']['end']})")
+    head = f"{'config':9s} {'runner':20s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'GFLOP/step':>10s} " \
+           f"{'GFLOP/s':>8s} {'MFU':>6s}"
+    print(head)
+    print("-" * len(head))
+    for cname, entry in doc["configs"].items():
+        for rname, rv in entry["runners"].items():
+            flops = rv.get("flops_per_step", {}).get("total")
+            print(f"{cname:9s} {rname:20s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.0f} "
+                  f"{rv['ratio_vs_plain']:8.2f} "
+                  f"{(flops / 1e9 if flops else float('nan')):10.1f} "
+                  f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%}")
+    prof = doc["configs"].get("dcgan64", {}).get("profile", {}).get("synthmed")
+    if prof:
+        print(f"\nprofile, synthmed DCGAN 64 ({prof['wall_ms_per_step']} ms/step profiled): top ops by self CPU")
+        for e in prof["top_ops_by_self_cpu"][:10]:
+            print(f"  {e['op']:45s} {e['self_cpu_ms_per_step']:8.1f} ms  {e['share_of_wall']:6.1%}")
+        print("  groups: " + ", ".join(f"{k} {v['share_of_wall']:.0%}" for k, v in prof["groups"].items()))
+
+
+if __name__ == "__main__":
+    main()
