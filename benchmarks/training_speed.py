@@ -43,6 +43,7 @@ import platform
 import statistics
 import sys
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -67,7 +68,7 @@ LOG_EVERY = 25  # the trainer's default: buffered losses are read from the devic
 
 CONFIGS: dict[str, dict[str, Any]] = {
     "dcgan28": {
-        "label": "DCGAN 28 px (default recipe: padded to 32, g/d 32 ch)",
+        "label": "DCGAN 28 px (default recipe, g/d 32 ch)",
         "size": 28, "options": {}, "plain": "dcgan", "channels": 32,
     },
     "dcgan64": {
@@ -89,13 +90,21 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     ],
     "bf16": [("dcgan64", "synthmed_bf16", "synthmed step with precision='bf16' (autocast)", {"precision": "bf16"})],
     "threads1": [("dcgan28", "synthmed_1thread", "synthmed step with torch.set_num_threads(1)", {"threads": 1})],
-    "native28": [("dcgan28", "synthmed_native28", "synthmed with pad_to=28 (7-14-28 layout instead of 4-8-16-32)",
-                  {"options": {"pad_to": 28}})],
+    # The other 28 px layout than the recipe's default: pad_to=28 (7-14-28) <-> pad_to=32 (4-8-16-32). Not the
+    # same network: the 28 px layout has one up/down-sampling stage fewer (see its flops_per_step).
+    "layout": [("dcgan28", "", "", {"layout_toggle": True})],
     "fusedadam": [("dcgan64", "synthmed_fusedadam", "synthmed step with Adam(fused=True) instead of foreach",
                    {"fused_adam": True})],
-    "compile": [("dcgan64", "synthmed_compile", "synthmed step with torch.compile'd G and D", {"compile": True})],
+    # One G forward per step (reused by the G step) vs two: whichever the recipe does not do is the experiment.
+    "reuse": [(c, "", "", {"reuse_toggle": True}) for c in ("dcgan28", "dcgan64")],
+    "latent_matmul": [(c, "synthmed_latent_matmul", "synthmed step with G's first ConvTranspose (1x1 -> 4x4) computed "
+                       "as one matmul on the same weight", {"patch": "latent_matmul"}) for c in ("dcgan28", "dcgan64")],
+    "both": [(c, "synthmed_reuse+matmul", "reuse_fake and latent_matmul together",
+              {"patch": "reuse_fake+latent_matmul"}) for c in ("dcgan28", "dcgan64")],
+    "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
+                for c in ("dcgan28", "dcgan64")],
 }
-DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,native28,fusedadam"
+DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,latent_matmul"
 
 
 def sync(device: torch.device) -> None:
@@ -120,6 +129,27 @@ def machine(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def source_state() -> dict[str, Any]:
+    """The commit and any uncommitted changes under src/: the recipe may be edited between runs."""
+    import hashlib
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    recipe = ROOT / "src" / "synthmed" / "recipes" / "unconditional.py"
+    return {
+        "commit": git("rev-parse", "HEAD"),
+        "uncommitted_src_files": [line.split(maxsplit=1)[-1]
+                                  for line in git("status", "--porcelain", "--", "src").splitlines()],
+        "unconditional_py_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()[:16] if recipe.exists() else None,
+        "synthmed_imported_from": str(Path(__import__("synthmed").__file__).parent),
+    }
 
 
 def load_average() -> list[float] | None:
@@ -169,7 +199,8 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, name: str = "synthmed",
                   description: str = "synthmed recipe + StepContext + EpochSampler + EMA, as the trainer runs it",
                   channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
-                  threads: int | None = None, fused_adam: bool = False, compile: bool = False) -> Runner:
+                  threads: int | None = None, fused_adam: bool = False, compile: bool = False,
+                  patch: str | None = None) -> Runner:
     size = cfg["size"]
     info = DataInfo(source="random", channels=1, height=size, width=size, split="train")
     torch.manual_seed(0)
@@ -186,6 +217,13 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
             for group in opt.param_groups:
                 group["foreach"], group["fused"] = False, True
             opt.defaults["foreach"], opt.defaults["fused"] = False, True
+    patches = set((patch or "").split("+")) - {""}
+    if "reuse_fake" in patches:
+        recipe.train_step = types.MethodType(_reuse_fake_step, recipe)  # type: ignore[method-assign]
+    if "two_g_forwards" in patches:
+        recipe.train_step = types.MethodType(_two_g_forwards_step, recipe)  # type: ignore[method-assign]
+    if "latent_matmul" in patches:
+        _latent_matmul(recipe.networks["G"].net[0], channels_last=cl)
     if compile:
         for key in ("G", "D"):
             recipe.networks[key].forward = torch.compile(recipe.networks[key].forward)  # type: ignore[method-assign]
@@ -220,7 +258,85 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
 
     return Runner(name, description, step, finish, device, threads,
                   networks={"G": recipe.networks["G"], "D": recipe.networks["D"]},
-                  extra={"channels_last": cl, "precision": precision, "recipe": recipe})
+                  extra={"channels_last": cl, "precision": precision, "recipe": recipe,
+                         "own_flops": name == "synthmed" or bool(options)
+                         or bool(patches & {"reuse_fake", "two_g_forwards"}),
+                         "train_size": recipe.train_size})
+
+
+def _reuse_fake_step(self: Any, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+    """The recipe's BCE step (n_critic 1, no augmentation/penalties) with one G forward instead of two."""
+    G, D = self.networks["G"], self.networks["D"]
+    real = batch["image"]
+    z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+    fake = G(z)  # kept with its graph: the G step below backpropagates through it
+    real_logits = D(real)
+    fake_logits = D(fake.detach())
+    loss_d = self._d_loss(real_logits.float(), fake_logits.float())
+    ctx.optimize("D", loss_d)
+    flags = [p.requires_grad for p in D.parameters()]
+    D.requires_grad_(False)
+    try:
+        loss_g = self._g_loss(D(fake).float())
+        ctx.optimize("G", loss_g)
+    finally:
+        for p, flag in zip(D.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean()}
+
+
+def _two_g_forwards_step(self: Any, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
+    """The recipe's BCE step (n_critic 1, no augmentation/penalties) as committed before the reuse change: a no-grad
+    G forward for the D step and a fresh G forward (new latents) for the G step."""
+    G, D = self.networks["G"], self.networks["D"]
+    real = batch["image"]
+    z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+    with torch.no_grad():
+        fake = G(z)
+    real_logits = D(real)
+    fake_logits = D(fake)
+    loss_d = self._d_loss(real_logits.float(), fake_logits.float())
+    ctx.optimize("D", loss_d)
+    flags = [p.requires_grad for p in D.parameters()]
+    D.requires_grad_(False)
+    try:
+        z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
+        loss_g = self._g_loss(D(G(z)).float())
+        ctx.optimize("G", loss_g)
+    finally:
+        for p, flag in zip(D.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+    return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_logits.detach().mean(),
+            "d_fake": fake_logits.detach().mean()}
+
+
+def g_forwards_per_step(runner: Runner) -> int:
+    """How many times one training step calls G (a forward hook; the step also serves as a warm-up step)."""
+    G = runner.networks["G"]
+    calls = [0]
+
+    def hook(*_: object) -> None:
+        calls[0] += 1
+
+    handle = G.register_forward_hook(hook)
+    try:
+        runner.step()
+        runner.finish()
+    finally:
+        handle.remove()
+    return calls[0]
+
+
+def _latent_matmul(conv: nn.ConvTranspose2d, channels_last: bool) -> None:
+    """ConvTranspose(k, stride 1, pad 0) on a 1x1 input == z @ W.view(Cin, Cout*k*k): same weight, one GEMM."""
+    cout, kernel = conv.out_channels, conv.kernel_size
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        y = (x.flatten(1) @ conv.weight.flatten(1)).view(x.shape[0], cout, *kernel)
+        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
+
+    conv.forward = forward  # type: ignore[method-assign]
 
 
 def _infinite(loader: torch.utils.data.DataLoader) -> Callable[[], torch.Tensor]:
@@ -237,10 +353,12 @@ def _infinite(loader: torch.utils.data.DataLoader) -> Callable[[], torch.Tensor]
     return next_batch
 
 
-def make_plain(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) -> Runner:
-    """The same networks trained as the PyTorch DCGAN tutorial (or a plain WGAN-GP Algorithm 1) writes it."""
+def make_plain(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, train_size: int) -> Runner:
+    """The same networks trained as the PyTorch DCGAN tutorial (or a plain WGAN-GP Algorithm 1) writes it.
+
+    ``train_size``: the recipe's network size (28 px data padded to it when larger), so the architecture is the same.
+    """
     size = cfg["size"]
-    train_size = 32 if size == 28 else size  # same architecture as synthmed's: 28 px data padded to 32
     if train_size != size:
         pad = train_size - size
         images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
@@ -326,7 +444,7 @@ def make_plain(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) 
     return Runner("plain", desc, step, lambda: sync(device), device, networks={"G": netG, "D": netD})
 
 
-def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) -> Runner | None:
+def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, train_size: int) -> Runner | None:
     """MONAI's Generator/Discriminator (3x3 kernels) with a MONAI-tutorial-style loop; None without MONAI."""
     if cfg["plain"] != "dcgan":
         return None
@@ -334,7 +452,7 @@ def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) 
         from monai.networks.nets import Discriminator, Generator
     except Exception:  # noqa: BLE001 (skip silently when MONAI is missing or broken)
         return None
-    size = 32 if cfg["size"] == 28 else cfg["size"]
+    size = max(32, 16 * ((train_size + 15) // 16))  # MONAI's stride-2 stacks need a multiple of 16
     if size != cfg["size"]:
         pad = size - cfg["size"]
         images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
@@ -373,6 +491,16 @@ def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor) 
 
 
 # --- timing --------------------------------------------------------------------------------------------------
+GEMM_PROBES: list[float] = []
+
+
+def gemm_probe(device: torch.device) -> float:
+    """A 0.1 s look at the machine's current GEMM speed, taken before each timed block (contention indicator)."""
+    value = gemm_peak(device, n=2048, repeats=2)
+    GEMM_PROBES.append(value)
+    return value
+
+
 def run_block(runner: Runner, steps: int, default_threads: int) -> float:
     torch.set_num_threads(runner.threads or default_threads)
     try:
@@ -396,23 +524,49 @@ def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: i
     target = budget_s / max(1, len(runners) * repeats)
     steps = {r.name: fixed_steps or max(1, round(target / step_time[r.name])) for r in runners}
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
+    probes: dict[str, list[float]] = {r.name: [] for r in runners}
     for rep in range(repeats):
         order = runners if rep % 2 == 0 else runners[::-1]  # A B C, C B A, ...: cancels linear drift
         for r in order:
+            probes[r.name].append(gemm_probe(runners[0].device))
             rates[r.name].append(steps[r.name] / run_block(r, steps[r.name], default_threads))
+    ref = rates.get("plain")
     return {
         r.name: {"steps_per_block": steps[r.name], "warmup_step_seconds": round(step_time[r.name], 4),
+                 "paired_ratio_vs_plain": None if ref is None else
+                 statistics.median(a / b for a, b in zip(rates[r.name], ref, strict=True)),
                  "steps_per_s_blocks": [round(x, 4) for x in rates[r.name]],
+                 "gemm_gflop_s_before_blocks": [round(x, 1) for x in probes[r.name]],
                  "steps_per_s": statistics.median(rates[r.name])}
         for r in runners
     }
 
 
 # --- 3. FLOPs --------------------------------------------------------------------------------------------------
-def count_step_flops(runner: Runner) -> dict[str, Any]:
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker, whose backward hooks make ``autograd.grad`` on a leaf
+    (the WGAN-GP penalty) fail ("A leaf node was passed to _will_engine_execute_node ..."); we only need the
+    global total, not per-module counts."""
+
+    parents = ("Global",)
+
+    def __enter__(self) -> _GlobalOnly:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        return None
+
+
+def flop_counter() -> Any:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
+    counter.mod_tracker = _GlobalOnly()
+    return counter
+
+
+def count_step_flops(runner: Runner) -> dict[str, Any]:
+    counter = flop_counter()
     with counter:
         runner.step()
         runner.finish()
@@ -550,13 +704,15 @@ def main() -> None:
     parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per timed block (default: sized so each config takes --seconds)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved timed blocks per runner (median)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timed blocks per runner (median)")
     parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per config (all runners)")
     parser.add_argument("--experiments", default=DEFAULT_EXPERIMENTS,
                         help=f"comma list of {', '.join(EXPERIMENTS)}, or 'none'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile", default="dcgan28,dcgan64,wgangp64",
+                        help="configs whose synthmed step is profiled (DCGAN 64 also profiles the plain loop); "
+                             "'none' to skip")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
 
@@ -572,11 +728,12 @@ def main() -> None:
     bad = [e for e in exps if e not in EXPERIMENTS]
     if bad:
         raise SystemExit(f"unknown experiment(s) {bad}; choose from {', '.join(EXPERIMENTS)}")
+    profiled = [] if args.profile in ("", "none") else [c.strip() for c in args.profile.split(",")]
     started = time.perf_counter()
     doc: dict[str, Any] = {
         "benchmark": "training/speed",
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "machine": machine(device), "load_average_start": load_average(),
+        "machine": machine(device), "source": source_state(), "load_average_start": load_average(),
         "data": "random images uniform in [-1, 1] (N=2048, 1 channel), held in memory; speed does not depend on "
                 "pixel values in fp32",
         "batch_size": BATCH,
@@ -595,57 +752,88 @@ def main() -> None:
         cfg = CONFIGS[name]
         t_cfg = time.perf_counter()
         images = random_images(2048, cfg["size"])
-        runners = [make_synthmed(cfg, device, images), make_plain(cfg, device, images)]
-        monai_runner = make_monai(cfg, device, images)
+        main = make_synthmed(cfg, device, images)
+        train_size = main.extra["train_size"]
+        g_forwards = g_forwards_per_step(main)
+        label = f"{cfg['label']}, networks at {train_size} px, {g_forwards} G forward(s) per step"
+        runners = [main, make_plain(cfg, device, images, train_size)]
+        monai_runner = make_monai(cfg, device, images, train_size)
         if monai_runner is not None:
             runners.append(monai_runner)
         exp_desc = {}
         for exp in exps:
             for c, rname, desc, kw in EXPERIMENTS[exp]:
-                if c == name:
-                    runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
-                    exp_desc[rname] = desc
-        # Each experiment adds a third of --seconds, so the main comparison keeps most of its share.
-        budget = args.seconds + args.seconds / 3 * len(exp_desc)
-        print(f"\n== {name}: {cfg['label']}; runners: {', '.join(r.name for r in runners)}", flush=True)
+                if c != name:
+                    continue
+                if kw.get("layout_toggle"):
+                    alt = 28 if train_size == 32 else 32
+                    rname = "synthmed_native28" if alt == 28 else "synthmed_pad32"
+                    desc = (f"synthmed with pad_to={alt} instead of the default {train_size} px layout; a different "
+                            f"network ({'one stage fewer' if alt == 28 else 'one stage more'}, see flops_per_step)")
+                    kw = {"options": {"pad_to": alt}}
+                elif kw.get("reuse_toggle"):
+                    if g_forwards == 2:
+                        rname, kw = "synthmed_reuse_fake", {"patch": "reuse_fake"}
+                        desc = ("synthmed step that reuses the D step's G(z) (with grad) in the G step instead of a "
+                                "second G forward; D frozen in the G step as now")
+                    else:
+                        rname, kw = "synthmed_two_g_forwards", {"patch": "two_g_forwards"}
+                        desc = ("synthmed step as committed before the reuse change: no-grad G forward for the D "
+                                "step, a second G forward (fresh latents) for the G step")
+                runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
+                exp_desc[rname] = desc
+        # Each experiment adds a quarter of --seconds, so the main comparison keeps most of its share.
+        budget = args.seconds + args.seconds / 4 * len(exp_desc)
+        print(f"\n== {name}: {label}; runners: {', '.join(r.name for r in runners)}", flush=True)
+        phase_t = {"build": time.perf_counter() - t_cfg}
+        t_phase = time.perf_counter()
         timing = measure(runners, budget, args.repeats, args.steps, warmup=3 if name == "dcgan28" else 2,
                          default_threads=default_threads)
-        entry: dict[str, Any] = {"label": cfg["label"], "options": cfg["options"], "runners": {}}
+        entry: dict[str, Any] = {"label": label, "options": cfg["options"], "train_size": train_size,
+                                 "g_forwards_per_step": g_forwards, "runners": {}}
         for r in runners:
             t = timing[r.name]
             entry["runners"][r.name] = {
                 "description": r.description, **t,
                 "images_per_s": t["steps_per_s"] * BATCH,
-                **{k: v for k, v in r.extra.items() if k in ("channels_last", "precision")},
+                **{k: v for k, v in r.extra.items() if k in ("channels_last", "precision", "train_size")},
             }
+        phase_t["timing"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
         # FLOPs of one real step, per runner kind that differs in work (synthmed vs plain vs monai).
         for r in runners:
-            if r.name in ("synthmed", "plain", "monai"):
+            if r.name in ("plain", "monai") or r.extra.get("own_flops"):
                 entry["runners"][r.name]["flops_per_step"] = count_step_flops(r)
         base = entry["runners"]["synthmed"]["steps_per_s"]
-        for rname, rv in entry["runners"].items():
+        for rv in entry["runners"].values():
             rv["ratio_vs_plain"] = rv["steps_per_s"] / entry["runners"]["plain"]["steps_per_s"]
             rv["ratio_vs_synthmed"] = rv["steps_per_s"] / base
+        phase_t["flops"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
+        entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
+        phase_t["adam_ema_micro"] = time.perf_counter() - t_phase
+        t_phase = time.perf_counter()
+        if name in profiled:
+            to_profile = runners[:2] if name == "dcgan64" else runners[:1]
+            steps = 3 if timing["synthmed"]["warmup_step_seconds"] > 0.3 else 20
+            entry["profile"] = {r.name: profile_runner(r, steps, default_threads) for r in to_profile}
         if name == "dcgan64":
-            entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
-            if not args.no_profile:
-                entry["profile"] = {r.name: profile_runner(r, 3, default_threads) for r in runners[:2]}
             G = runners[1].networks["G"]
             hand = hand_count_generator_forward(G.cpu(), BATCH)  # type: ignore[arg-type]
             G.to(device)
-            from torch.utils.flop_counter import FlopCounterMode
-
-            counter = FlopCounterMode(display=False)
+            counter = flop_counter()
             with counter, torch.no_grad():
                 G(torch.randn(BATCH, 100, device=device))
             hand["flop_counter_total"] = int(counter.get_total_flops())
             hand["agree"] = hand["total"] == hand["flop_counter_total"]
             entry["hand_count_G_forward"] = hand
+        phase_t["profile_and_hand_count"] = time.perf_counter() - t_phase
         entry["seconds"] = round(time.perf_counter() - t_cfg, 1)
+        entry["seconds_by_phase"] = {k: round(v, 1) for k, v in phase_t.items()}
         results[name] = entry
         for rname, rv in entry["runners"].items():
-            print(f"  {rname:20s} {rv['steps_per_s']:7.3f} steps/s  x{rv['ratio_vs_plain']:.2f} vs plain  "
-                  f"blocks {rv['steps_per_s_blocks']}", flush=True)
+            print(f"  {rname:22s} {rv['steps_per_s']:7.3f} steps/s  x{rv['ratio_vs_plain']:.2f} vs plain "
+                  f"(paired x{rv['paired_ratio_vs_plain']:.2f})  blocks {rv['steps_per_s_blocks']}", flush=True)
         del runners
 
     peak_end = gemm_peak(device)
@@ -653,10 +841,23 @@ def main() -> None:
     for entry in results.values():
         for rv in entry["runners"].values():
             if "flops_per_step" in rv:
-                rv["achieved_gflop_s"] = rv["flops_per_step"]["total"] * rv["steps_per_s"] / 1e9
+                flops = rv["flops_per_step"]["total"]
+                rv["achieved_gflop_s"] = flops * rv["steps_per_s"] / 1e9
                 rv["mfu"] = rv["achieved_gflop_s"] / peak
-    doc["gemm_peak_gflop_s"] = {"start": round(peak_start, 1), "end": round(peak_end, 1), "used": round(peak, 1),
-                                "how": "best of 6 fp32 2048x2048 matmuls"}
+                # Load-corrected: each block's rate against the GEMM speed measured just before it.
+                rv["mfu_vs_gemm_probe_before_block"] = statistics.median(
+                    flops * x / 1e9 / g for x, g in zip(rv["steps_per_s_blocks"], rv["gemm_gflop_s_before_blocks"],
+                                                        strict=True))
+    doc["gemm_peak_gflop_s"] = {
+        "start": round(peak_start, 1), "end": round(peak_end, 1), "used": round(peak, 1),
+        "how": "best of 6 fp32 2048x2048 matmuls at the start and at the end; 'used' (the higher) is the MFU "
+               "denominator",
+        "probes_median": round(statistics.median(GEMM_PROBES), 1) if GEMM_PROBES else None,
+        "probes_min": round(min(GEMM_PROBES), 1) if GEMM_PROBES else None,
+        "probes_max": round(max(GEMM_PROBES), 1) if GEMM_PROBES else None,
+        "probes_note": "best of 2 matmuls before every timed block; a low probe means another process was using "
+                       "the cores then (compare mfu_vs_gemm_probe_before_block)",
+    }
     doc["configs"] = results
     doc["monai"] = "measured" if any("monai" in e["runners"] for e in results.values()) else "not installed: skipped"
     doc["load_average_end"] = load_average()
@@ -681,25 +882,29 @@ def _rounded(obj: Any) -> Any:
 
 
 def print_table(doc: dict[str, Any]) -> None:
-    peak = doc["gemm_peak_gflop_s"]["used"]
-    print(f"\nGEMM peak: {peak} GFLOP/s (start {doc['gemm_peak_gflop_s']['start']}, end {doc['gemm_peak_gflop_s']['end']})")
-    head = f"{'config':9s} {'runner':20s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'GFLOP/step':>10s} " \
-           f"{'GFLOP/s':>8s} {'MFU':>6s}"
+    g = doc["gemm_peak_gflop_s"]
+    print(f"\nGEMM peak: {g['used']} GFLOP/s (start {g['start']}, end {g['end']}; 2048^2 fp32 probes before "
+          f"timed blocks: median {g['probes_median']}, min {g['probes_min']})")
+    head = f"{'config':9s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
+           f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s} {'MFU*':>6s}"
     print(head)
     print("-" * len(head))
     for cname, entry in doc["configs"].items():
         for rname, rv in entry["runners"].items():
             flops = rv.get("flops_per_step", {}).get("total")
-            print(f"{cname:9s} {rname:20s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.0f} "
-                  f"{rv['ratio_vs_plain']:8.2f} "
+            print(f"{cname:9s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.0f} "
+                  f"{rv['ratio_vs_plain']:8.2f} {rv['paired_ratio_vs_plain']:7.2f} "
                   f"{(flops / 1e9 if flops else float('nan')):10.1f} "
-                  f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%}")
-    prof = doc["configs"].get("dcgan64", {}).get("profile", {}).get("synthmed")
-    if prof:
-        print(f"\nprofile, synthmed DCGAN 64 ({prof['wall_ms_per_step']} ms/step profiled): top ops by self CPU")
-        for e in prof["top_ops_by_self_cpu"][:10]:
-            print(f"  {e['op']:45s} {e['self_cpu_ms_per_step']:8.1f} ms  {e['share_of_wall']:6.1%}")
-        print("  groups: " + ", ".join(f"{k} {v['share_of_wall']:.0%}" for k, v in prof["groups"].items()))
+                  f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%} "
+                  f"{rv.get('mfu_vs_gemm_probe_before_block', float('nan')):6.1%}")
+    print("vs plain: ratio of medians; paired: median of block-by-block ratios; MFU: vs the GEMM peak; "
+          "MFU*: each block vs a GEMM probe taken just before it (load-corrected)")
+    for cname, entry in doc["configs"].items():
+        for rname, prof in entry.get("profile", {}).items():
+            print(f"\nprofile, {rname} {cname} ({prof['wall_ms_per_step']} ms/step profiled): top ops by self CPU")
+            for e in prof["top_ops_by_self_cpu"][: 10 if (cname, rname) == ("dcgan64", "synthmed") else 5]:
+                print(f"  {e['op']:45s} {e['self_cpu_ms_per_step']:8.1f} ms  {e['share_of_wall']:6.1%}")
+            print("  groups: " + ", ".join(f"{k} {v['share_of_wall']:.1%}" for k, v in prof["groups"].items()))
 
 
 if __name__ == "__main__":

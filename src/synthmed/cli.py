@@ -44,7 +44,7 @@ def train(
     recipe: str = typer.Option("unconditional", help="Recipe (task) to train."),
     arch: str = typer.Option(None, help="Network family: dcgan or resnet."),
     loss: str = typer.Option(None, help="Adversarial loss: bce, lsgan, wgan-gp or hinge."),
-    steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 2000]."),
+    steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 3000]."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpoint saved)."),
     batch_size: int = typer.Option(None, help="Batch size per process [default: 64]."),
     seed: int = typer.Option(None, help="Random seed; runs are deterministic on CPU [default: 0]."),

@@ -47,8 +47,9 @@ class UnconditionalConfig:
     latent_dim: int = 100
     g_channels: int = 32
     d_channels: int = 32
-    #: Train at this size by padding the data with background (-1); samples are cropped back. 28 px data
-    #: trains at 32 px by default: the 4-8-16-32 layout ran 2x faster than 7-14-28 on the 2-core CPU.
+    #: Train at this size by padding the data with background (-1); samples are cropped back. By default 28 px
+    #: data trains at 28 px (7-14-28 layout): on the development CPU that ran 1.75x faster than padding to 32
+    #: (benchmarks/training_speed.py, dcgan28 vs synthmed_native28), although another machine measured the reverse.
     pad_to: int | None = None
     d_norm: str | None = None
     spectral_norm: bool | None = None
@@ -131,7 +132,7 @@ class UnconditionalGAN(GenerativeRecipe):
         super().__init__(config, data_info)
         _check_compatible(config)
         self.data_size = data_info.image_size
-        self.train_size = config.pad_to or (32 if self.data_size == 28 else self.data_size)
+        self.train_size = config.pad_to or self.data_size
         if self.train_size < self.data_size:
             raise ConfigError(f"pad_to={config.pad_to} is smaller than the images ({self.data_size} px)")
         self.latent_dim = config.latent_dim
@@ -236,12 +237,22 @@ class UnconditionalGAN(GenerativeRecipe):
         G, D = self.networks["G"], self.networks["D"]
         use_features = cfg.feature_matching > 0
         out: dict[str, torch.Tensor] = {}
+        # With one critic step per generator step, the generator's forward pass serves both steps (as in the
+        # DCGAN reference implementation): the discriminator sees it detached, the generator step backpropagates
+        # through it. That saves a generator forward per step (1.2-1.3x measured on CPU). With several critic
+        # steps (WGAN-GP), Algorithm 1 draws fresh latents for the generator step.
+        reuse_fake = self.n_critic == 1
+        fake_for_g = None
         for i in range(self.n_critic):
             real = batch["image"] if i == 0 else ctx.draw_batch()["image"]
             z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
             with ctx.autocast():
-                with torch.no_grad():
-                    fake = G(z)
+                if reuse_fake:
+                    fake_for_g = G(z)
+                    fake = fake_for_g.detach()
+                else:
+                    with torch.no_grad():
+                        fake = G(z)
                 real_in, fake_in = self._augment(real, ctx), self._augment(fake, ctx)
                 real_logits = D(real_in)
                 fake_logits = D(fake_in)
@@ -262,9 +273,12 @@ class UnconditionalGAN(GenerativeRecipe):
         flags = [p.requires_grad for p in D.parameters()]
         D.requires_grad_(False)
         try:
-            z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
             with ctx.autocast():
-                fake = G(z)
+                if fake_for_g is not None:
+                    fake = fake_for_g
+                else:
+                    z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
+                    fake = G(z)
                 fake_in = self._augment(fake, ctx)
                 if use_features:
                     fake_logits_g, fake_features = D(fake_in, return_features=True)
