@@ -501,14 +501,24 @@ def gemm_probe(device: torch.device) -> float:
     return value
 
 
-def run_block(runner: Runner, steps: int, default_threads: int) -> float:
+def run_block(runner: Runner, steps: int, default_threads: int, max_seconds: float | None = None
+              ) -> tuple[int, float]:
+    """Time ``steps`` steps and the final flush/sync: (steps done, seconds).
+
+    ``max_seconds`` ends the block early (after the step that crosses it): when another process takes the cores
+    mid-run, 2-thread OpenMP regions can slow down 5-10x and a block sized from the warm-up would run for minutes.
+    """
     torch.set_num_threads(runner.threads or default_threads)
     try:
         t0 = time.perf_counter()
+        done = 0
         for _ in range(steps):
             runner.step()
+            done += 1
+            if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
+                break
         runner.finish()
-        return time.perf_counter() - t0
+        return done, time.perf_counter() - t0
     finally:
         torch.set_num_threads(default_threads)
 
@@ -520,16 +530,18 @@ def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: i
     for r in runners:
         for _ in range(max(0, warmup - 1)):
             run_block(r, 1, default_threads)
-        step_time[r.name] = run_block(r, 1, default_threads)
+        step_time[r.name] = run_block(r, 1, default_threads)[1]
     target = budget_s / max(1, len(runners) * repeats)
     steps = {r.name: fixed_steps or max(1, round(target / step_time[r.name])) for r in runners}
+    cap = None if fixed_steps else 3 * target
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
     probes: dict[str, list[float]] = {r.name: [] for r in runners}
     for rep in range(repeats):
         order = runners if rep % 2 == 0 else runners[::-1]  # A B C, C B A, ...: cancels linear drift
         for r in order:
             probes[r.name].append(gemm_probe(runners[0].device))
-            rates[r.name].append(steps[r.name] / run_block(r, steps[r.name], default_threads))
+            done, seconds = run_block(r, steps[r.name], default_threads, cap)
+            rates[r.name].append(done / seconds)
     ref = rates.get("plain")
     return {
         r.name: {"steps_per_block": steps[r.name], "warmup_step_seconds": round(step_time[r.name], 4),
