@@ -726,6 +726,8 @@ def main() -> None:
                         help="configs whose synthmed step is profiled (DCGAN 64 also profiles the plain loop); "
                              "'none' to skip")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--max-minutes", type=float, default=6.0,
+                        help="overall limit: budgets shrink to fit, configs that no longer fit are skipped")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -759,10 +761,20 @@ def main() -> None:
     peak_start = gemm_peak(device)
     print(f"GEMM peak (2048^2 fp32): {peak_start:.1f} GFLOP/s", flush=True)
 
+    out = args.out or RESULTS / f"training_speed_{device.type}.json"
+    deadline = started + 60 * args.max_minutes
     results: dict[str, Any] = {}
-    for name in configs:
+    skipped: dict[str, str] = {}
+    doc["skipped"] = skipped
+    for i, name in enumerate(configs):
         cfg = CONFIGS[name]
         t_cfg = time.perf_counter()
+        # Share what is left of --max-minutes among the configs still to run (most of it for timing).
+        allowance = (deadline - t_cfg) / (len(configs) - i)
+        if allowance < 15:
+            skipped[name] = "--max-minutes reached"
+            print(f"\n== {name}: skipped, --max-minutes reached", flush=True)
+            continue
         images = random_images(2048, cfg["size"])
         main = make_synthmed(cfg, device, images)
         train_size = main.extra["train_size"]
@@ -795,7 +807,7 @@ def main() -> None:
                 runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
                 exp_desc[rname] = desc
         # Each experiment adds a quarter of --seconds, so the main comparison keeps most of its share.
-        budget = args.seconds + args.seconds / 4 * len(exp_desc)
+        budget = min(args.seconds + args.seconds / 4 * len(exp_desc), 0.6 * allowance)
         print(f"\n== {name}: {label}; runners: {', '.join(r.name for r in runners)}", flush=True)
         phase_t = {"build": time.perf_counter() - t_cfg}
         t_phase = time.perf_counter()
@@ -825,7 +837,7 @@ def main() -> None:
         entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
         phase_t["adam_ema_micro"] = time.perf_counter() - t_phase
         t_phase = time.perf_counter()
-        if name in profiled:
+        if name in profiled and time.perf_counter() - t_cfg < allowance:
             to_profile = runners[:2] if name == "dcgan64" else runners[:1]
             steps = 3 if timing["synthmed"]["warmup_step_seconds"] > 0.3 else 20
             entry["profile"] = {r.name: profile_runner(r, steps, default_threads) for r in to_profile}
@@ -847,9 +859,15 @@ def main() -> None:
             print(f"  {rname:22s} {rv['steps_per_s']:7.3f} steps/s  x{rv['ratio_vs_plain']:.2f} vs plain "
                   f"(paired x{rv['paired_ratio_vs_plain']:.2f})  blocks {rv['steps_per_s_blocks']}", flush=True)
         del runners
+        write_results(doc, results, peak_start, None, started, out, final=False)
 
-    peak_end = gemm_peak(device)
-    peak = max(peak_start, peak_end)
+    write_results(doc, results, peak_start, gemm_peak(device), started, out, final=True)
+
+
+def write_results(doc: dict[str, Any], results: dict[str, Any], peak_start: float, peak_end: float | None,
+                  started: float, out: Path, final: bool) -> None:
+    """MFU figures and the JSON; called after every config (``partial``) so a stopped run still leaves results."""
+    peak = max(peak_start, peak_end or 0.0)
     for entry in results.values():
         for rv in entry["runners"].values():
             if "flops_per_step" in rv:
@@ -860,8 +878,14 @@ def main() -> None:
                 rv["mfu_vs_gemm_probe_before_block"] = statistics.median(
                     flops * x / 1e9 / g for x, g in zip(rv["steps_per_s_blocks"], rv["gemm_gflop_s_before_blocks"],
                                                         strict=True))
+    if GEMM_PROBES:
+        low = 0.7 * max(GEMM_PROBES)
+        for entry in results.values():
+            for rv in entry["runners"].values():
+                rv["blocks_after_low_gemm_probe"] = sum(g < low for g in rv["gemm_gflop_s_before_blocks"])
     doc["gemm_peak_gflop_s"] = {
-        "start": round(peak_start, 1), "end": round(peak_end, 1), "used": round(peak, 1),
+        "start": round(peak_start, 1), "end": None if peak_end is None else round(peak_end, 1),
+        "used": round(peak, 1),
         "how": "best of 6 fp32 2048x2048 matmuls at the start and at the end; 'used' (the higher) is the MFU "
                "denominator",
         "probes_median": round(statistics.median(GEMM_PROBES), 1) if GEMM_PROBES else None,
@@ -871,16 +895,16 @@ def main() -> None:
                        "the cores then (compare mfu_vs_gemm_probe_before_block)",
     }
     doc["configs"] = results
+    doc["partial"] = not final
     doc["monai"] = "measured" if any("monai" in e["runners"] for e in results.values()) else "not installed: skipped"
     doc["load_average_end"] = load_average()
     doc["total_seconds"] = round(time.perf_counter() - started, 1)
     doc["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
-
-    out = args.out or RESULTS / f"training_speed_{device.type}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_rounded(doc), indent=1) + "\n", encoding="utf-8")
-    print_table(doc)
-    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {doc['total_seconds']} s")
+    if final:
+        print_table(doc)
+        print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out} in {doc['total_seconds']} s")
 
 
 def _rounded(obj: Any) -> Any:

@@ -282,10 +282,7 @@ class Trainer:
                                         device=self.device)
             except SynthmedError as exc:
                 problem = exc
-        if self.dist.enabled and D.any_process(problem is not None, self.device) and problem is None:
-            raise SynthmedError("the main process could not set up training-time evaluation")
-        if problem is not None:
-            raise problem
+        self._stop_together(problem, "the main process could not set up training-time evaluation")
         data = recipe.prepare_data(data)
         if len(data) < t.batch_size * self.dist.world_size:
             raise ConfigError(
@@ -308,11 +305,7 @@ class Trainer:
                     run_dir = self._create_run_dir()
                 except SynthmedError as exc:
                     problem = exc
-            # Every process must stop together, or the others would wait forever in their first collective.
-            if self.dist.enabled and D.any_process(problem is not None, self.device) and problem is None:
-                raise SynthmedError("the main process stopped with a configuration error")
-            if problem is not None:
-                raise problem
+            self._stop_together(problem, "the main process stopped with a configuration error")
             start_step = 0
         else:
             run_dir = Path(self.resume_dir)  # type: ignore[arg-type]
@@ -467,6 +460,14 @@ class Trainer:
         if stopped_because == "interrupted":
             raise TrainingInterrupted(result)
         return result
+
+    def _stop_together(self, problem: SynthmedError | None, elsewhere: str) -> None:
+        """Raise ``problem`` on every process if any process has one (only the main process sets some up):
+        otherwise the others would wait forever in their next collective."""
+        if self.dist.enabled and D.any_process(problem is not None, self.device) and problem is None:
+            raise SynthmedError(elsewhere)
+        if problem is not None:
+            raise problem
 
     # --- persistence -----------------------------------------------------------------------------------
     def _rng_state(self) -> dict[str, torch.Tensor]:
