@@ -34,7 +34,7 @@ class StepContext:
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
-        """bf16 autocast where it helps (GPUs); a no-op in fp32 (CPUs without native bf16 run it 13-49x slower)."""
+        """bf16 autocast where it helps (GPUs); a no-op in fp32 (bf16 was slower on every CPU measured)."""
         if self.precision == "bf16":
             with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
                 yield

@@ -87,7 +87,8 @@ def select_device(name: str, local_rank: int = 0) -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
-        # bf16 autocast only where the hardware has it: on this kind of CPU it ran 13-49x slower.
+        # bf16 autocast on GPUs only: on CPUs it ran slower in every measurement (0.77x at DCGAN 64 px even on an
+        # AVX512-BF16 CPU, benchmarks/results/training_speed_cpu.json; 13-49x slower without native bf16).
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16 support; use fp32")
