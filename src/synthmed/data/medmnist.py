@@ -13,18 +13,14 @@ has its own source publication (https://medmnist.com).
 
 from __future__ import annotations
 
-import hashlib
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
+from synthmed.download import DownloadError, download, one_line
 from synthmed.errors import DataError
 
 MEDMNIST_BASE_URL = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)
-DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is given up (urllib socket timeout)
 
 # Official MD5 per file name (medmnist/info.py, MedMNIST v3.0.2, record 10519652).
 MEDMNIST_MD5: dict[str, str] = {
@@ -211,69 +207,17 @@ def fetch(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise DataError(target.parent, f"cannot create the cache folder ({_one_line(exc)})") from exc
+        raise DataError(target.parent, f"cannot create the cache folder ({one_line(exc)})") from exc
     _download(url, target, MEDMNIST_MD5[file])
     return target
 
 
-def _one_line(value: object) -> str:
-    return " ".join(str(value).split()) or type(value).__name__
-
-
-def _why(exc: OSError) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {_one_line(exc.reason)}"
-    if isinstance(exc, urllib.error.URLError):
-        return _one_line(exc.reason)
-    return _one_line(exc)
-
-
 def _download(url: str, target: Path, md5: str) -> None:
-    """Stream ``url`` to a temp file beside ``target``, check the MD5, then atomically rename."""
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
-
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    tmp = Path(tmp_name)
-    digest = hashlib.md5()
+    """Download and MD5-check one file into the cache; failures say where to put the file by hand."""
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT)
-            except OSError as exc:  # URLError, HTTPError, refused connections and timeouts are all OSErrors
-                raise DataError(
-                    url,
-                    f"download failed ({_why(exc)}); if you are offline, download the file "
-                    f"by hand and put it at {target}",
-                ) from exc
-            with (
-                response,
-                Progress(
-                    TextColumn(f"[bold]{target.name}"),
-                    BarColumn(),
-                    DownloadColumn(),
-                    TransferSpeedColumn(),
-                    transient=True,
-                ) as progress,
-            ):
-                total = int(response.headers.get("Content-Length") or 0) or None
-                task = progress.add_task("download", total=total)
-                try:
-                    while chunk := response.read(1 << 20):
-                        out.write(chunk)
-                        digest.update(chunk)
-                        progress.advance(task, len(chunk))
-                except OSError as exc:  # includes socket timeouts and dropped connections
-                    raise DataError(
-                        url,
-                        f"download interrupted ({_why(exc)}); retry, or download the file "
-                        f"by hand and put it at {target}",
-                    ) from exc
-        if digest.hexdigest() != md5:
-            raise DataError(
-                url,
-                f"checksum mismatch (MD5 {digest.hexdigest()}, expected {md5}); the file was "
-                f"discarded: retry, or download it by hand and put it at {target}",
-            )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+        download(url, target, md5, algorithm="md5")
+    except DownloadError as exc:
+        raise DataError(
+            url, f"{exc.reason}; if you are offline or it keeps failing, download the file by hand and put it at "
+            f"{target}"
+        ) from exc

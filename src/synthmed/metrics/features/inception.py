@@ -37,8 +37,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from synthmed.download import DownloadError, download
 from synthmed.errors import DataError, SynthmedError
-from synthmed.metrics.features._download import DownloadError, download
 from synthmed.metrics.features.base import FeatureExtractor, resolve_device, sha256_file, to_grey_or_rgb
 
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -161,9 +161,10 @@ def _check_downloaded(path: Path) -> None:
     try:
         module = _jit_load(path)
     except Exception as exc:  # noqa: BLE001 - any load failure means a bad file
-        raise DownloadError(f"the downloaded file is not a TorchScript archive ({type(exc).__name__})") from exc
+        reason = f"the downloaded file is not a TorchScript archive ({type(exc).__name__})"
+        raise DownloadError(INCEPTION_URL, reason) from exc
     if _interface(module) != "stylegan" or not hasattr(module, "layers") or not hasattr(module, "output"):
-        raise DownloadError("the downloaded file is not the StyleGAN2-ADA Inception detector; discarded")
+        raise DownloadError(INCEPTION_URL, "the downloaded file is not the StyleGAN2-ADA Inception detector; discarded")
 
 
 def tf_bilinear_resize(images: torch.Tensor, size: int = INPUT_SIZE) -> torch.Tensor:

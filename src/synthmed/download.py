@@ -1,6 +1,6 @@
-"""Verified, atomic downloads of network weights (the same pattern as :mod:`synthmed.data.medmnist`).
+"""Verified, atomic downloads (MedMNIST data sets, network weights).
 
-The file is streamed to a temporary file beside the target, its SHA-256 checked (and, optionally, its content
+The file is streamed to a temporary file beside the target, its checksum checked (and, optionally, its content
 checked by a callback), and only then renamed into place, so a cache never holds a partial or corrupt file.
 """
 
@@ -20,7 +20,15 @@ DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is given up (u
 
 
 class DownloadError(SynthmedError):
-    """A download failed, was interrupted, or produced the wrong bytes; nothing was left in the cache."""
+    """A download failed, was interrupted, or produced the wrong bytes; nothing was left in the cache.
+
+    ``reason`` is the message without the URL, for callers that phrase their own one-line error.
+    """
+
+    def __init__(self, url: str, reason: str) -> None:
+        self.url = url
+        self.reason = reason
+        super().__init__(f"download of {url}: {reason}")
 
 
 def one_line(value: object) -> str:
@@ -39,13 +47,14 @@ def why(exc: OSError) -> str:
 def download(
     url: str,
     target: Path,
-    sha256: str | None,
+    expected: str | None,
     check: Callable[[Path], None] | None = None,
     progress: bool = True,
+    algorithm: str = "sha256",
 ) -> str:
-    """Download ``url`` to ``target`` atomically; returns the file's SHA-256.
+    """Download ``url`` to ``target`` atomically; returns the file's ``algorithm`` digest (hex).
 
-    ``sha256`` (hex) is compared when given; ``check(tmp_path)`` may raise to reject the content. On any failure
+    ``expected`` (hex) is compared when given; ``check(tmp_path)`` may raise to reject the content. On any failure
     the temporary file is removed and :class:`DownloadError` (one line) is raised.
     """
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
@@ -54,15 +63,15 @@ def download(
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
     except OSError as exc:
-        raise DownloadError(f"{target.parent}: cannot write the cache folder ({one_line(exc)})") from exc
+        raise DownloadError(url, f"cannot write the cache folder {target.parent} ({one_line(exc)})") from exc
     tmp = Path(tmp_name)
-    digest = hashlib.sha256()
+    digest = hashlib.new(algorithm)
     try:
         with os.fdopen(fd, "wb") as out:
             try:
                 response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT)
             except OSError as exc:  # URLError, HTTPError, refused connections and timeouts are all OSErrors
-                raise DownloadError(f"download of {url} failed ({why(exc)})") from exc
+                raise DownloadError(url, f"download failed ({why(exc)})") from exc
             with (
                 response,
                 Progress(
@@ -82,12 +91,11 @@ def download(
                         digest.update(chunk)
                         bar.advance(task, len(chunk))
                 except OSError as exc:  # socket timeouts and dropped connections
-                    raise DownloadError(f"download of {url} was interrupted ({why(exc)})") from exc
+                    raise DownloadError(url, f"download interrupted ({why(exc)})") from exc
         actual = digest.hexdigest()
-        if sha256 is not None and actual != sha256.lower():
+        if expected is not None and actual != expected.lower():
             raise DownloadError(
-                f"download of {url} has the wrong checksum (SHA-256 {actual}, expected {sha256}); "
-                "the file was discarded"
+                url, f"checksum mismatch ({algorithm.upper()} {actual}, expected {expected}); the file was discarded"
             )
         if check is not None:
             check(tmp)
