@@ -21,7 +21,8 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
      errD_real.backward() + errD_fake.backward(), one G forward reused for the G step with D's parameters still
      requiring grad, torch.optim.Adam with its default implementation, ``.item()`` of the losses every step, no
      EMA. WGAN-GP: Gulrajani et al.'s Algorithm 1 with an ``autograd.grad`` penalty, written the same way.
-   * ``monai``: MONAI's Generator/Discriminator with its own loop, only if ``import monai`` works.
+   * ``monai``: ``monai.engines.GanTrainer`` (MONAI's own loop) with MONAI's Generator/Discriminator at the same
+     widths (3x3 kernels: MONAI rejects 4x4), only if MONAI and pytorch-ignite import; compare its MFU.
    * experiments (``--experiments``): variants of the synthmed step that support the diagnosis (NCHW instead of
      channels_last, bf16 autocast, one thread, the native 7-14-28 layout, torch.compile).
    Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
@@ -39,12 +40,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 import types
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -53,14 +54,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from _common import ROOT, PeakMemory, gemm_peak, load_average, machine, source_state, sync
 from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.nn.cpu_conv import native_convolutions
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.recipes import build_recipe
 from synthmed.train.context import StepContext
 from synthmed.train.ema import ema_beta, update_ema
 from synthmed.train.sampler import EpochSampler
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 BATCH = 64
 EMA_BETA = 0.999
@@ -97,85 +99,17 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
                    {"fused_adam": True})],
     # One G forward per step (reused by the G step) vs two: whichever the recipe does not do is the experiment.
     "reuse": [(c, "", "", {"reuse_toggle": True}) for c in ("dcgan28", "dcgan64")],
-    "latent_matmul": [(c, "synthmed_latent_matmul", "synthmed step with G's first ConvTranspose (1x1 -> 4x4) computed "
-                       "as one matmul on the same weight", {"patch": "latent_matmul"}) for c in ("dcgan28", "dcgan64")],
-    "both": [(c, "synthmed_reuse+matmul", "reuse_fake and latent_matmul together",
-              {"patch": "reuse_fake+latent_matmul"}) for c in ("dcgan28", "dcgan64")],
+    # synthmed.nn.cpu_conv lowers the image-side, latent and 4x4-input layers to GEMM; this runs oneDNN everywhere.
+    "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
+                   "(synthmed.nn.cpu_conv.native_convolutions)", {"native_conv": True})
+                  for c in ("dcgan28", "dcgan64", "wgangp64")],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
 }
-DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,latent_matmul"
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def machine(device: torch.device) -> dict[str, Any]:
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((line for line in fh if line.startswith("flags")), "")
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "cpu_flags": sorted({f for f in flags.split() if f.startswith(("avx512_bf16", "avx512f", "amx", "avx2"))}),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def source_state() -> dict[str, Any]:
-    """The commit and any uncommitted changes under src/: the recipe may be edited between runs."""
-    import hashlib
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        try:
-            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-
-    recipe = ROOT / "src" / "synthmed" / "recipes" / "unconditional.py"
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "uncommitted_src_files": [line.split(maxsplit=1)[-1]
-                                  for line in git("status", "--porcelain", "--", "src").splitlines()],
-        "unconditional_py_sha256": hashlib.sha256(recipe.read_bytes()).hexdigest()[:16] if recipe.exists() else None,
-        "synthmed_imported_from": str(Path(__import__("synthmed").__file__).parent),
-    }
-
-
-def load_average() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
+DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,gemm_conv"
 
 
 # --- 1. GEMM peak --------------------------------------------------------------------------------------------
-def gemm_peak(device: torch.device, n: int = 2048, repeats: int = 6) -> float:
-    """Best of ``repeats`` n x n fp32 matmuls, GFLOP/s."""
-    a = torch.randn(n, n, device=device)
-    b = torch.randn(n, n, device=device)
-    for _ in range(2):
-        a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        a @ b
-        sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best / 1e9
-
-
 # --- 2. runners ------------------------------------------------------------------------------------------------
 @dataclass
 class Runner:
@@ -200,7 +134,7 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
                   description: str = "synthmed recipe + StepContext + EpochSampler + EMA, as the trainer runs it",
                   channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
                   threads: int | None = None, fused_adam: bool = False, compile: bool = False,
-                  patch: str | None = None) -> Runner:
+                  patch: str | None = None, native_conv: bool = False) -> Runner:
     size = cfg["size"]
     info = DataInfo(source="random", channels=1, height=size, width=size, split="train")
     torch.manual_seed(0)
@@ -222,8 +156,6 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
         recipe.train_step = types.MethodType(_reuse_fake_step, recipe)  # type: ignore[method-assign]
     if "two_g_forwards" in patches:
         recipe.train_step = types.MethodType(_two_g_forwards_step, recipe)  # type: ignore[method-assign]
-    if "latent_matmul" in patches:
-        _latent_matmul(recipe.networks["G"].net[0], channels_last=cl)
     if compile:
         for key in ("G", "D"):
             recipe.networks[key].forward = torch.compile(recipe.networks[key].forward)  # type: ignore[method-assign]
@@ -241,6 +173,10 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
             pending.clear()
 
     def step() -> None:
+        with native_convolutions() if native_conv else nullcontext():
+            train_one()
+
+    def train_one() -> None:
         s = state["step"]
         ctx.step = s
         batch = data.batch(sampler.next().to(device, non_blocking=True))
@@ -326,17 +262,6 @@ def g_forwards_per_step(runner: Runner) -> int:
     finally:
         handle.remove()
     return calls[0]
-
-
-def _latent_matmul(conv: nn.ConvTranspose2d, channels_last: bool) -> None:
-    """ConvTranspose(k, stride 1, pad 0) on a 1x1 input == z @ W.view(Cin, Cout*k*k): same weight, one GEMM."""
-    cout, kernel = conv.out_channels, conv.kernel_size
-
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        y = (x.flatten(1) @ conv.weight.flatten(1)).view(x.shape[0], cout, *kernel)
-        return y.contiguous(memory_format=torch.channels_last) if channels_last else y
-
-    conv.forward = forward  # type: ignore[method-assign]
 
 
 def _infinite(loader: torch.utils.data.DataLoader) -> Callable[[], torch.Tensor]:
@@ -441,53 +366,76 @@ def make_plain(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, 
         desc = ("plain WGAN-GP Algorithm 1: DataLoader, NCHW, 5 critic iterations with autograd.grad penalty, "
                 "D grads on in the G step, default Adam, .item() every iteration, no EMA")
 
-    return Runner("plain", desc, step, lambda: sync(device), device, networks={"G": netG, "D": netD})
+    def native_step() -> None:
+        with native_convolutions():  # plain PyTorch: oneDNN for every layer, as nn.Conv2d would
+            step()
+
+    return Runner("plain", desc, native_step, lambda: sync(device), device, networks={"G": netG, "D": netD})
 
 
 def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, train_size: int) -> Runner | None:
-    """MONAI's Generator/Discriminator (3x3 kernels) with a MONAI-tutorial-style loop; None without MONAI."""
+    """MONAI's own GAN loop (``monai.engines.GanTrainer``, an ignite Engine) with MONAI's Generator/Discriminator.
+
+    The closest MONAI pair to the DCGAN: the same widths (512-256-128-64 up, 64-128-256-512 down), batch norm,
+    ReLU/LeakyReLU(0.2), no residual units, logits out (``last_act=None``), but 3x3 kernels (MONAI rejects even
+    kernel sizes), a Linear latent layer and a Linear head. Not the same network: compare its MFU, not its
+    steps/s. GanTrainer's loop as shipped: one G forward for the D step and a second one with fresh latents for
+    the G step (``g_update_latents=True``), ``.item()`` of both losses every iteration. None without MONAI/ignite.
+    """
     if cfg["plain"] != "dcgan":
         return None
     try:
+        from ignite.engine import Engine
+        from monai.engines import GanTrainer
         from monai.networks.nets import Discriminator, Generator
-    except Exception:  # noqa: BLE001 (skip silently when MONAI is missing or broken)
+    except Exception:  # noqa: BLE001 (skip when MONAI or pytorch-ignite is missing or broken)
         return None
     size = max(32, 16 * ((train_size + 15) // 16))  # MONAI's stride-2 stacks need a multiple of 16
     if size != cfg["size"]:
         pad = size - cfg["size"]
         images = F.pad(images, (pad // 2, pad - pad // 2, pad // 2, pad - pad // 2), value=-1.0)
     ch, nz = cfg["channels"], 100
-    start = size // 16
     torch.manual_seed(0)
-    netG = Generator(latent_shape=nz, start_shape=(ch * 8, start, start),
-                     channels=[ch * 4, ch * 2, ch, 1], strides=[2, 2, 2, 2]).to(device)
+    netG = Generator(latent_shape=(nz,), start_shape=(ch * 8, size // 16, size // 16),
+                     channels=[ch * 4, ch * 2, ch, 1], strides=[2, 2, 2, 2], kernel_size=3, num_res_units=0,
+                     act="RELU", norm="BATCH").to(device)
     netD = Discriminator(in_shape=(1, size, size), channels=(ch, ch * 2, ch * 4, ch * 8), strides=(2, 2, 2, 2),
-                         num_res_units=0, kernel_size=3).to(device)
+                         kernel_size=3, num_res_units=0, act=("LEAKYRELU", {"negative_slope": 0.2}),
+                         norm="BATCH", dropout=None, last_act=None).to(device)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images), batch_size=BATCH, shuffle=True,
                                          drop_last=True)
-    next_batch = _infinite(loader)
     criterion = nn.BCEWithLogitsLoss()
-    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
 
-    def step() -> None:
-        real = next_batch().to(device)
-        b = real.size(0)
-        z = torch.randn(b, nz, device=device)
-        fake = netG(z)
-        optG.zero_grad()
-        lossG = criterion(netD(fake).view(-1), torch.ones(b, device=device))  # noqa: N806
-        lossG.backward()
-        optG.step()
-        optD.zero_grad()
-        lossD = (criterion(netD(real).view(-1), torch.ones(b, device=device))  # noqa: N806
-                 + criterion(netD(fake.detach()).view(-1), torch.zeros(b, device=device))) / 2
-        lossD.backward()
-        optD.step()
-        lossG.item(), lossD.item()
+    def reals(batch: list[torch.Tensor], device: torch.device | None = None, non_blocking: bool = False,
+              **_: Any) -> torch.Tensor:
+        return batch[0].to(device, non_blocking=non_blocking)
 
-    return Runner("monai", "MONAI Generator/Discriminator (3x3 kernels), MONAI tutorial-style loop", step,
-                  lambda: sync(device), device, networks={"G": netG, "D": netD})
+    def d_loss(fakes: torch.Tensor, reals: torch.Tensor) -> torch.Tensor:
+        real_logits, fake_logits = netD(reals), netD(fakes.detach())
+        return (criterion(real_logits, torch.ones_like(real_logits))
+                + criterion(fake_logits, torch.zeros_like(fake_logits))) / 2
+
+    def g_loss(fakes: torch.Tensor) -> torch.Tensor:
+        logits = netD(fakes)
+        return criterion(logits, torch.ones_like(logits))
+
+    trainer = GanTrainer(
+        device=device, max_epochs=1, train_data_loader=loader, epoch_length=1,
+        g_network=netG, g_optimizer=torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        g_loss_function=g_loss,
+        d_network=netD, d_optimizer=torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999)),
+        d_loss_function=d_loss, latent_shape=nz,
+        d_prepare_batch=reals,
+    )
+
+    def run_steps(n: int) -> None:
+        trainer.state.max_epochs = None  # ignite starts a fresh run (n iterations) instead of resuming a done one
+        Engine.run(trainer, loader, max_epochs=1, epoch_length=n)
+
+    return Runner("monai", "monai.engines.GanTrainer (ignite) with MONAI Generator/Discriminator, 3x3 kernels, "
+                  "batch norm, logits; GanTrainer's own loop (two G forwards per step, .item() every step)",
+                  lambda: run_steps(1), lambda: sync(device), device, networks={"G": netG, "D": netD},
+                  extra={"run_steps": run_steps, "not_same_network": True})
 
 
 # --- timing --------------------------------------------------------------------------------------------------
@@ -512,7 +460,10 @@ def run_block(runner: Runner, steps: int, default_threads: int, max_seconds: flo
     try:
         t0 = time.perf_counter()
         done = 0
-        for _ in range(steps):
+        if "run_steps" in runner.extra:  # a framework's own loop runs the block (no early end)
+            runner.extra["run_steps"](steps)
+            done = steps
+        for _ in range(steps - done):
             runner.step()
             done += 1
             if max_seconds is not None and time.perf_counter() - t0 > max_seconds:
@@ -536,11 +487,14 @@ def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: i
     cap = None if fixed_steps else 3 * target
     rates: dict[str, list[float]] = {r.name: [] for r in runners}
     probes: dict[str, list[float]] = {r.name: [] for r in runners}
+    memory: dict[str, list[PeakMemory]] = {r.name: [] for r in runners}
     for rep in range(repeats):
         order = runners if rep % 2 == 0 else runners[::-1]  # A B C, C B A, ...: cancels linear drift
         for r in order:
             probes[r.name].append(gemm_probe(runners[0].device))
-            done, seconds = run_block(r, steps[r.name], default_threads, cap)
+            with PeakMemory(r.device) as mem:
+                done, seconds = run_block(r, steps[r.name], default_threads, cap)
+            memory[r.name].append(mem)
             rates[r.name].append(done / seconds)
     ref = rates.get("plain")
     return {
@@ -549,9 +503,16 @@ def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: i
                  statistics.median(a / b for a, b in zip(rates[r.name], ref, strict=True)),
                  "steps_per_s_blocks": [round(x, 4) for x in rates[r.name]],
                  "gemm_gflop_s_before_blocks": [round(x, 1) for x in probes[r.name]],
-                 "steps_per_s": statistics.median(rates[r.name])}
+                 "steps_per_s": statistics.median(rates[r.name]),
+                 "peak_memory": _largest(memory[r.name])}
         for r in runners
     }
+
+
+def _largest(blocks: list[PeakMemory]) -> dict[str, Any]:
+    """The block with the largest working memory (the first block of a runner also holds its warm-up leftovers)."""
+    known = [m for m in blocks if m.above_start_mb is not None]
+    return max(known, key=lambda m: m.above_start_mb or 0.0).to_dict() if known else blocks[0].to_dict()
 
 
 # --- 3. FLOPs --------------------------------------------------------------------------------------------------
@@ -870,8 +831,10 @@ def write_results(doc: dict[str, Any], results: dict[str, Any], peak_start: floa
     peak = max(peak_start, peak_end or 0.0)
     for entry in results.values():
         for rv in entry["runners"].values():
-            if "flops_per_step" in rv:
-                flops = rv["flops_per_step"]["total"]
+            # Variants that do the synthmed step's work another way (kernels, threads, layout) share its FLOPs.
+            work = rv.get("flops_per_step") or entry["runners"]["synthmed"].get("flops_per_step")
+            if work:
+                flops = work["total"]
                 rv["achieved_gflop_s"] = flops * rv["steps_per_s"] / 1e9
                 rv["mfu"] = rv["achieved_gflop_s"] / peak
                 # Load-corrected: each block's rate against the GEMM speed measured just before it.
@@ -922,19 +885,22 @@ def print_table(doc: dict[str, Any]) -> None:
     print(f"\nGEMM peak: {g['used']} GFLOP/s (start {g['start']}, end {g['end']}; 2048^2 fp32 probes before "
           f"timed blocks: median {g['probes_median']}, min {g['probes_min']})")
     head = f"{'config':9s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
-           f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s} {'MFU*':>6s}"
+           f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s} {'MFU*':>6s} {'+MB':>6s}"
     print(head)
     print("-" * len(head))
     for cname, entry in doc["configs"].items():
         for rname, rv in entry["runners"].items():
             flops = rv.get("flops_per_step", {}).get("total")
+            mem = rv.get("peak_memory", {}).get("above_start_mb")
             print(f"{cname:9s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.0f} "
                   f"{rv['ratio_vs_plain']:8.2f} {rv['paired_ratio_vs_plain']:7.2f} "
                   f"{(flops / 1e9 if flops else float('nan')):10.1f} "
                   f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%} "
-                  f"{rv.get('mfu_vs_gemm_probe_before_block', float('nan')):6.1%}")
+                  f"{rv.get('mfu_vs_gemm_probe_before_block', float('nan')):6.1%} "
+                  f"{(mem if mem is not None else float('nan')):6.0f}")
     print("vs plain: ratio of medians; paired: median of block-by-block ratios; MFU: vs the GEMM peak; "
-          "MFU*: each block vs a GEMM probe taken just before it (load-corrected)")
+          "MFU*: each block vs a GEMM probe taken just before it (load-corrected); +MB: peak memory of a timed "
+          "block above what was resident before it")
     for cname, entry in doc["configs"].items():
         for rname, prof in entry.get("profile", {}).items():
             print(f"\nprofile, {rname} {cname} ({prof['wall_ms_per_step']} ms/step profiled): top ops by self CPU")

@@ -7,6 +7,8 @@ import math
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from synthmed.nn import cpu_conv
+
 NORMS = ("batch", "instance", "layer", "none")
 
 
@@ -17,13 +19,13 @@ def _check_dims(spatial_dims: int) -> int:
 
 
 def conv_cls(spatial_dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
-    """``nn.Conv2d`` or ``nn.Conv3d``."""
-    return nn.Conv2d if _check_dims(spatial_dims) == 2 else nn.Conv3d
+    """``nn.Conv2d`` (its CPU-lowering subclass, :mod:`synthmed.nn.cpu_conv`) or ``nn.Conv3d``."""
+    return cpu_conv.Conv2d if _check_dims(spatial_dims) == 2 else nn.Conv3d
 
 
 def conv_transpose_cls(spatial_dims: int) -> type[nn.ConvTranspose2d] | type[nn.ConvTranspose3d]:
-    """``nn.ConvTranspose2d`` or ``nn.ConvTranspose3d``."""
-    return nn.ConvTranspose2d if _check_dims(spatial_dims) == 2 else nn.ConvTranspose3d
+    """``nn.ConvTranspose2d`` (its CPU-lowering subclass) or ``nn.ConvTranspose3d``."""
+    return cpu_conv.ConvTranspose2d if _check_dims(spatial_dims) == 2 else nn.ConvTranspose3d
 
 
 def batch_norm_cls(spatial_dims: int) -> type[nn.BatchNorm2d] | type[nn.BatchNorm3d]:

@@ -1,0 +1,154 @@
+"""The GEMM-lowered CPU convolutions equal PyTorch's, forward, backward and double backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from synthmed.nn import cpu_conv
+from synthmed.nn.cpu_conv import (
+    Conv2d,
+    ConvTranspose2d,
+    _Conv2dGemm,
+    _ConvTranspose2dGemm,
+    gemm_preferred,
+    native_convolutions,
+)
+from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+
+CL = torch.channels_last
+# (kernel, stride, padding, input size): DCGAN's layers (4/2/1; the 4x4 head; the 1x1 latent layers of the
+# transposed stack) and odd sizes, other kernels, strides and paddings.
+CONV_GEOMETRIES = [(4, 2, 1, 8), (4, 1, 0, 4), (3, 1, 1, 5), (4, 2, 1, 7), (3, 2, 0, 9)]
+TRANSPOSED_GEOMETRIES = [(4, 2, 1, 4), (4, 1, 0, 1), (7, 1, 0, 1), (3, 1, 1, 5), (4, 2, 1, 3), (3, 2, 0, 3)]
+
+
+def _double(*shape: int, channels_last: bool = True) -> torch.Tensor:
+    t = torch.randn(*shape, dtype=torch.float64)
+    return (t.contiguous(memory_format=CL) if channels_last and t.dim() == 4 else t).requires_grad_()
+
+
+@pytest.mark.parametrize(("k", "s", "p", "size"), CONV_GEOMETRIES)
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv_matches_pytorch_and_gradchecks(k: int, s: int, p: int, size: int, channels_last: bool) -> None:
+    torch.manual_seed(0)
+    x, w = _double(2, 3, size, size, channels_last=channels_last), _double(5, 3, k, k)
+    torch.testing.assert_close(_Conv2dGemm.apply(x, w, (s, s), (p, p)), F.conv2d(x, w, None, s, p))
+    fn = lambda x, w: _Conv2dGemm.apply(x, w, (s, s), (p, p))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+@pytest.mark.parametrize(("k", "s", "p", "size"), TRANSPOSED_GEOMETRIES)
+def test_conv_transpose_matches_pytorch_and_gradchecks(k: int, s: int, p: int, size: int) -> None:
+    torch.manual_seed(0)
+    x, w = _double(2, 3, size, size), _double(3, 4, k, k)
+    torch.testing.assert_close(_ConvTranspose2dGemm.apply(x, w, (s, s), (p, p)), F.conv_transpose2d(x, w, None, s, p))
+    fn = lambda x, w: _ConvTranspose2dGemm.apply(x, w, (s, s), (p, p))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (x, w))
+    assert torch.autograd.gradgradcheck(fn, (x, w))
+
+
+def test_outputs_are_fresh_channels_last_tensors() -> None:
+    """Not views: an in-place LeakyReLU right after the layer must work (it raised before the fix)."""
+    x = torch.randn(2, 1, 16, 16).contiguous(memory_format=CL).requires_grad_()
+    conv = Conv2d(1, 8, 4, 2, 1, bias=False)
+    y = nn.LeakyReLU(0.2, inplace=True)(conv(x))
+    assert y.is_contiguous(memory_format=CL)
+    y.sum().backward()
+    assert x.grad is not None and conv.weight.grad is not None
+
+
+def test_rule_selects_the_measured_layers() -> None:
+    assert gemm_preferred(False, 1, 64, (64, 64))  # D's first conv, grey image
+    assert gemm_preferred(False, 3, 64, (64, 64))  # RGB
+    assert not gemm_preferred(False, 64, 128, (32, 32))  # inner layer
+    assert gemm_preferred(False, 256, 512, (8, 8)) and gemm_preferred(False, 512, 1, (4, 4))  # deep, small map
+    assert not gemm_preferred(False, 64, 1, (7, 7))  # the 28 px head: oneDNN wins
+    assert gemm_preferred(True, 100, 512, (1, 1)) and gemm_preferred(True, 512, 256, (4, 4))
+    assert gemm_preferred(True, 64, 1, (32, 32)) and not gemm_preferred(True, 128, 64, (16, 16))
+
+
+def _uses_gemm(module: nn.Module, inputs: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> int:
+    calls = {"n": 0}
+    for cls in (_Conv2dGemm, _ConvTranspose2dGemm):
+        original = cls.apply
+
+        def counting(*args: object, _original: object = original) -> torch.Tensor:
+            calls["n"] += 1
+            return _original(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(cls, "apply", counting)
+    module(inputs)
+    return calls["n"]
+
+
+def test_when_the_gemm_route_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv = Conv2d(1, 4, 4, 2, 1, bias=True)
+    x = torch.randn(2, 1, 8, 8)
+    assert _uses_gemm(conv, x, monkeypatch) == 1  # training: weight requires grad
+    with torch.no_grad():
+        assert _uses_gemm(conv, x, monkeypatch) == 0  # a convolution's inference keeps oneDNN
+        assert _uses_gemm(ConvTranspose2d(8, 1, 4, 2, 1), torch.randn(2, 8, 4, 4), monkeypatch) == 1  # not this
+    with native_convolutions():
+        assert _uses_gemm(conv, x, monkeypatch) == 0
+    assert cpu_conv._ENABLED
+    assert _uses_gemm(Conv2d(1, 4, 4, 2, 1).double(), x.double(), monkeypatch) == 0  # float32 only
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert _uses_gemm(conv, x, monkeypatch) == 0
+    dilated = Conv2d(1, 4, 3, 1, 2, dilation=2)
+    assert _uses_gemm(dilated, x, monkeypatch) == 0
+    same = Conv2d(1, 4, 3, padding="same")
+    assert _uses_gemm(same, x, monkeypatch) == 0
+    with_output_padding = ConvTranspose2d(4, 1, 3, 2, 1, output_padding=1)
+    assert _uses_gemm(with_output_padding, torch.randn(2, 4, 4, 4), monkeypatch) == 0
+
+
+@pytest.mark.parametrize("size", [28, 64])
+def test_dcgan_training_step_equals_native(size: int) -> None:
+    """A whole G + D forward/backward (with bias and BN) gives PyTorch's gradients to float rounding."""
+    torch.manual_seed(0)
+    G = DCGANGenerator(latent_dim=16, image_size=size, base_channels=8).to(memory_format=CL)
+    D = DCGANDiscriminator(image_size=size, base_channels=8).to(memory_format=CL)
+    z = torch.randn(4, 16)
+
+    def grads() -> list[torch.Tensor]:
+        G.zero_grad()
+        D.zero_grad()
+        D(G(z)).sum().backward()
+        return [p.grad.clone() for p in [*G.parameters(), *D.parameters()]]
+
+    fast = grads()
+    with native_convolutions():
+        native = grads()
+    for a, b in zip(fast, native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_gradient_penalty_through_gemm_layers_equals_native() -> None:
+    """WGAN-GP's penalty differentiates the critic's input gradient: the create_graph path must be exact."""
+    torch.manual_seed(0)
+    D = DCGANDiscriminator(image_size=32, base_channels=64, norm="layer").to(memory_format=CL)
+    x = torch.randn(3, 1, 32, 32).contiguous(memory_format=CL)
+
+    def penalty_grads() -> list[torch.Tensor]:
+        D.zero_grad()
+        xi = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(D(xi).sum(), xi, create_graph=True)
+        ((g.flatten(1).norm(dim=1) - 1) ** 2).mean().backward()
+        return [p.grad.clone() for p in D.parameters()]
+
+    fast = penalty_grads()
+    with native_convolutions():
+        native = penalty_grads()
+    for a, b in zip(fast, native, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_state_dict_is_plain_torch() -> None:
+    """Checkpoints do not change: same keys and shapes as torch.nn layers."""
+    assert Conv2d(1, 2, 4).state_dict().keys() == nn.Conv2d(1, 2, 4).state_dict().keys()
+    assert isinstance(DCGANDiscriminator(image_size=64).features[0], nn.Conv2d)
+    assert isinstance(DCGANGenerator(image_size=64).net[0], nn.ConvTranspose2d)
