@@ -94,11 +94,23 @@ def _proc_status_kib(field: str) -> int | None:
     return None
 
 
+def release_free_memory() -> None:
+    """Give memory that malloc keeps after frees back to the OS (glibc ``malloc_trim``), so that the resident set
+    is the live memory; a no-op elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class PeakMemory:
     """Peak memory of a block: CUDA ``max_memory_allocated``; on CPU the process's peak resident set (VmHWM),
-    reset at entry through ``/proc/self/clear_refs`` (Linux). ``above_start_mb`` is the peak minus what was
-    resident (allocated) at entry: the block's working memory, give or take what the allocator kept from before.
-    Fields are None where the platform cannot tell.
+    reset at entry through ``/proc/self/clear_refs`` (Linux), after :func:`release_free_memory`.
+    ``above_start_mb`` is the peak minus what was resident (allocated) at entry: the block's working memory.
+    Fields are None where the platform cannot tell. Not for timed blocks: the trim makes the next allocations
+    fault pages in again.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -114,6 +126,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats(self.device)
             self._start = torch.cuda.memory_allocated(self.device) / 2**20
             return self
+        release_free_memory()
         try:
             with open("/proc/self/clear_refs", "w", encoding="utf-8") as fh:
                 fh.write("5")  # 5: reset the peak RSS to the current RSS

@@ -12,8 +12,9 @@ embedded BreastMNIST (546 training images, bilinear to 64 px, repeated to --n), 
 on an already-preprocessed batch (``inception``: the TorchScript module on 299 px input; ``domain``: its
 embedding network, fitted for 20 steps only: speed does not need a good fit). ``radiomics`` has no network and no
 reference. MFU = counted FLOPs (``FlopCounterMode``) x images/s / the GEMM peak measured in this run.
-Runners are timed in interleaved blocks (A B A B ...) and the median is reported; peak memory per block is the
-process's peak RSS above what was resident before it (``_common.PeakMemory``; CUDA: max_memory_allocated).
+Runners are timed in interleaved blocks (A B B A ...) and the median is reported; peak memory is measured in one
+more, untimed block: the peak RSS above what was resident before it (``_common.PeakMemory``; CUDA:
+max_memory_allocated).
 Writes benchmarks/results/inference_speed_<device>.json and prints a table.
 """
 
@@ -52,21 +53,17 @@ def time_interleaved(runners: dict[str, Callable[[], int]], repeats: int, device
     for fn in runners.values():
         fn()
     rates: dict[str, list[float]] = {k: [] for k in runners}
-    memory: dict[str, list[PeakMemory]] = {k: [] for k in runners}
     names = list(runners)
     for rep in range(repeats):
         for name in names if rep % 2 == 0 else names[::-1]:
-            with PeakMemory(device) as mem:
-                t0 = time.perf_counter()
-                n = runners[name]()
-                sync(device)
-                seconds = time.perf_counter() - t0
-            rates[name].append(n / seconds)
-            memory[name].append(mem)
+            t0 = time.perf_counter()
+            n = runners[name]()
+            sync(device)
+            rates[name].append(n / (time.perf_counter() - t0))
     out = {}
-    for name in names:
-        known = [m for m in memory[name] if m.above_start_mb is not None]
-        mem = max(known, key=lambda m: m.above_start_mb or 0.0) if known else memory[name][0]
+    for name in names:  # after the timing: one untimed block each, from a trimmed heap
+        with PeakMemory(device) as mem:
+            runners[name]()
         out[name] = {"images_per_s": statistics.median(rates[name]), "blocks": [round(r, 1) for r in rates[name]],
                      "peak_memory": mem.to_dict()}
     return out
