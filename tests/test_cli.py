@@ -135,3 +135,19 @@ def test_resume_refuses_changed_options(trained_run: Path) -> None:
     assert result.exit_code == 2 and "keeps its configuration" in result.stderr
     result = runner.invoke(app, ["train", "--resume", str(trained_run), "--data", "elsewhere.npz"])
     assert result.exit_code == 2 and "--data" in result.stderr
+
+
+def test_threads_option_reaches_the_trainer(tmp_path: Path) -> None:
+    import torch
+
+    before = torch.get_num_threads()
+    out = tmp_path / "one-thread"
+    try:
+        result = runner.invoke(app, ["train", "--out", str(out), "--steps", "2", "--threads", "1", *TINY_ARGS])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    assert "num_threads: 1" in (out / "config.yaml").read_text()
+    bad = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--threads", "0", *TINY_ARGS])
+    assert bad.exit_code != 0 and not (tmp_path / "bad").exists()

@@ -53,6 +53,9 @@ def train(
     resume: str = typer.Option(None, help="Continue this run (directory or name) from its last checkpoint."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1 or mps [default: auto]."),
     precision: str = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
+    threads: int = typer.Option(None, "--threads", min=1,
+                                help="CPU threads (torch.set_num_threads) [default: torch's, one per core]; "
+                                     "1 is faster when other work shares the cores."),
     sample_every: int = typer.Option(None, help="Write a sample grid every N steps [default: 250]."),
     checkpoint_every: int = typer.Option(None, help="Write a checkpoint every N steps [default: 500]."),
     ema_beta: float = typer.Option(None, help="EMA decay of the sampling generator; 0 disables [default: 0.999]."),
@@ -77,7 +80,7 @@ def train(
 
     given = {k: v for k, v in {
         "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes,
-        "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+        "batch_size": batch_size, "seed": seed, "device": device, "precision": precision, "num_threads": threads,
         "sample_every": sample_every, "checkpoint_every": checkpoint_every, "ema_beta": ema_beta,
         "arch": arch, "loss": loss, "diffaugment": diffaugment, "label_smoothing": label_smoothing,
         "label_noise": label_noise, "label_flip": label_flip, "instance_noise": instance_noise, "ttur": ttur,
