@@ -422,3 +422,18 @@ def test_recentred_bootstrap_interval_brackets_the_fid() -> None:
     assert centred[0] <= value <= centred[1]
     # Resampling with replacement inflates FID: the plain interval sits higher than the re-centred one.
     assert plain[0] > centred[0] and plain[1] > centred[1]
+
+
+@pytest.mark.parametrize("size", [192, 256])
+def test_five_scale_ms_ssim_matches_pytorch_msssim(size: int) -> None:
+    """The standard 5-scale, 11 px window MS-SSIM equals pytorch-msssim's (which needs > 160 px).
+
+    Even sizes only: at odd sizes pytorch-msssim zero-pads before pooling (darkening the border), while we pool
+    a trailing row on its own (as TensorFlow's 'SAME' and Wang's symmetric padding do).
+    """
+    reference = pytest.importorskip("pytorch_msssim")
+    a = smooth_images(3, size, seed=1)
+    b = (a + 0.2 * torch.randn(a.shape, generator=torch.Generator().manual_seed(2), dtype=a.dtype)).clamp(-1, 1)
+    assert ms_ssim_config(size).scales == 5
+    expected = reference.ms_ssim(a, b, data_range=2.0, size_average=False, win_size=11, win_sigma=1.5)
+    torch.testing.assert_close(ms_ssim(a, b), expected, rtol=0, atol=1e-7)
