@@ -673,6 +673,7 @@ def adam_and_ema_micro(networks: dict[str, nn.Module], device: torch.device, ste
 
 # --- main ----------------------------------------------------------------------------------------------------
 def main() -> None:
+    global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64", help=f"comma list of {', '.join(CONFIGS)}")
     parser.add_argument("--steps", type=int, default=None,
@@ -682,6 +683,7 @@ def main() -> None:
     parser.add_argument("--experiments", default=DEFAULT_EXPERIMENTS,
                         help=f"comma list of {', '.join(EXPERIMENTS)}, or 'none'")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch", type=int, default=64, help="batch size of every runner (GPU target: 256)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", default="dcgan28,dcgan64,wgangp64",
                         help="configs whose synthmed step is profiled (DCGAN 64 also profiles the plain loop); "
@@ -690,6 +692,7 @@ def main() -> None:
     parser.add_argument("--max-minutes", type=float, default=6.0,
                         help="overall limit: budgets shrink to fit, configs that no longer fit are skipped")
     args = parser.parse_args()
+    BATCH = args.batch
 
     device = torch.device(args.device)
     if args.threads:
