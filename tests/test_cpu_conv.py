@@ -54,11 +54,64 @@ def test_conv_transpose_matches_pytorch_and_gradchecks(k: int, s: int, p: int, s
 def test_outputs_are_fresh_channels_last_tensors() -> None:
     """Not views: an in-place LeakyReLU right after the layer must work (it raised before the fix)."""
     x = torch.randn(2, 1, 16, 16).contiguous(memory_format=CL).requires_grad_()
-    conv = Conv2d(1, 8, 4, 2, 1, bias=False)
+    conv = Conv2d(1, 8, 4, 2, 1, bias=False).to(memory_format=CL)
     y = nn.LeakyReLU(0.2, inplace=True)(conv(x))
     assert y.is_contiguous(memory_format=CL)
     y.sum().backward()
     assert x.grad is not None and conv.weight.grad is not None
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_output_memory_format_is_pytorchs(channels_last: bool) -> None:
+    """An NCHW model gets NCHW outputs (``.view`` works), a channels-last model channels-last ones, as nn does."""
+    fmt = CL if channels_last else torch.contiguous_format
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=fmt)
+    for ours, theirs in ((ConvTranspose2d(8, 1, 4, 2, 1), nn.ConvTranspose2d(8, 1, 4, 2, 1)),
+                         (ConvTranspose2d(8, 16, 4, 2, 1), nn.ConvTranspose2d(8, 16, 4, 2, 1))):
+        theirs.load_state_dict(ours.state_dict())
+        ours, theirs = ours.to(memory_format=fmt), theirs.to(memory_format=fmt)
+        a, b = ours(x), theirs(x)
+        torch.testing.assert_close(a, b)
+        assert a.stride() == b.stride() or a.shape[1] == 1
+        if not channels_last:
+            a.view(2, -1)
+
+
+@pytest.mark.parametrize("shape", [(64, 1, 4, 2, 1), (64, 8, 3, 1, 1)])  # GEMM route / oneDNN route
+def test_spectral_norm_runs_one_power_iteration_per_forward(shape: tuple[int, ...]) -> None:
+    """A parametrised weight is read once per forward (it was read three times: three power iterations)."""
+    from torch.nn.utils.parametrizations import spectral_norm
+
+    c_in, c_out, k, s, p = shape
+    ours, theirs = Conv2d(c_in, c_out, k, s, p), nn.Conv2d(c_in, c_out, k, s, p)
+    theirs.load_state_dict(ours.state_dict())
+    ours, theirs = spectral_norm(ours.to(memory_format=CL)), spectral_norm(theirs.to(memory_format=CL))
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, c_in, 8, 8).contiguous(memory_format=CL).requires_grad_()
+    for _ in range(2):
+        torch.testing.assert_close(ours(x), theirs(x), rtol=1e-5, atol=1e-6)
+    u = "parametrizations.weight.0._u"
+    torch.testing.assert_close(ours.state_dict()[u], theirs.state_dict()[u])
+
+
+def test_kernel_larger_than_input_raises_like_pytorch() -> None:
+    """It returned an empty tensor (or an overflow error) instead of PyTorch's message."""
+    conv = Conv2d(1, 2, 4).to(memory_format=CL)
+    with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+        conv(torch.randn(2, 1, 3, 3).contiguous(memory_format=CL))
+
+
+def test_uneven_geometry() -> None:
+    """Non-square kernel, different strides and paddings per axis, H != W, batch 1, NCHW input."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 7, 10, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    wt = torch.randn(3, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(_Conv2dGemm.apply(x, w, (1, 2), (0, 1)), F.conv2d(x, w, None, (1, 2), (0, 1)))
+    torch.testing.assert_close(_ConvTranspose2dGemm.apply(x, wt, (1, 2), (0, 1)),
+                               F.conv_transpose2d(x, wt, None, (1, 2), (0, 1)))
+    assert torch.autograd.gradcheck(lambda x, w: _Conv2dGemm.apply(x, w, (1, 2), (0, 1)), (x, w))
+    assert torch.autograd.gradcheck(lambda x, w: _ConvTranspose2dGemm.apply(x, w, (1, 2), (0, 1)), (x, wt))
 
 
 def test_rule_selects_the_measured_layers() -> None:
@@ -86,24 +139,27 @@ def _uses_gemm(module: nn.Module, inputs: torch.Tensor, monkeypatch: pytest.Monk
 
 
 def test_when_the_gemm_route_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
-    conv = Conv2d(1, 4, 4, 2, 1, bias=True)
-    x = torch.randn(2, 1, 8, 8)
+    conv = Conv2d(1, 4, 4, 2, 1, bias=True).to(memory_format=CL)
+    x = torch.randn(2, 1, 8, 8).contiguous(memory_format=CL)
     assert _uses_gemm(conv, x, monkeypatch) == 1  # training: weight requires grad
+    assert _uses_gemm(Conv2d(1, 4, 4, 2, 1), x, monkeypatch) == 0  # an NCHW model keeps PyTorch's kernels
     with torch.no_grad():
         assert _uses_gemm(conv, x, monkeypatch) == 0  # a convolution's inference keeps oneDNN
-        assert _uses_gemm(ConvTranspose2d(8, 1, 4, 2, 1), torch.randn(2, 8, 4, 4), monkeypatch) == 1  # not this
+        transposed = ConvTranspose2d(8, 1, 4, 2, 1).to(memory_format=CL)
+        assert _uses_gemm(transposed, torch.randn(2, 8, 4, 4), monkeypatch) == 1  # not this
     with native_convolutions():
         assert _uses_gemm(conv, x, monkeypatch) == 0
     assert cpu_conv._ENABLED
-    assert _uses_gemm(Conv2d(1, 4, 4, 2, 1).double(), x.double(), monkeypatch) == 0  # float32 only
+    assert _uses_gemm(Conv2d(1, 4, 4, 2, 1).double().to(memory_format=CL), x.double(), monkeypatch) == 0
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _uses_gemm(conv, x, monkeypatch) == 0
-    dilated = Conv2d(1, 4, 3, 1, 2, dilation=2)
-    assert _uses_gemm(dilated, x, monkeypatch) == 0
-    same = Conv2d(1, 4, 3, padding="same")
-    assert _uses_gemm(same, x, monkeypatch) == 0
-    with_output_padding = ConvTranspose2d(4, 1, 3, 2, 1, output_padding=1)
+    for other in (Conv2d(1, 4, 3, 1, 2, dilation=2), Conv2d(1, 4, 3, padding="same"), Conv2d(2, 4, 3, groups=2),
+                  Conv2d(1, 4, 3, padding=1, padding_mode="reflect"), Conv2d(1, 4, 1)):
+        assert _uses_gemm(other.to(memory_format=CL), x if other.in_channels == 1 else x.repeat(1, 2, 1, 1),
+                          monkeypatch) == 0
+    with_output_padding = ConvTranspose2d(4, 1, 3, 2, 1, output_padding=1).to(memory_format=CL)
     assert _uses_gemm(with_output_padding, torch.randn(2, 4, 4, 4), monkeypatch) == 0
+    assert _uses_gemm(conv, x[0], monkeypatch) == 0  # unbatched (C, H, W)
 
 
 @pytest.mark.parametrize("size", [28, 64])
@@ -150,5 +206,27 @@ def test_gradient_penalty_through_gemm_layers_equals_native() -> None:
 def test_state_dict_is_plain_torch() -> None:
     """Checkpoints do not change: same keys and shapes as torch.nn layers."""
     assert Conv2d(1, 2, 4).state_dict().keys() == nn.Conv2d(1, 2, 4).state_dict().keys()
-    assert isinstance(DCGANDiscriminator(image_size=64).features[0], nn.Conv2d)
-    assert isinstance(DCGANGenerator(image_size=64).net[0], nn.ConvTranspose2d)
+    assert isinstance(DCGANDiscriminator(image_size=64).features[0], Conv2d)
+    assert isinstance(DCGANGenerator(image_size=64).net[0], ConvTranspose2d)
+
+
+def test_patches_are_kept_only_for_the_weight_gradient() -> None:
+    """A frozen layer (D in the generator step) must not keep its im2col patches alive until backward."""
+    conv = Conv2d(1, 8, 4, 2, 1).to(memory_format=CL)
+    x = torch.randn(2, 1, 16, 16).contiguous(memory_format=CL).requires_grad_()
+    patches = 2 * 8 * 8 * 16
+
+    def saved_sizes() -> list[int]:
+        sizes: list[int] = []
+
+        def pack(t: torch.Tensor) -> torch.Tensor:
+            sizes.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            conv(x).sum().backward()
+        return sizes
+
+    assert patches in saved_sizes()  # trainable: the patches are what the weight gradient needs
+    conv.weight.requires_grad_(False)
+    assert patches not in saved_sizes()

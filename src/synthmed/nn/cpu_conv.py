@@ -8,8 +8,9 @@ channels-last data is 1.2-3x faster forward + backward (``benchmarks/training_sp
 measures it in the whole step). Elsewhere the im2col copy costs more than it saves, so those layers keep oneDNN.
 
 :class:`Conv2d` and :class:`ConvTranspose2d` are drop-in subclasses of the ``torch.nn`` layers (same parameters,
-same state-dict keys, same results to float rounding); they take the GEMM route only for float32 CPU tensors
-and the shapes :func:`gemm_preferred` names (convolutions only in training: their inference keeps oneDNN).
+same state-dict keys, same output memory format, same results to float rounding); they take the GEMM route only
+for float32 CPU tensors of channels-last models (the trainer's layout) and the shapes :func:`gemm_preferred`
+names (convolutions only in training: their inference keeps oneDNN).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class _Conv2dGemm(torch.autograd.Function):
         kernel = (weight.shape[2], weight.shape[3])
         cols, out_hw, padded_hw = _conv_patches(x, kernel, stride, padding)
         w_mat = _conv_weight_matrix(weight)
-        ctx.save_for_backward(x, weight, cols, w_mat)
+        # The patches are needed only for the weight gradient (not for a frozen D in the G step).
+        ctx.save_for_backward(x, weight, cols if ctx.needs_input_grad[1] else None, w_mat)
         ctx.geometry = (kernel, stride, padding, out_hw, padded_hw)
         out = _new_channels_last(x, (x.shape[0], weight.shape[0], *out_hw))
         torch.mm(cols, w_mat, out=out.permute(0, 2, 3, 1).view(-1, weight.shape[0]))
@@ -156,7 +158,7 @@ class _ConvTranspose2dGemm(torch.autograd.Function):
         x_mat = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
         w_mat = _conv_transpose_weight_matrix(weight)
         full = _col2im(x_mat @ w_mat, b, (h, w), kernel, stride, padded_hw, c_out)
-        ctx.save_for_backward(x, weight, x_mat, w_mat)
+        ctx.save_for_backward(x, weight, x_mat if ctx.needs_input_grad[1] else None, w_mat)
         ctx.geometry = (kernel, stride, padding)
         p = padding
         out = _new_channels_last(x, (b, c_out, padded_hw[0] - 2 * p[0], padded_hw[1] - 2 * p[1]))
@@ -179,16 +181,21 @@ class _ConvTranspose2dGemm(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
-def _gemm_applicable(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, training_only: bool) -> bool:
-    """The plain cases the lowering implements, on CPU float32 (``training_only``: while recording gradients)."""
-    recording = torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad)
+def _gemm_applicable(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor,
+                     training_only: bool) -> bool:
+    """The plain cases the lowering implements, on CPU float32 (``training_only``: while recording gradients),
+    for models stored channels-last (as the trainer stores them): the output is then channels-last, as
+    PyTorch's own kernels make it for a channels-last weight, so the layer stays a drop-in."""
+    recording = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad)
     return (
         _ENABLED
         and (recording or not training_only)
         and x.device.type == "cpu"
         and x.dim() == 4
         and x.dtype == torch.float32
-        and layer.weight.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and weight.shape[2] * weight.shape[3] > 1
+        and weight.stride(1) == 1  # channels-last weight (unambiguous for kernels larger than 1x1)
         and not torch.is_autocast_enabled("cpu")
         and layer.groups == 1
         and layer.dilation == (1, 1)
@@ -202,11 +209,13 @@ class Conv2d(nn.Conv2d):
     backward is where it wins; forward alone oneDNN is as fast or faster for these layers)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _gemm_applicable(self, x, training_only=True) and gemm_preferred(False, self.in_channels, self.out_channels,
-                                                        (x.shape[2], x.shape[3])):
-            y = _Conv2dGemm.apply(x, self.weight, self.stride, self.padding)
+        weight = self.weight  # read once: a parametrised weight (spectral norm) is recomputed on every read
+        if (_gemm_applicable(self, x, weight, training_only=True)
+                and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))
+                and gemm_preferred(False, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]))):
+            y = _Conv2dGemm.apply(x, weight, self.stride, self.padding)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-        return super().forward(x)
+        return self._conv_forward(x, weight, self.bias)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -214,8 +223,19 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     latent and 4x4-input layers), in training and in sampling (its forward wins too)."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
-        if (output_size is None and self.output_padding == (0, 0) and _gemm_applicable(self, x, training_only=False)
+        weight = self.weight  # read once (see Conv2d.forward)
+        if (output_size is None and self.output_padding == (0, 0)
+                and _gemm_applicable(self, x, weight, training_only=False)
+                and all((x.shape[2 + i] - 1) * self.stride[i] + self.kernel_size[i] > 2 * self.padding[i]
+                        for i in (0, 1))
                 and gemm_preferred(True, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]))):
-            y = _ConvTranspose2dGemm.apply(x, self.weight, self.stride, self.padding)
+            y = _ConvTranspose2dGemm.apply(x, weight, self.stride, self.padding)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
-        return super().forward(x, output_size)
+        # nn.ConvTranspose2d.forward, but on the weight read above.
+        if self.padding_mode != "zeros":
+            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
+        output_padding = self._output_padding(
+            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
+        )
+        return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, output_padding, self.groups,
+                                  self.dilation)
