@@ -37,14 +37,21 @@ def native_convolutions() -> Iterator[None]:
         _ENABLED = previous
 
 
-def gemm_preferred(transposed: bool, in_channels: int, out_channels: int, in_size: tuple[int, int]) -> bool:
+def gemm_preferred(transposed: bool, in_channels: int, out_channels: int, in_size: tuple[int, int],
+                   kernel_size: tuple[int, int]) -> bool:
     """The measured rule (2 cores, AVX-512, batch 64, DCGAN layers; ``benchmarks/training_speed.py``).
 
     GEMM wins on the image side (<= 4 channels), for transposed convolutions of a <= 4x4 map (the latent layer
     and the first upsampling) and for convolutions of a deep (>= 256 channels) <= 8x8 map (the last downsampling
-    and the 4x4 head); oneDNN wins on the inner layers and on the narrow 7x7 head of the 28 px network.
+    and the 4x4 head); oneDNN wins on the inner layers and on the narrow 7x7 head of the 28 px network. Only the
+    measured kernels: 4x4 (DCGAN), and any kernel on a 1x1 input (a latent layer); other layers keep oneDNN
+    until they are measured.
     """
     positions = in_size[0] * in_size[1]
+    if transposed and positions == 1:
+        return True
+    if kernel_size != (4, 4):
+        return False
     if transposed:
         return out_channels <= 4 or positions <= 16
     return in_channels <= 4 or (positions <= 64 and in_channels >= 256)
@@ -212,7 +219,8 @@ class Conv2d(nn.Conv2d):
         weight = self.weight  # read once: a parametrised weight (spectral norm) is recomputed on every read
         if (_gemm_applicable(self, x, weight, training_only=True)
                 and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))
-                and gemm_preferred(False, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]))):
+                and gemm_preferred(False, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]),
+                                   self.kernel_size)):
             y = _Conv2dGemm.apply(x, weight, self.stride, self.padding)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
         return self._conv_forward(x, weight, self.bias)
@@ -228,7 +236,8 @@ class ConvTranspose2d(nn.ConvTranspose2d):
                 and _gemm_applicable(self, x, weight, training_only=False)
                 and all((x.shape[2 + i] - 1) * self.stride[i] + self.kernel_size[i] > 2 * self.padding[i]
                         for i in (0, 1))
-                and gemm_preferred(True, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]))):
+                and gemm_preferred(True, self.in_channels, self.out_channels, (x.shape[2], x.shape[3]),
+                                   self.kernel_size)):
             y = _ConvTranspose2dGemm.apply(x, weight, self.stride, self.padding)
             return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
         # nn.ConvTranspose2d.forward, but on the weight read above.
