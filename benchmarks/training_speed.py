@@ -59,6 +59,7 @@ from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.nn.cpu_conv import native_convolutions
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.recipes import build_recipe
+from synthmed.recipes.base import frozen
 from synthmed.train.context import StepContext
 from synthmed.train.ema import ema_beta, update_ema
 from synthmed.train.sampler import EpochSampler
@@ -210,14 +211,9 @@ def _reuse_fake_step(self: Any, batch: dict[str, torch.Tensor], ctx: StepContext
     fake_logits = D(fake.detach())
     loss_d = self._d_loss(real_logits.float(), fake_logits.float())
     ctx.optimize("D", loss_d)
-    flags = [p.requires_grad for p in D.parameters()]
-    D.requires_grad_(False)
-    try:
+    with frozen(D):
         loss_g = self._g_loss(D(fake).float())
         ctx.optimize("G", loss_g)
-    finally:
-        for p, flag in zip(D.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_logits.detach().mean(),
             "d_fake": fake_logits.detach().mean()}
 
@@ -234,15 +230,10 @@ def _two_g_forwards_step(self: Any, batch: dict[str, torch.Tensor], ctx: StepCon
     fake_logits = D(fake)
     loss_d = self._d_loss(real_logits.float(), fake_logits.float())
     ctx.optimize("D", loss_d)
-    flags = [p.requires_grad for p in D.parameters()]
-    D.requires_grad_(False)
-    try:
+    with frozen(D):
         z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
         loss_g = self._g_loss(D(G(z)).float())
         ctx.optimize("G", loss_g)
-    finally:
-        for p, flag in zip(D.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
     return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_real": real_logits.detach().mean(),
             "d_fake": fake_logits.detach().mean()}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -165,6 +167,16 @@ def test_when_the_gemm_route_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _uses_gemm(conv, x[0], monkeypatch) == 0  # unbatched (C, H, W)
 
 
+def _assert_same_as_native(grads: Callable[[], list[torch.Tensor]]) -> None:
+    """``grads()`` with synthmed's layers equals ``grads()`` on PyTorch's kernels."""
+    fast = grads()
+    with native_convolutions():
+        native = grads()
+    for a, b in zip(fast, native, strict=True):
+        # float32 summation order differs (and MKL's varies with alignment): tolerance on the tensor's scale
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
 @pytest.mark.parametrize("size", [28, 64])
 def test_dcgan_training_step_equals_native(size: int) -> None:
     """A whole G + D forward/backward (with bias and BN) gives PyTorch's gradients to float rounding."""
@@ -179,12 +191,7 @@ def test_dcgan_training_step_equals_native(size: int) -> None:
         D(G(z)).sum().backward()
         return [p.grad.clone() for p in [*G.parameters(), *D.parameters()]]
 
-    fast = grads()
-    with native_convolutions():
-        native = grads()
-    for a, b in zip(fast, native, strict=True):
-        # float32 summation order differs (and MKL's varies with alignment): tolerance on the tensor's scale
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    _assert_same_as_native(grads)
 
 
 def test_gradient_penalty_through_gemm_layers_equals_native() -> None:
@@ -200,11 +207,7 @@ def test_gradient_penalty_through_gemm_layers_equals_native() -> None:
         ((g.flatten(1).norm(dim=1) - 1) ** 2).mean().backward()
         return [p.grad.clone() for p in D.parameters()]
 
-    fast = penalty_grads()
-    with native_convolutions():
-        native = penalty_grads()
-    for a, b in zip(fast, native, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+    _assert_same_as_native(penalty_grads)
 
 
 def test_state_dict_is_plain_torch() -> None:

@@ -9,10 +9,12 @@ trainer. See ``docs/architecture.md`` for how each planned recipe maps onto this
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import types
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -35,6 +37,19 @@ class Phase:
 
     name: str
     steps: int | None = None
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[None]:
+    """``module``'s parameters need no gradients inside the block (e.g. D in the generator step: its weight
+    gradients would be thrown away, a third of its backward pass); their previous flags come back after."""
+    flags = [p.requires_grad for p in module.parameters()]
+    module.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in zip(module.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
 
 
 class Recipe:

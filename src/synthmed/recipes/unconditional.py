@@ -24,7 +24,7 @@ from synthmed.augment import diff_augment, parse_policy
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.errors import ConfigError
 from synthmed.nn import build_discriminator, build_generator
-from synthmed.recipes.base import GenerativeRecipe, register_recipe
+from synthmed.recipes.base import GenerativeRecipe, frozen, register_recipe
 from synthmed.train.context import StepContext
 from synthmed.train.ema import recalibrate_batchnorm
 from synthmed.train.optim import adam
@@ -270,9 +270,7 @@ class UnconditionalGAN(GenerativeRecipe):
             ctx.optimize("D", loss_d)
 
         # Generator step. D's weights need no gradients here, which saves a third of its backward pass.
-        flags = [p.requires_grad for p in D.parameters()]
-        D.requires_grad_(False)
-        try:
+        with frozen(D):
             with ctx.autocast():
                 if fake_for_g is not None:
                     fake = fake_for_g
@@ -294,9 +292,6 @@ class UnconditionalGAN(GenerativeRecipe):
                     loss_g = loss_g + cfg.feature_matching * fm
                     out["feature_matching"] = fm.detach()
             ctx.optimize("G", loss_g)
-        finally:
-            for p, flag in zip(D.parameters(), flags, strict=True):
-                p.requires_grad_(flag)
 
         out.update(
             loss_d=loss_d.detach(),
