@@ -24,10 +24,12 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
    * ``monai``: ``monai.engines.GanTrainer`` (MONAI's own loop) with MONAI's Generator/Discriminator at the same
      widths (3x3 kernels: MONAI rejects 4x4), only if MONAI and pytorch-ignite import; compare its MFU.
    * experiments (``--experiments``): variants of the synthmed step that support the diagnosis (NCHW instead of
-     channels_last, bf16 autocast, one thread, the native 7-14-28 layout, torch.compile).
+     channels_last, bf16 autocast, one thread, the native 7-14-28 layout, PyTorch's kernels instead of the
+     GEMM-lowered layers, GEMMs instead of Winograd, torch.compile).
    Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
-3. FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step: every forward,
-   backward and double backward; convolutions and matrix products), cross-checked by a hand count of the DCGAN
+3. Model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step on PyTorch's
+   convolution kernels: every forward, backward and double backward; convolutions and matrix products; a layer
+   that synthmed computes by Winograd counts as the convolution it is), cross-checked by a hand count of the DCGAN
    64 generator's forward pass; MFU = FLOPs/step * steps/s / GEMM peak.
 4. ``torch.profiler`` of the synthmed DCGAN 64 step (and of the plain one, for comparison): top ops by self CPU
    time with their share, grouped into convolution / batch norm / optimiser / ... and the unattributed rest.
@@ -56,7 +58,7 @@ from torch import nn
 
 from _common import ROOT, PeakMemory, gemm_peak, load_average, machine, source_state, sync
 from synthmed.data.dataset import DataInfo, ImageDataset
-from synthmed.nn.cpu_conv import native_convolutions
+from synthmed.nn.cpu_conv import native_convolutions, without_winograd
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.recipes import build_recipe
 from synthmed.recipes.base import frozen
@@ -104,10 +106,13 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
                    "(synthmed.nn.cpu_conv.native_convolutions)", {"native_conv": True})
                   for c in ("dcgan28", "dcgan64", "wgangp64")],
+    # Winograd F(2x2, 2x2) on the deep 4x4 stride-2 layers (synthmed.nn.winograd); this runs them as GEMMs.
+    "winograd": [("dcgan64", "synthmed_no_winograd", "synthmed step with the deep stride-2 layers as plain GEMMs "
+                  "instead of Winograd F(2x2, 2x2) (synthmed.nn.cpu_conv.without_winograd)", {"no_winograd": True})],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
 }
-DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,gemm_conv"
+DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,gemm_conv,winograd"
 
 
 # --- 1. GEMM peak --------------------------------------------------------------------------------------------
@@ -135,7 +140,7 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
                   description: str = "synthmed recipe + StepContext + EpochSampler + EMA, as the trainer runs it",
                   channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
                   threads: int | None = None, fused_adam: bool = False, compile: bool = False,
-                  patch: str | None = None, native_conv: bool = False) -> Runner:
+                  patch: str | None = None, native_conv: bool = False, no_winograd: bool = False) -> Runner:
     size = cfg["size"]
     info = DataInfo(source="random", channels=1, height=size, width=size, split="train")
     torch.manual_seed(0)
@@ -174,7 +179,7 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
             pending.clear()
 
     def step() -> None:
-        with native_convolutions() if native_conv else nullcontext():
+        with native_convolutions() if native_conv else without_winograd() if no_winograd else nullcontext():
             train_one()
 
     def train_one() -> None:
@@ -529,8 +534,11 @@ def flop_counter() -> Any:
 
 
 def count_step_flops(runner: Runner) -> dict[str, Any]:
+    """Model FLOPs of one step: counted on PyTorch's convolution kernels, so a layer computed by Winograd (9/16 of
+    the multiply-adds) counts what the convolution is, as MFU is usually defined; GEMM-lowered layers count the
+    same either way."""
     counter = flop_counter()
-    with counter:
+    with counter, native_convolutions():
         runner.step()
         runner.finish()
     by_op = {str(k): int(v) for k, v in counter.get_flop_counts().get("Global", {}).items()}

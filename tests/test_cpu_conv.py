@@ -237,3 +237,28 @@ def test_patches_are_kept_only_for_the_weight_gradient() -> None:
     assert patches in saved_sizes()  # trainable: the patches are what the weight gradient needs
     conv.weight.requires_grad_(False)
     assert patches not in saved_sizes()
+
+
+@pytest.mark.parametrize("layer", [Conv2d(4, 16, 4, 2, 1, bias=False), ConvTranspose2d(16, 8, 4, 2, 1, bias=False)])
+def test_weight_gradient_arrives_in_the_weights_layout(layer: nn.Module) -> None:
+    """The GEMM's weight gradient is channels-last by construction; making it NCHW-contiguous cost two full copies
+    per layer and backward (one in the layer, one in autograd's accumulation back to the parameter's layout)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = layer.to(memory_format=CL)
+    transposed = isinstance(layer, nn.ConvTranspose2d)
+    size = 4 if transposed else 8
+    assert gemm_preferred(transposed, layer.in_channels, layer.out_channels, (size, size), (4, 4))
+    x = torch.randn(2, layer.in_channels, size, size).contiguous(memory_format=CL).requires_grad_()
+    y = layer(x)
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        y.sum().backward()
+    weight_shape = list(layer.weight.shape)
+    copies = [e.name for e in prof.events() if e.name in ("aten::copy_", "aten::clone")
+              and e.input_shapes and list(e.input_shapes[0]) == weight_shape]
+    assert copies == []
+    assert layer.weight.grad is not None and layer.weight.grad.stride() == layer.weight.stride()
+    reference = layer.weight.detach().clone().requires_grad_()
+    op = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv_transpose2d
+    op(x.detach(), reference, None, 2, 1).sum().backward()
+    torch.testing.assert_close(layer.weight.grad, reference.grad)
