@@ -10,10 +10,9 @@ measures it in the whole step). Elsewhere the im2col copy costs more than it sav
 :class:`Conv2d` and :class:`ConvTranspose2d` are drop-in subclasses of the ``torch.nn`` layers (same parameters,
 same state-dict keys, same output memory format, same results to float rounding); they take the GEMM route only
 for float32 CPU tensors of channels-last models (the trainer's layout) and the shapes :func:`gemm_preferred`
-names (convolutions only in training: their inference keeps oneDNN). The deep 4x4 stride-2 layers on small maps
-(the last downsampling, the generator's first upsampling) take Winograd's F(2x2, 2x2) instead
-(:mod:`synthmed.nn.winograd`, :func:`winograd_preferred`): 1.78x fewer multiply-adds, same results to float
-rounding.
+names (convolutions only in training: their inference keeps oneDNN). The deep 4x4 stride-2 layers on maps of
+16x16 and less take Winograd's minimal filtering instead (:mod:`synthmed.nn.winograd`, :func:`winograd_tile`):
+1.78-2.56x fewer multiply-adds, the same results to float rounding.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthmed.nn import winograd
+from synthmed.nn.conv_backward import differentiable_conv_grads
 
 _ENABLED = True
 _WINOGRAD = True
@@ -45,7 +45,8 @@ def native_convolutions() -> Iterator[None]:
 
 @contextmanager
 def without_winograd() -> Iterator[None]:
-    """Within the block the layers :func:`winograd_preferred` names take the plain GEMM route (for measuring)."""
+    """Within the block the layers :func:`winograd_tile` routes to Winograd take the GEMM route if
+    :func:`gemm_preferred` names them, else oneDNN (for measuring)."""
     global _WINOGRAD
     previous, _WINOGRAD = _WINOGRAD, False
     try:
@@ -74,23 +75,35 @@ def gemm_preferred(transposed: bool, in_channels: int, out_channels: int, in_siz
     return in_channels <= 4 or (positions <= 64 and in_channels >= 256)
 
 
-def winograd_preferred(transposed: bool, in_channels: int, in_size: tuple[int, int], kernel_size: tuple[int, int],
-                       stride: tuple[int, int], padding: tuple[int, int], batch: int) -> bool:
-    """The deep 4x4 stride-2 layers that Winograd F(2x2, 2x2) computes faster than both the GEMM and oneDNN
-    (same machine; layer by layer, forward + backward): a convolution of a 128-256-channel <= 8x8 map, a
-    transposed convolution of a 256-512-channel <= 4x4 map, with at least 256 output tiles (batch 64 at these
-    sizes). Measured losses outside: fewer tiles (batch 16: the weight transforms are no longer amortised; batch
-    32 ties), wider maps (128 channels at 16x16: the input transform costs what the products save) and wider
-    layers (512 -> 1024 channels: the transformed weights no longer fit in cache).
+def winograd_tile(transposed: bool, in_channels: int, in_size: tuple[int, int], kernel_size: tuple[int, int],
+                  stride: tuple[int, int], padding: tuple[int, int], batch: int) -> int | None:
+    """The output tile m of the Winograd F(m x m, 2 x 2) that computes this 4x4 stride-2 layer fastest, or None
+    when the GEMM or oneDNN is faster (same machine; layer by layer, forward + backward, batch 32-64).
+
+    F(2x2) for the deepest layers: convolutions of 128-256-channel <= 8x8 maps, transposed convolutions of
+    256-512-channel <= 4x4 maps, from 256 tiles (batch 64 there). F(4x4) for the next ones: convolutions of
+    64-256-channel <= 16x16 maps and transposed convolutions of 128-512-channel <= 8x8 maps, from 128 tiles
+    (1.2-1.4x faster than oneDNN). Measured losses outside: too few tiles (batch 16 at F(2x2): the weight transforms
+    are not amortised), 32x32 maps (the input transform costs what the products save), 512 -> 1024 channels
+    (the transformed weights no longer fit in cache).
     """
-    if not winograd.applicable(transposed, kernel_size, stride, padding, in_size):
-        return False
-    positions = in_size[0] * in_size[1]
+    h, w = in_size
+    positions = h * w
     if transposed:
-        tiles = batch * positions // 4
-        return 256 <= in_channels <= 512 and positions <= 16 and tiles >= 256
-    tiles = batch * positions // 16
-    return 128 <= in_channels <= 256 and positions <= 64 and tiles >= 256
+        if (positions <= 16 and 256 <= in_channels <= 512 and batch * positions // 4 >= 256
+                and winograd.applicable(True, kernel_size, stride, padding, in_size, 2)):
+            return 2
+        if (positions <= 64 and 128 <= in_channels <= 512 and batch * positions // 16 >= 128
+                and winograd.applicable(True, kernel_size, stride, padding, in_size, 4)):
+            return 4
+        return None
+    if (positions <= 64 and 128 <= in_channels <= 256 and batch * positions // 16 >= 256
+            and winograd.applicable(False, kernel_size, stride, padding, in_size, 2)):
+        return 2
+    if (positions <= 256 and 64 <= in_channels <= 256 and batch * positions // 64 >= 128
+            and winograd.applicable(False, kernel_size, stride, padding, in_size, 4)):
+        return 4
+    return None
 
 
 def _im2col(padded: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int], out_hw: tuple[int, int]
@@ -144,18 +157,6 @@ def _conv_transpose_weight_matrix(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
 
 
-def _native_grads(ctx: Any, recompute: Any, inputs: tuple[torch.Tensor, torch.Tensor], grad: torch.Tensor
-                  ) -> tuple[torch.Tensor | None, ...]:
-    """Gradients of PyTorch's own op, recomputed on the saved inputs, with a graph for the next backward.
-
-    The GEMM route's backward is not differentiable (its patches were built without a graph), and double
-    backward through im2col views was measured slower than oneDNN (WGAN-GP 0.91x), so this path recomputes.
-    """
-    wanted = [t for t, need in zip(inputs, ctx.needs_input_grad[:2], strict=True) if need]
-    grads = iter(torch.autograd.grad(recompute(), wanted, grad, create_graph=True))
-    return tuple(next(grads) if need else None for need in ctx.needs_input_grad[:2]) + (None, None)
-
-
 class _Conv2dGemm(torch.autograd.Function):
     """Convolution as im2col + GEMM; backward by GEMM + col2im (first order) or by PyTorch (``create_graph``)."""
 
@@ -177,7 +178,8 @@ class _Conv2dGemm(torch.autograd.Function):
         x, weight, cols, w_mat = ctx.saved_tensors
         kernel, stride, padding, out_hw, padded_hw = ctx.geometry
         if torch.is_grad_enabled():  # create_graph (gradient penalty, R1): PyTorch's twice-differentiable kernels
-            return _native_grads(ctx, lambda: F.conv2d(x, weight, None, stride, padding), (x, weight), grad)
+            return (*differentiable_conv_grads(grad, x, weight, stride, padding, False, ctx.needs_input_grad[:2]),
+                    None, None)
         b, c, h, w = x.shape
         grad_mat = grad.permute(0, 2, 3, 1).reshape(-1, weight.shape[0])
         grad_x = grad_w = None
@@ -215,7 +217,8 @@ class _ConvTranspose2dGemm(torch.autograd.Function):
         x, weight, x_mat, w_mat = ctx.saved_tensors
         kernel, stride, padding = ctx.geometry
         if torch.is_grad_enabled():  # create_graph (gradient penalty, R1): PyTorch's twice-differentiable kernels
-            return _native_grads(ctx, lambda: F.conv_transpose2d(x, weight, None, stride, padding), (x, weight), grad)
+            return (*differentiable_conv_grads(grad, x, weight, stride, padding, True, ctx.needs_input_grad[:2]),
+                    None, None)
         b, c, h, w = x.shape
         grad_cols = _im2col(_pad_nhwc(grad.permute(0, 2, 3, 1), padding), kernel, stride, (h, w))
         grad_x = grad_w = None
@@ -259,9 +262,10 @@ class Conv2d(nn.Conv2d):
                 and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))):
             size = (x.shape[2], x.shape[3])
             y = None
-            if _WINOGRAD and winograd_preferred(False, self.in_channels, size, self.kernel_size, self.stride,
-                                                self.padding, x.shape[0]):
-                y = winograd.Conv2dWinograd.apply(x, weight)
+            tile = _WINOGRAD and winograd_tile(False, self.in_channels, size, self.kernel_size, self.stride,
+                                               self.padding, x.shape[0])
+            if tile:
+                y = winograd.Conv2dWinograd.apply(x, weight, tile)
             elif gemm_preferred(False, self.in_channels, self.out_channels, size, self.kernel_size):
                 y = _Conv2dGemm.apply(x, weight, self.stride, self.padding)
             if y is not None:
@@ -281,9 +285,10 @@ class ConvTranspose2d(nn.ConvTranspose2d):
                         for i in (0, 1))):
             size = (x.shape[2], x.shape[3])
             y = None
-            if _WINOGRAD and winograd_preferred(True, self.in_channels, size, self.kernel_size, self.stride,
-                                                self.padding, x.shape[0]):
-                y = winograd.ConvTranspose2dWinograd.apply(x, weight)
+            tile = _WINOGRAD and winograd_tile(True, self.in_channels, size, self.kernel_size, self.stride,
+                                               self.padding, x.shape[0])
+            if tile:
+                y = winograd.ConvTranspose2dWinograd.apply(x, weight, tile)
             elif gemm_preferred(True, self.in_channels, self.out_channels, size, self.kernel_size):
                 y = _ConvTranspose2dGemm.apply(x, weight, self.stride, self.padding)
             if y is not None:
