@@ -106,9 +106,10 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
                    "(synthmed.nn.cpu_conv.native_convolutions)", {"native_conv": True})
                   for c in ("dcgan28", "dcgan64", "wgangp64")],
-    # Winograd F(2x2, 2x2) on the deep 4x4 stride-2 layers (synthmed.nn.winograd); this runs them as GEMMs.
-    "winograd": [("dcgan64", "synthmed_no_winograd", "synthmed step with the deep stride-2 layers as plain GEMMs "
-                  "instead of Winograd F(2x2, 2x2) (synthmed.nn.cpu_conv.without_winograd)", {"no_winograd": True})],
+    # Winograd F(2x2)/F(4x4) on the 4x4 stride-2 layers of small maps (synthmed.nn.winograd); this runs them without.
+    "winograd": [(c, "synthmed_no_winograd", "synthmed step without Winograd: the stride-2 layers of <= 16x16 maps on "
+                  "the GEMM route or oneDNN as before (synthmed.nn.cpu_conv.without_winograd)", {"no_winograd": True})
+                 for c in ("dcgan64", "wgangp64")],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
 }
