@@ -93,10 +93,17 @@ def input_transform_adjoint(v: torch.Tensor, n: int, h: int, w: int, c: int, m: 
     a = m + 1
     t_in = _transforms(m, v.dtype, v.device)[0]
     d = (t_in.t() @ v.reshape(a * a, -1)).view(a, a, n, th, tw, 2, 2, c)
-    padded = v.new_zeros(n, h + 2, w + 2, c)
-    for row in range(a):  # tiles overlap by one grid row/column: scatter-add element by element of the tile
-        for col in range(a):
-            _tile_view(padded, m, n, th, tw, c, row, col).add_(d[row, col])
+    padded = v.new_empty(n, h + 2, w + 2, c)
+    grid = padded.view(n, h // 2 + 1, 2, w // 2 + 1, 2, c)  # (n, u, p, v, q, c): the polyphase grid
+    # The first m rows and columns of the tiles cover the grid but its last row and column exactly once: one copy.
+    grid[:, :m * th, :, :m * tw].view(n, th, m, 2, tw, m, 2, c).copy_(d[:m, :m].permute(2, 3, 0, 5, 4, 1, 6, 7))
+    grid[:, m * th:].zero_()
+    grid[:, :, :, m * tw:].zero_()
+    # Tile row m and column m overlap the next tile (or the last grid row/column): add them.
+    for col in range(a):
+        _tile_view(padded, m, n, th, tw, c, m, col).add_(d[m, col])
+    for row in range(m):
+        _tile_view(padded, m, n, th, tw, c, row, m).add_(d[row, m])
     return padded[:, 1:h + 1, 1:w + 1]
 
 
