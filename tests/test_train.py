@@ -348,3 +348,35 @@ def test_gradients_are_averaged_not_summed(tmp_path: Path) -> None:
         grads = torch.load(tmp_path / f"grads{rank}.pt")
         assert torch.allclose(grads[0], torch.full((3,), 1.5))
         assert torch.allclose(grads[1], torch.full((2, 2), 15.0))
+
+
+def test_restored_adam_moments_take_their_parameters_layout(tmp_path: Path) -> None:
+    """safetensors returns contiguous tensors; the fused Adam walks parameter, gradient and moments in memory order,
+    so NCHW moments of a channels-last weight mixed up elements and a resumed run drifted from the uninterrupted
+    one. Restored moments must have the parameter's strides, and the next step must equal the unsaved optimiser's."""
+    from synthmed.train.optim import adam
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 8, 4).to(memory_format=torch.channels_last)
+    opt = adam(conv.parameters(), 1e-2, (0.5, 0.999), torch.device("cpu"))
+    for _ in range(2):
+        opt.zero_grad()
+        conv(torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)).square().mean().backward()
+        opt.step()
+    nets = torch.nn.ModuleDict({"D": conv})
+    path = ckpt.save_checkpoint(tmp_path, 2, nets, {"D": opt}, {}, {})
+    record, tensors = ckpt.load_checkpoint(path)
+    twin = torch.nn.Conv2d(3, 8, 4).to(memory_format=torch.channels_last)
+    twin.load_state_dict(conv.state_dict())
+    twin_opt = adam(twin.parameters(), 1e-2, (0.5, 0.999), torch.device("cpu"))
+    ckpt.restore_optimizers({"D": twin_opt}, record, tensors)
+    for param in twin.parameters():
+        for value in twin_opt.state[param].values():
+            if value.dim():
+                assert value.stride() == param.stride()
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    for net, o in ((conv, opt), (twin, twin_opt)):
+        o.zero_grad()
+        net(x).square().mean().backward()
+        o.step()
+    torch.testing.assert_close(twin.weight, conv.weight, rtol=0, atol=0)

@@ -177,6 +177,23 @@ def restore_optimizers(
 ) -> None:
     for name, opt in optimizers.items():
         opt.load_state_dict(_unflatten_optimizer(record["optimizers"][name], tensors))
+        _match_parameter_layouts(opt)
+
+
+def _match_parameter_layouts(opt: torch.optim.Optimizer) -> None:
+    """Give each per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    safetensors stores tensors contiguous, so a channels-last model's moments come back NCHW. Elementwise ops do not
+    mind, but fused optimiser kernels walk parameter, gradient and moments in memory order: with mixed layouts they
+    would pair different elements (a resumed run then drifted from the uninterrupted one).
+    """
+    for group in opt.param_groups:
+        for param in group["params"]:
+            state = opt.state.get(param, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == param.shape
+                        and value.stride() != param.stride()):
+                    state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def extra_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
