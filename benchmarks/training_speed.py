@@ -636,8 +636,8 @@ def adam_and_ema_micro(networks: dict[str, nn.Module], device: torch.device, ste
     for p in copies:
         p.grad = torch.randn_like(p)
     out: dict[str, Any] = {"parameters": sum(p.numel() for p in copies)}
-    variants = {"for-loop (default on CPU)": {"foreach": False}, "foreach (synthmed on CPU)": {"foreach": True},
-                "fused": {"fused": True}}
+    variants = {"for-loop (default on CPU)": {"foreach": False}, "foreach": {"foreach": True},
+                "fused (synthmed on CPU and CUDA)": {"fused": True}}
     opts = {}
     for name, kw in variants.items():
         try:
