@@ -478,6 +478,9 @@ def measure(runners: list[Runner], budget_s: float, repeats: int, fixed_steps: i
     for r in runners:
         for _ in range(max(0, warmup - 1)):
             run_block(r, 1, default_threads)
+    # A second untimed round once every runner has run: the process's heap reaches its high-water mark only then
+    # (before this round the first timed block of the runner with the largest working set was its slowest).
+    for r in runners:
         step_time[r.name] = run_block(r, 1, default_threads)[1]
     target = budget_s / max(1, len(runners) * repeats)
     steps = {r.name: fixed_steps or max(1, round(target / step_time[r.name])) for r in runners}
