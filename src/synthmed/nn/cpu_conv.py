@@ -252,47 +252,46 @@ def _gemm_applicable(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, wei
     )
 
 
+def _lowered(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor, transposed: bool
+             ) -> torch.Tensor | None:
+    """The layer by Winograd (:func:`winograd_tile`) or one GEMM (:func:`gemm_preferred`), or None for oneDNN."""
+    size = (x.shape[2], x.shape[3])
+    tile = (winograd_tile(transposed, layer.in_channels, size, layer.kernel_size, layer.stride, layer.padding,
+                          x.shape[0]) if _WINOGRAD else None)
+    if tile is not None:
+        y = (winograd.ConvTranspose2dWinograd if transposed else winograd.Conv2dWinograd).apply(x, weight, tile)
+    elif gemm_preferred(transposed, layer.in_channels, layer.out_channels, size, layer.kernel_size):
+        y = (_ConvTranspose2dGemm if transposed else _Conv2dGemm).apply(x, weight, layer.stride, layer.padding)
+    else:
+        return None
+    return y if layer.bias is None else y + layer.bias.view(1, -1, 1, 1)
+
+
 class Conv2d(nn.Conv2d):
-    """``nn.Conv2d`` lowered to im2col + GEMM on CPU for the :func:`gemm_preferred` shapes, in training (the
-    backward is where it wins; forward alone oneDNN is as fast or faster for these layers)."""
+    """``nn.Conv2d`` lowered to Winograd or im2col + GEMM on CPU for the measured shapes, in training (the
+    backward is where the GEMM wins; forward alone oneDNN is as fast or faster for those layers)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.weight  # read once: a parametrised weight (spectral norm) is recomputed on every read
         if (_gemm_applicable(self, x, weight, training_only=True)
-                and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))):
-            size = (x.shape[2], x.shape[3])
-            y = None
-            tile = _WINOGRAD and winograd_tile(False, self.in_channels, size, self.kernel_size, self.stride,
-                                               self.padding, x.shape[0])
-            if tile:
-                y = winograd.Conv2dWinograd.apply(x, weight, tile)
-            elif gemm_preferred(False, self.in_channels, self.out_channels, size, self.kernel_size):
-                y = _Conv2dGemm.apply(x, weight, self.stride, self.padding)
-            if y is not None:
-                return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+                and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))
+                and (y := _lowered(self, x, weight, transposed=False)) is not None):
+            return y
         return self._conv_forward(x, weight, self.bias)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
-    """``nn.ConvTranspose2d`` lowered to GEMM + col2im on CPU for the :func:`gemm_preferred` shapes (image-side,
-    latent and 4x4-input layers), in training and in sampling (its forward wins too)."""
+    """``nn.ConvTranspose2d`` lowered to Winograd or GEMM + col2im on CPU for the measured shapes (image-side,
+    latent and small-map layers), in training and in sampling (its forward wins too)."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         weight = self.weight  # read once (see Conv2d.forward)
         if (output_size is None and self.output_padding == (0, 0)
                 and _gemm_applicable(self, x, weight, training_only=False)
                 and all((x.shape[2 + i] - 1) * self.stride[i] + self.kernel_size[i] > 2 * self.padding[i]
-                        for i in (0, 1))):
-            size = (x.shape[2], x.shape[3])
-            y = None
-            tile = _WINOGRAD and winograd_tile(True, self.in_channels, size, self.kernel_size, self.stride,
-                                               self.padding, x.shape[0])
-            if tile:
-                y = winograd.ConvTranspose2dWinograd.apply(x, weight, tile)
-            elif gemm_preferred(True, self.in_channels, self.out_channels, size, self.kernel_size):
-                y = _ConvTranspose2dGemm.apply(x, weight, self.stride, self.padding)
-            if y is not None:
-                return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+                        for i in (0, 1))
+                and (y := _lowered(self, x, weight, transposed=True)) is not None):
+            return y
         # nn.ConvTranspose2d.forward, but on the weight read above.
         if self.padding_mode != "zeros":
             raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
