@@ -75,6 +75,14 @@ def gemm_preferred(transposed: bool, in_channels: int, out_channels: int, in_siz
     return in_channels <= 4 or (positions <= 64 and in_channels >= 256)
 
 
+# (transposed, tile m) -> (largest input map in positions, input channels from, to, fewest output tiles): the
+# measured region where F(m x m, 2 x 2) beats the GEMM and oneDNN (see winograd_tile).
+_WINOGRAD_RULES: dict[tuple[bool, int], tuple[int, int, int, int]] = {
+    (False, 2): (64, 128, 256, 256), (False, 4): (256, 64, 256, 128),
+    (True, 2): (16, 256, 512, 256), (True, 4): (64, 128, 512, 128),
+}
+
+
 def winograd_tile(transposed: bool, in_channels: int, in_size: tuple[int, int], kernel_size: tuple[int, int],
                   stride: tuple[int, int], padding: tuple[int, int], batch: int) -> int | None:
     """The output tile m of the Winograd F(m x m, 2 x 2) that computes this 4x4 stride-2 layer fastest, or None
@@ -87,22 +95,14 @@ def winograd_tile(transposed: bool, in_channels: int, in_size: tuple[int, int], 
     are not amortised), 32x32 maps (the input transform costs what the products save), 512 -> 1024 channels
     (the transformed weights no longer fit in cache).
     """
-    h, w = in_size
-    positions = h * w
-    if transposed:
-        if (positions <= 16 and 256 <= in_channels <= 512 and batch * positions // 4 >= 256
-                and winograd.applicable(True, kernel_size, stride, padding, in_size, 2)):
-            return 2
-        if (positions <= 64 and 128 <= in_channels <= 512 and batch * positions // 16 >= 128
-                and winograd.applicable(True, kernel_size, stride, padding, in_size, 4)):
-            return 4
-        return None
-    if (positions <= 64 and 128 <= in_channels <= 256 and batch * positions // 16 >= 256
-            and winograd.applicable(False, kernel_size, stride, padding, in_size, 2)):
-        return 2
-    if (positions <= 256 and 64 <= in_channels <= 256 and batch * positions // 64 >= 128
-            and winograd.applicable(False, kernel_size, stride, padding, in_size, 4)):
-        return 4
+    positions = in_size[0] * in_size[1]
+    for m in winograd.TILES:
+        max_positions, min_channels, max_channels, min_tiles = _WINOGRAD_RULES[transposed, m]
+        # tiles of the convolution (for a transposed layer: of the convolution it is the adjoint of)
+        tiles = batch * positions // ((1 if transposed else 4) * m * m)
+        if (positions <= max_positions and min_channels <= in_channels <= max_channels and tiles >= min_tiles
+                and winograd.applicable(transposed, kernel_size, stride, padding, in_size, m)):
+            return m
     return None
 
 
