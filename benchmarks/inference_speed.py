@@ -38,7 +38,7 @@ from synthmed.data import load_dataset
 from synthmed.data.dataset import DataInfo
 from synthmed.metrics.features import get_extractor
 from synthmed.metrics.features.base import FeatureExtractor
-from synthmed.nn.cpu_conv import native_convolutions
+from synthmed.ops.cpu_conv import native_convolutions
 from synthmed.recipes import build_recipe
 
 SAMPLING = {

@@ -13,8 +13,8 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
 2. Per config (DCGAN 28 px = the default recipe, DCGAN 64 px with 64 channels, WGAN-GP 64 px with 32 channels;
    batch 64, one grey channel, random images in [-1, 1] held in memory: pixel values do not change fp32 speed):
    * ``synthmed``: the real recipe (``build_recipe("unconditional", ...)``, EMA 0.999), moved as the trainer moves
-     it (channels_last when the recipe prefers it), its optimisers, a ``StepContext``, ``EpochSampler`` +
-     ``ImageDataset.batch``, ``update_ema`` after every step and the trainer's loss buffering (one host read
+     it (channels_last when the recipe prefers it), its optimisers, a ``StepContext``, the set's batch stream
+     (``ImageDataset.batches``), ``update_ema`` after every step and the trainer's loss buffering (one host read
      every 25 steps and at the end of each timed block; no other sync).
    * ``plain``: the same networks (synthmed.nn classes, same sizes) trained the way the PyTorch DCGAN tutorial
      writes it: DataLoader over a TensorDataset (shuffle, drop_last, no workers), NCHW, BCEWithLogitsLoss,
@@ -48,7 +48,7 @@ import time
 import types
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,13 +58,12 @@ from torch import nn
 
 from _common import ROOT, PeakMemory, gemm_peak, load_average, machine, source_state, sync
 from synthmed.data.dataset import DataInfo, ImageDataset
-from synthmed.nn.cpu_conv import native_convolutions, without_winograd
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from synthmed.ops.cpu_conv import native_convolutions, without_winograd
 from synthmed.recipes import build_recipe
 from synthmed.recipes.base import frozen
-from synthmed.train.context import StepContext
-from synthmed.train.ema import ema_beta, update_ema
-from synthmed.train.sampler import EpochSampler
+from synthmed.recipes.step import StepContext
+from synthmed.training.ema import ema_beta, update_ema
 
 RESULTS = ROOT / "benchmarks" / "results"
 BATCH = 64
@@ -102,13 +101,13 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
                    {"fused_adam": True})],
     # One G forward per step (reused by the G step) vs two: whichever the recipe does not do is the experiment.
     "reuse": [(c, "", "", {"reuse_toggle": True}) for c in ("dcgan28", "dcgan64")],
-    # synthmed.nn.cpu_conv lowers the image-side, latent and 4x4-input layers to GEMM; this runs oneDNN everywhere.
+    # synthmed.ops.cpu_conv lowers the image-side, latent and 4x4-input layers to GEMM; this runs oneDNN everywhere.
     "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
-                   "(synthmed.nn.cpu_conv.native_convolutions)", {"native_conv": True})
+                   "(synthmed.ops.cpu_conv.native_convolutions)", {"native_conv": True})
                   for c in ("dcgan28", "dcgan64", "wgangp64")],
-    # Winograd F(2x2)/F(4x4) on the 4x4 stride-2 layers of small maps (synthmed.nn.winograd); this runs them without.
+    # Winograd F(2x2)/F(4x4) on the 4x4 stride-2 layers of small maps (synthmed.ops.winograd); this runs them without.
     "winograd": [(c, "synthmed_no_winograd", "synthmed step without Winograd: the stride-2 layers of <= 16x16 maps on "
-                  "the GEMM route or oneDNN as before (synthmed.nn.cpu_conv.without_winograd)", {"no_winograd": True})
+                  "the GEMM route or oneDNN as before (synthmed.ops.cpu_conv.without_winograd)", {"no_winograd": True})
                  for c in ("dcgan64", "wgangp64")],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
@@ -138,7 +137,7 @@ def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
 
 
 def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, name: str = "synthmed",
-                  description: str = "synthmed recipe + StepContext + EpochSampler + EMA, as the trainer runs it",
+                  description: str = "synthmed recipe + StepContext + batch stream + EMA, as the trainer runs it",
                   channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
                   threads: int | None = None, fused_adam: bool = False, compile: bool = False,
                   patch: str | None = None, native_conv: bool = False, no_winograd: bool = False) -> Runner:
@@ -150,7 +149,7 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
     recipe.to(device, channels_last=cl)
     data = recipe.prepare_data(ImageDataset(images=images.clone(), info=info))
     if cl:
-        data = replace(data, images=data.images.contiguous(memory_format=torch.channels_last))
+        data = data.map_tensors(lambda _, x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
     data = data.to(device)
     optimizers = recipe.configure_optimizers()
     if fused_adam:
@@ -166,9 +165,8 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
     if compile:
         for key in ("G", "D"):
             recipe.networks[key].forward = torch.compile(recipe.networks[key].forward)  # type: ignore[method-assign]
-    sampler = EpochSampler(len(data), BATCH, seed=0)
-    ctx = StepContext(device=device, optimizers=optimizers, precision=precision)
-    ctx.draw_batch = lambda: data.batch(sampler.next().to(device, non_blocking=True))
+    stream = data.batches(BATCH, seed=0)
+    ctx = StepContext(device=device, optimizers=optimizers, precision=precision, draw_batch=stream.next)
     ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]
     state = {"step": 0}
     pending: list[dict[str, torch.Tensor]] = []
@@ -186,8 +184,7 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
     def train_one() -> None:
         s = state["step"]
         ctx.step = s
-        batch = data.batch(sampler.next().to(device, non_blocking=True))
-        losses = recipe.train_step(batch, ctx)
+        losses = recipe.train_step(stream.next(), ctx)
         for source, shadow in ema_pairs:
             update_ema(shadow, source, ema_beta(s, EMA_BETA))
         state["step"] = s + 1

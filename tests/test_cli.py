@@ -19,10 +19,21 @@ TINY_ARGS = ["--batch-size", "16", "-o", "g_channels=8", "-o", "d_channels=8", "
 
 
 def test_help_lists_every_command_with_one_line() -> None:
-    result = runner.invoke(app, ["--help"])
-    assert result.exit_code == 0
-    for command in ("train", "sample", "explore"):
-        assert command in result.output
+    import typer
+
+    result = runner.invoke(app, ["--help"], env={"COLUMNS": "200"})  # wide: a one-line summary must not wrap
+    assert result.exit_code == 0, result.output
+    commands = typer.main.get_command(app).commands  # whatever the app registers
+    assert {"train", "sample", "explore", "evaluate"} <= set(commands)
+    lines = result.output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Commands" in line)
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("╰"))
+    rows = [line.strip(" │") for line in lines[start + 1 : end]]
+    assert len(rows) == len(commands), rows  # one line per command: no missing one, no wrapped description
+    for row, (name, command) in zip(rows, commands.items(), strict=True):
+        listed, _, description = row.partition(" ")
+        summary = (command.help or "").strip().splitlines()[0]
+        assert listed == name and description.strip() == summary and len(summary) > 10, (name, row, summary)
 
 
 @pytest.fixture(scope="module")
@@ -150,4 +161,5 @@ def test_threads_option_reaches_the_trainer(tmp_path: Path) -> None:
         torch.set_num_threads(before)
     assert "num_threads: 1" in (out / "config.yaml").read_text()
     bad = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--threads", "0", *TINY_ARGS])
-    assert bad.exit_code != 0 and not (tmp_path / "bad").exists()
+    assert bad.exit_code == 2 and not (tmp_path / "bad").exists(), bad.output
+    assert bad.stderr.strip() == "synthmed: error: --threads must be at least 1 (got 0)", bad.stderr

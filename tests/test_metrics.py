@@ -173,9 +173,15 @@ def test_kid_unbiased_near_zero_for_one_distribution_and_positive_for_a_shift() 
 
 def test_kid_clips_subset_size_with_a_warning() -> None:
     a = rng(9).standard_normal((30, 4))
-    with pytest.warns(UserWarning, match="subset_size"):
-        mean, _ = kid(a, a[:20], subsets=3, subset_size=100)
-    assert math.isfinite(mean)
+    with pytest.warns(UserWarning, match="subset_size 100 > number of samples; using 20"):
+        clipped = kid(a, a[:20], subsets=3, subset_size=100)
+    assert all(math.isfinite(v) for v in clipped)
+    # Clipped to min(n_real, n_fake) = 20: the very same draws (same seed) as asking for 20, silently.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        explicit = kid(a, a[:20], subsets=3, subset_size=20)
+        assert clipped == explicit
+        assert kid(a, a[:20], subsets=3, subset_size=19) != clipped  # the comparison tells subset sizes apart
 
 
 # Inception Score
@@ -239,13 +245,32 @@ def test_prdc_identical_far_and_random_sets() -> None:
     g = rng(11)
     real = g.standard_normal((200, 8))
     same = prdc(real, real.copy(), k=5)
-    assert same["precision"] == same["recall"] == same["coverage"] == 1.0
-    assert same["density"] == pytest.approx(1.0, abs=0.05)
+    assert same == {"precision": 1.0, "recall": 1.0, "density": 1.0, "coverage": 1.0}
     far = prdc(real, real + 100.0, k=5)
     assert far == {"precision": 0.0, "recall": 0.0, "density": 0.0, "coverage": 0.0}
     fake = g.standard_normal((150, 8)) * 1.2 + 0.3
     # Small chunks exercise the accumulation across chunks.
     assert prdc(real, fake, k=3, chunk=64) == pytest.approx(official_prdc(real, fake, k=3))
+
+
+@pytest.mark.parametrize(
+    ("seed", "n", "dim", "k", "offset", "chunk"),
+    [(0, 100, 2, 3, 0.0, 2048), (1, 300, 16, 5, 10.0, 64), (2, 500, 64, 10, 0.0, 2048), (3, 257, 2048, 5, 0.0, 100),
+     (4, 400, 32, 3, 50.0, 2048), (5, 150, 4, 7, -3.0, 2048)],
+)
+def test_prdc_ties_of_identical_and_copied_samples(seed: int, n: int, dim: int, k: int, offset: float,
+                                                   chunk: int) -> None:
+    """Each real ball holds exactly its centre and k - 1 neighbours (the k-th sits on the edge: strict inequality),
+    so identical sets give density exactly 1. The radii and the fake-vs-real distances are separate float64 matrix
+    products that disagree by ~1e-15 at those edge ties; before ties were made rounding-proof these cases gave
+    densities of 1.02-1.09 (each set size, dimension, offset and chunking)."""
+    real = rng(seed).standard_normal((n, dim)) + offset
+    assert prdc(real, real.copy(), k=k, chunk=chunk) == {"precision": 1.0, "recall": 1.0, "density": 1.0,
+                                                         "coverage": 1.0}
+    if dim <= 64:  # half copies, half fresh samples: ties and non-ties, against the difference-based reference
+        fake = np.concatenate([real[: n // 2], rng(seed + 100).standard_normal((n - n // 2, dim)) * 1.1 + offset])
+        got = prdc(real, fake, k=k, chunk=chunk)
+        assert got == pytest.approx(official_prdc(real, fake, k=k), abs=1e-12)
 
 
 # MS-SSIM

@@ -9,8 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from synthmed.data.dataset import DataInfo
+from synthmed.errors import ConfigError
 from synthmed.nn import (
     DISCRIMINATORS,
+    FAMILIES,
     GENERATORS,
     DCGANDiscriminator,
     DCGANGenerator,
@@ -20,8 +23,11 @@ from synthmed.nn import (
     build_discriminator,
     build_generator,
     count_parameters,
+    get_family,
     init_dcgan_weights,
+    register_family,
 )
+from synthmed.recipes import build_recipe
 
 LATENT = 16
 
@@ -216,3 +222,54 @@ def test_registry() -> None:
         build_generator("stylegan")
     with pytest.raises(ValueError, match="unknown discriminator architecture 'patchgan'"):
         build_discriminator("patchgan")
+
+
+def test_network_families() -> None:
+    assert list(FAMILIES) == ["dcgan", "resnet"]
+    table = {name: (f.generator, f.discriminator, f.d_options, f.spectral_norm) for name, f in FAMILIES.items()}
+    assert table == {
+        "dcgan": (DCGANGenerator, DCGANDiscriminator, frozenset({"norm", "minibatch_discrimination"}), False),
+        "resnet": (ResNetGenerator, ResNetDiscriminator, frozenset(), True),
+    }
+    assert {name: f.generator for name, f in FAMILIES.items()} == GENERATORS
+    assert {name: f.discriminator for name, f in FAMILIES.items()} == DISCRIMINATORS
+    assert get_family("dcgan").accepts("norm") and not get_family("resnet").accepts("norm")
+    with pytest.raises(ConfigError, match=r"^unknown arch 'unet'; choose one of dcgan, resnet$"):
+        get_family("unet")
+
+
+@pytest.fixture
+def restore_families():
+    saved = [(table, dict(table)) for table in (FAMILIES, GENERATORS, DISCRIMINATORS)]
+    yield
+    for table, contents in saved:
+        table.clear()
+        table.update(contents)
+
+
+def test_register_family_checks_its_discriminator_options(restore_families) -> None:
+    with pytest.raises(ValueError, match="ResNetDiscriminator does not take norm"):
+        register_family("bad", ResNetGenerator, ResNetDiscriminator, d_options=("norm",))
+    with pytest.raises(ValueError, match="unknown discriminator options"):
+        register_family("bad", DCGANGenerator, DCGANDiscriminator, d_options=("dropout",))
+    with pytest.raises(ValueError, match="already registered"):
+        register_family("dcgan", DCGANGenerator, DCGANDiscriminator)
+    assert "bad" not in FAMILIES and "bad" not in GENERATORS and "bad" not in DISCRIMINATORS
+
+
+def test_a_registered_family_is_usable_by_name(restore_families) -> None:
+    # DCGAN with spectral norm by default and a norm option, but no minibatch discrimination.
+    register_family("dcgan-sn", DCGANGenerator, DCGANDiscriminator, d_options=("norm",), spectral_norm=True)
+    assert isinstance(build_discriminator("dcgan-sn", image_size=16, base_channels=2), DCGANDiscriminator)
+    info = DataInfo(source="toy", channels=1, height=16, width=16)
+    tiny = {"g_channels": 2, "d_channels": 2, "latent_dim": 4}
+    recipe = build_recipe("unconditional", {"arch": "dcgan-sn", **tiny}, info)
+    assert recipe.config.d_norm == "batch" and recipe.config.spectral_norm is True  # bce's norm, the family's SN
+    d = recipe.networks["D"]
+    assert any(isinstance(m, nn.BatchNorm2d) for m in d.modules())
+    assert any(parametrize.is_parametrized(m) for m in d.modules())
+    with pytest.raises(ConfigError, match="^minibatch_discrimination is available with arch='dcgan' only$"):
+        build_recipe("unconditional", {"arch": "dcgan-sn", "minibatch_discrimination": True, **tiny}, info)
+    with pytest.raises(ConfigError, match="^d_norm applies to arch='dcgan' or arch='dcgan-sn'; the resnet "
+                                          "discriminator uses spectral norm$"):
+        build_recipe("unconditional", {"arch": "resnet", "d_norm": "layer", **tiny}, info)

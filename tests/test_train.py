@@ -20,7 +20,7 @@ import synthmed
 from synthmed.errors import TrainingDiverged
 from synthmed.recipes import Phase, register_recipe
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
-from synthmed.train import checkpoint as ckpt
+from synthmed.training import checkpoint as ckpt
 
 # Tiny networks and batches: each step takes a few milliseconds on 2 CPU cores.
 TINY = {
@@ -217,18 +217,19 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from synthmed.train import trainer as trainer_module
-    from synthmed.train.config import DataConfig, RunConfig, TrainConfig
+    from synthmed.data import sampling
+    from synthmed.training import trainer as trainer_module
+    from synthmed.training.config import DataConfig, RunConfig, TrainConfig
 
     seen: list[torch.Tensor] = []
-    original = trainer_module.EpochSampler.next
+    original = sampling.EpochSampler.next
 
     def recording_next(self):
         batch = original(self)
         seen.append(batch.clone())
         return batch
 
-    trainer_module.EpochSampler.next = recording_next
+    sampling.EpochSampler.next = recording_next
     config = RunConfig(
         recipe_options={"g_channels": 8, "d_channels": 8, "latent_dim": 16},
         data=DataConfig(),
@@ -278,20 +279,24 @@ def test_torchrun_cli_with_two_processes(tmp_path: Path) -> None:
     assert metrics["training"]["step"] == 3
 
 
-@pytest.mark.parametrize("variant", [
-    {"loss": "lsgan", "label_smoothing": 0.1, "label_noise": 0.05},
-    {"loss": "hinge", "arch": "resnet", "size": 32},
-    {"loss": "bce", "feature_matching": 1.0, "minibatch_discrimination": True, "r1_weight": 1.0, "ttur": True},
+@pytest.mark.parametrize(("variant", "switches"), [
+    ({"loss": "lsgan"}, {"label_smoothing": 0.1, "label_noise": 0.05}),
+    ({"loss": "hinge", "arch": "resnet", "size": 32}, {"diffaugment": "translation"}),
+    ({"loss": "bce"}, {"feature_matching": 1.0, "minibatch_discrimination": True, "r1_weight": 1.0, "ttur": True}),
 ])
-def test_every_loss_and_switch_trains_and_logs_finite_losses(tmp_path: Path, variant: dict) -> None:
-    result = train(tmp_path, "v", steps=3, **variant)
-    rows = read_losses(result.run_dir)
+def test_every_loss_and_switch_trains_and_logs_finite_losses(tmp_path: Path, variant: dict, switches: dict) -> None:
+    result = train(tmp_path, "v", steps=3, **variant, **switches)
+    plain = train(tmp_path, "plain", steps=3, **variant)
+    rows, plain_rows = read_losses(result.run_dir), read_losses(plain.run_dir)
     assert len(rows) == 3
     for row in rows:
         for name in ("loss_d", "loss_g"):
             assert torch.isfinite(torch.tensor(float(row[name])))
-    if variant.get("feature_matching"):
+    # The switches change the run: the same seed without them logs other losses.
+    assert [r["loss_d"] for r in rows] != [r["loss_d"] for r in plain_rows]
+    if switches.get("feature_matching"):
         assert rows[0]["feature_matching"] and rows[0]["r1"]
+        assert "feature_matching" not in plain_rows[0]
 
 
 def test_resolved_presets_are_recorded_in_the_run_config(tmp_path: Path) -> None:
@@ -331,7 +336,7 @@ def test_resume_drops_a_row_cut_short_by_a_hard_kill(tmp_path: Path) -> None:
 def _allreduce_worker(rank: int, world: int, port: int, result_dir: str) -> None:
     import torch.distributed as dist
 
-    from synthmed.train.distributed import all_reduce_gradients
+    from synthmed.training.distributed import all_reduce_gradients
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     params = [torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(2, 2))]
@@ -354,7 +359,7 @@ def test_restored_adam_moments_take_their_parameters_layout(tmp_path: Path) -> N
     """safetensors returns contiguous tensors; the fused Adam walks parameter, gradient and moments in memory order,
     so NCHW moments of a channels-last weight mixed up elements and a resumed run drifted from the uninterrupted
     one. Restored moments must have the parameter's strides, and the next step must equal the unsaved optimiser's."""
-    from synthmed.train.optim import adam
+    from synthmed.optim import adam
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 8, 4).to(memory_format=torch.channels_last)

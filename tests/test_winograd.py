@@ -6,10 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synthmed.nn import cpu_conv, winograd
-from synthmed.nn.cpu_conv import Conv2d, ConvTranspose2d, native_convolutions, winograd_tile, without_winograd
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
-from synthmed.nn.winograd import Conv2dWinograd, ConvTranspose2dWinograd
+from synthmed.ops import cpu_conv, winograd
+from synthmed.ops.cpu_conv import Conv2d, ConvTranspose2d, native_convolutions, winograd_tile, without_winograd
+from synthmed.ops.winograd import Conv2dWinograd, ConvTranspose2dWinograd
 
 CL = torch.channels_last
 

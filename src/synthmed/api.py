@@ -17,11 +17,13 @@ import numpy as np
 import torch
 
 from synthmed.data.dataset import DataInfo
+from synthmed.devices import select_device
 from synthmed.errors import ConfigError, SynthmedError
+from synthmed.ops import kernels
 from synthmed.recipes import GenerativeRecipe, Recipe, build_recipe
-from synthmed.train import checkpoint as ckpt
-from synthmed.train.config import DataConfig, RunConfig, TrainConfig, read_run_document
-from synthmed.train.trainer import TrainResult, fit, resolve_run_dir, resume, select_device
+from synthmed.training import checkpoint as ckpt
+from synthmed.training.config import DataConfig, RunConfig, TrainConfig, read_run_document
+from synthmed.training.trainer import TrainResult, fit, resolve_run_dir, resume
 
 _DATA_KEYS = {f for f in DataConfig.__dataclass_fields__ if f != "source"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -78,11 +80,13 @@ class TrainedModel:
         return self._generative().latent_dim
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` images (N, C, H, W) in [-1, 1] on the CPU."""
-        return self._generative().sample(n, seed=seed)
+        """``n`` images (N, C, H, W) in [-1, 1] on the CPU, with the run's ``cpu_kernels``."""
+        with kernels(self.config.train.cpu_kernels):
+            return self._generative().sample(n, seed=seed)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        return self._generative().generate(z).cpu()
+        with kernels(self.config.train.cpu_kernels):
+            return self._generative().generate(z).cpu()
 
     def save_samples(self, out: str | Path, n: int, seed: int = 0, fmt: str = "png") -> Path:
         """Write ``n`` samples into the new or empty folder ``out`` as PNG files or one ``samples.npz``."""
@@ -147,9 +151,13 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
         record, tensors = ckpt.load_latest_valid(json_path)
     recipe = build_recipe(config.recipe, config.recipe_options, info, config.train.ema_beta)
     ckpt.restore_networks(recipe.networks, tensors, source=json_path)
-    recipe.to(select_device(device))
+    # The trainer's memory format (Trainer._build): NHWC where the recipe prefers it (the fast CPU kernels of
+    # synthmed.ops.cpu_conv need channels-last weights), unless the run's config chose otherwise.
+    channels_last = config.train.channels_last
+    recipe.to(select_device(device),
+              channels_last=recipe.prefers_channels_last if channels_last is None else bool(channels_last))
     recipe.networks.eval()
-    if hasattr(recipe, "refresh_sampling_statistics"):
+    with kernels(config.train.cpu_kernels):
         recipe.refresh_sampling_statistics()
     return TrainedModel(run_dir, config, recipe, int(record["step"]))
 

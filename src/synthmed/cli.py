@@ -33,17 +33,25 @@ def _parse_option(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), yaml.safe_load(value)
 
 
-@app.command()
+_EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
+@app.command(context_settings=_EXTRA_ARGS)
 def train(
+    ctx: typer.Context,
     data: str = typer.Option(None, "--data", "-d", help="Data: a folder, an .npz, a DICOM/NIfTI file, "
-                             "medmnist:NAME, or omitted for the embedded BreastMNIST."),
+                             "medmnist:NAME, a CSV/parquet of records, or omitted for the embedded BreastMNIST."),
+    target: str = typer.Option(None, help="Paired: a folder of targets matched to --data by file name; unpaired "
+                               "(--data-kind unpaired): domain B."),
+    pair: str = typer.Option(None, help="Pairs from one source: image:mask (masks become targets) or A:B "
+                             "(channel groups of one array, e.g. t1:t1ce)."),
+    data_kind: str = typer.Option("auto", help="images, paired, unpaired, records or auto."),
     size: int = typer.Option(None, help="Resize images to SIZE x SIZE (centre-cropped to square first)."),
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
     split: str = typer.Option("train", help="Split to train on (train, val or all); the test split is refused."),
     folder_groups: str = typer.Option("auto", help="Image folders: sub-folders are 'class'es or 'patient's."),
-    recipe: str = typer.Option("unconditional", help="Recipe (task) to train."),
-    arch: str = typer.Option(None, help="Network family: dcgan or resnet."),
-    loss: str = typer.Option(None, help="Adversarial loss: bce, lsgan, wgan-gp or hinge."),
+    recipe: str = typer.Option("unconditional", help="Recipe (task) to train; --recipe NAME --help lists its "
+                               "options."),
     steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 3000]."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpoint saved)."),
     batch_size: int = typer.Option(None, help="Batch size per process [default: 64]."),
@@ -53,44 +61,43 @@ def train(
     resume: str = typer.Option(None, help="Continue this run (directory or name) from its last checkpoint."),
     device: str = typer.Option(None, help="auto, cpu, cuda, cuda:1 or mps [default: auto]."),
     precision: str = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
-    threads: int = typer.Option(None, "--threads", min=1,
+    cpu_kernels: str = typer.Option(None, help="CPU convolutions: auto (synthmed's where faster) or native "
+                                    "(PyTorch's) [default: auto]."),
+    threads: int = typer.Option(None, "--threads",  # >= 1, checked below for a one-line error
                                 help="CPU threads (torch.set_num_threads) [default: torch's, one per core]; "
                                      "1 is faster when other work shares the cores."),
-    sample_every: int = typer.Option(None, help="Write a sample grid every N steps [default: 250]."),
+    sample_every: int = typer.Option(None, help="Write a preview every N steps [default: 250]."),
     checkpoint_every: int = typer.Option(None, help="Write a checkpoint every N steps [default: 500]."),
-    ema_beta: float = typer.Option(None, help="EMA decay of the sampling generator; 0 disables [default: 0.999]."),
-    diffaugment: str = typer.Option(None, help="DiffAugment policy, e.g. translation,cutout,color."),
-    label_smoothing: float = typer.Option(None, help="One-sided label smoothing (real target 1 - s)."),
-    label_noise: float = typer.Option(None, help="Uniform noise on discriminator targets."),
-    label_flip: float = typer.Option(None, help="Probability of flipping a discriminator target."),
-    instance_noise: float = typer.Option(None, help="Instance noise std, annealed to 0."),
-    ttur: bool = typer.Option(None, "--ttur/--no-ttur", help="Discriminator learning rate 4x the generator's."),
-    feature_matching: float = typer.Option(None, help="Weight of the feature-matching generator loss."),
-    minibatch_discrimination: bool = typer.Option(None, "--minibatch-discrimination/--no-minibatch-discrimination",
-                                                  help="Minibatch discrimination layer in D."),
+    ema_beta: float = typer.Option(None, help="EMA decay of the sampling networks; 0 disables [default: 0.999]."),
     eval_every: int = typer.Option(None, help="Score FID every N steps and keep checkpoints/best.*."),
     eval_features: str = typer.Option(None, help="Feature space of that FID: radiomics or inception."),
     eval_samples: int = typer.Option(None, help="Synthetic images per evaluation [default: 500]."),
-    option: list[str] = typer.Option(None, "--option", "-o", help="Any recipe option as KEY=VALUE (repeatable)."),
+    option: list[str] = typer.Option(None, "--option", "-o", help="Any recipe option as KEY=VALUE (repeatable); "
+                                     "recipe options may also be given as --key value."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Train a GAN and write a run directory (checkpoints, sample grids, losses, curves)."""
+    """Train a recipe (default: an unconditional GAN) and write a run directory (checkpoints, previews, losses).
+
+    Recipe options (e.g. --loss wgan-gp --diffaugment translation for the unconditional GAN) come from the
+    recipe's configuration: synthmed train --recipe NAME --help lists them with their defaults.
+    """
+    if threads is not None and threads < 1:
+        _fail(f"--threads must be at least 1 (got {threads})")
     from synthmed import api
-    from synthmed.train.trainer import TrainingInterrupted
+    from synthmed.training.trainer import TrainingInterrupted
 
     given = {k: v for k, v in {
-        "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes,
-        "batch_size": batch_size, "seed": seed, "device": device, "precision": precision, "num_threads": threads,
-        "sample_every": sample_every, "checkpoint_every": checkpoint_every, "ema_beta": ema_beta,
-        "arch": arch, "loss": loss, "diffaugment": diffaugment, "label_smoothing": label_smoothing,
-        "label_noise": label_noise, "label_flip": label_flip, "instance_noise": instance_noise, "ttur": ttur,
-        "feature_matching": feature_matching, "minibatch_discrimination": minibatch_discrimination,
-        "eval_every": eval_every, "eval_features": eval_features, "eval_samples": eval_samples,
+        "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes, "target": target,
+        "pair": pair, "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+        "num_threads": threads, "cpu_kernels": cpu_kernels, "sample_every": sample_every,
+        "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
+        "eval_features": eval_features, "eval_samples": eval_samples,
     }.items() if v is not None}
-    if split != "train":
-        given["split"] = split
-    if folder_groups != "auto":
-        given["folder_groups"] = folder_groups
+    for key, value, default in (("split", split, "train"), ("folder_groups", folder_groups, "auto"),
+                                ("kind", data_kind, "auto")):
+        if value != default:
+            given[key] = value
+    given.update(_recipe_flags(ctx.args))
     for text in option or []:
         key, value = _parse_option(text)
         given[key] = value
@@ -107,10 +114,56 @@ def train(
     except TrainingInterrupted as stop:
         print(f"synthmed: {stop}", file=sys.stderr)
         raise typer.Exit(130) from None
+    except KeyboardInterrupt:  # a second Ctrl-C: the trainer stopped where it was, a checkpoint half-written dropped
+        print("synthmed: aborted by a second Ctrl-C; nothing unfinished was kept; continue from the last complete "
+              "checkpoint with: synthmed train --resume RUN_DIR", file=sys.stderr)
+        raise typer.Exit(130) from None
     except SynthmedError as exc:
         _fail(str(exc))
     print(f"run: {result.run_dir}  steps: {result.steps}  stopped: {result.stopped_because}  "
           f"time: {result.wall_seconds:.0f} s")
+
+
+def _recipe_flags(args: list[str]) -> dict[str, Any]:
+    """Recipe options given as flags: ``--key value``, ``--key=value``, ``--flag`` / ``--no-flag`` (booleans).
+
+    The recipe's configuration checks names and types (one-line errors listing the valid options)."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        if not word.startswith("--") or len(word) == 2:
+            _fail(f"unexpected argument {word!r}; recipe options are --key value or -o key=value")
+        key, eq, value = word[2:].partition("=")
+        takes_value = bool(eq) or (i + 1 < len(args) and not args[i + 1].startswith("--"))
+        if eq:
+            found[key.replace("-", "_")] = yaml.safe_load(value)
+        elif takes_value:
+            found[key.replace("-", "_")] = yaml.safe_load(args[i + 1])
+            i += 1
+        elif key.startswith("no-"):
+            found[key[3:].replace("-", "_")] = False
+        else:
+            found[key.replace("-", "_")] = True
+        i += 1
+    return found
+
+
+def recipe_options_help(recipe_name: str) -> str:
+    """The options of a recipe (from its configuration dataclass): name, type, default, help."""
+    from rich.markup import escape  # the help is printed through rich: "[preset]" would read as markup
+
+    from synthmed.recipes import get_recipe
+    from synthmed.recipes.options import describe_options
+
+    cls = get_recipe(recipe_name)
+    lines = [f"Options of recipe {cls.name!r} (--key value, or -o key=value):", ""]
+    for option in describe_options(cls.Config):
+        lines.append(f"  --{option.flag:<26} {option.type_name} = {option.default_text}")
+        lines.append(f"      {option.help}")
+    return escape("\n".join(lines))
 
 
 @app.command()
@@ -196,10 +249,29 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: ob
     return f"synthmed: warning: {' '.join(str(message).split())}\n"
 
 
+def _recipe_named(argv: list[str]) -> str:
+    for i, word in enumerate(argv):
+        if word == "--recipe" and i + 1 < len(argv):
+            return argv[i + 1]
+        if word.startswith("--recipe="):
+            return word.split("=", 1)[1]
+    return "unconditional"
+
+
 def main() -> None:
     import warnings
 
     warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+    argv = sys.argv[1:]
+    if argv[:1] == ["train"] and ("--help" in argv or "-h" in argv):
+        # The recipe's own options, generated from its configuration dataclass, below the trainer's.
+        try:
+            text = recipe_options_help(_recipe_named(argv))
+        except SynthmedError as exc:
+            print(f"synthmed: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+        train_command = next(c for c in app.registered_commands if c.callback is train)
+        train_command.epilog = text
     app()
 
 

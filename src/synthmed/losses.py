@@ -2,14 +2,20 @@
 
 Conventions: ``*_logits`` are raw discriminator outputs (no sigmoid), shaped (N,) or (N, 1); every loss is a
 scalar mean over the batch, to be minimised. Weights (lambda, gamma) are applied by the caller.
+
+``ADVERSARIAL_LOSSES`` names the adversarial objectives (bce, lsgan, wgan-gp, hinge) with their papers' optimiser
+presets; adding one is one :func:`register_adversarial_loss` call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from synthmed.errors import ConfigError
 
 Target = float | torch.Tensor
 
@@ -157,3 +163,89 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     real_mean = real_features.detach().flatten(1).mean(0)
     fake_mean = fake_features.flatten(1).mean(0)
     return (real_mean - fake_mean).square().mean()
+
+
+# Adversarial losses by name: one registration per loss
+
+
+@dataclass(frozen=True)
+class OptimizerPreset:
+    """The paper's training settings that come with a loss (each may be overridden by a recipe option).
+
+    ``d_norm`` is the discriminator normalisation for network families that take a ``norm`` option;
+    ``spectral_norm`` puts spectral norm on every discriminator layer.
+    """
+
+    lr_g: float
+    lr_d: float
+    betas: tuple[float, float]
+    n_critic: int = 1
+    d_norm: str = "batch"
+    spectral_norm: bool = False
+
+
+@dataclass(frozen=True)
+class AdversarialLoss:
+    """An adversarial objective as the recipes use it.
+
+    Args:
+        name: The ``loss=`` option that selects it.
+        d_loss: ``d_loss(real_logits, fake_logits)``, or with ``targets`` ``d_loss(real_logits, fake_logits,
+            real_target, fake_target)``; a scalar to minimise.
+        g_loss: ``g_loss(fake_logits)``; a scalar to minimise.
+        preset: The optimiser and discriminator settings of its paper.
+        targets: The discriminator loss takes real/fake targets, so label smoothing, noise and flips apply.
+        critic: A Wasserstein critic: the recipe adds ``gp_weight`` x :func:`gradient_penalty`, which is per
+            sample, so the discriminator must not couple samples (no BatchNorm, no minibatch discrimination).
+    """
+
+    name: str
+    d_loss: Callable[..., torch.Tensor]
+    g_loss: Callable[[torch.Tensor], torch.Tensor]
+    preset: OptimizerPreset
+    targets: bool = False
+    critic: bool = False
+
+
+#: Every adversarial loss by name, in registration order.
+ADVERSARIAL_LOSSES: dict[str, AdversarialLoss] = {}
+
+
+def register_adversarial_loss(
+    name: str,
+    d_loss: Callable[..., torch.Tensor],
+    g_loss: Callable[[torch.Tensor], torch.Tensor],
+    preset: OptimizerPreset,
+    *,
+    targets: bool = False,
+    critic: bool = False,
+) -> AdversarialLoss:
+    """Make ``loss=name`` available to the recipes; returns the entry. ValueError if the name is taken."""
+    if name in ADVERSARIAL_LOSSES:
+        raise ValueError(f"adversarial loss {name!r} is already registered")
+    entry = AdversarialLoss(name, d_loss, g_loss, preset, targets=targets, critic=critic)
+    ADVERSARIAL_LOSSES[name] = entry
+    return entry
+
+
+def get_adversarial_loss(name: str) -> AdversarialLoss:
+    """The registered loss called ``name``; a one-line ConfigError listing the valid names otherwise."""
+    try:
+        return ADVERSARIAL_LOSSES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"unknown loss {name!r}; choose one of {', '.join(ADVERSARIAL_LOSSES)}") from None
+
+
+_DCGAN_ADAM = {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999)}  # Radford et al. 2016
+
+# Goodfellow et al. 2014 with the non-saturating generator loss; DCGAN settings, BatchNorm in D.
+register_adversarial_loss("bce", d_loss_bce, g_loss_nonsaturating, OptimizerPreset(**_DCGAN_ADAM), targets=True)
+# Mao et al. 2017; DCGAN settings.
+register_adversarial_loss("lsgan", d_loss_least_squares, g_loss_least_squares, OptimizerPreset(**_DCGAN_ADAM),
+                          targets=True)
+# Gulrajani et al. 2017, Algorithm 1: n_critic 5, Adam 1e-4 (0, 0.9), a critic without BatchNorm.
+register_adversarial_loss("wgan-gp", d_loss_wasserstein, g_loss_wasserstein,
+                          OptimizerPreset(1e-4, 1e-4, (0.0, 0.9), n_critic=5, d_norm="layer"), critic=True)
+# Miyato et al. 2018: spectral norm on every D layer; SAGAN's TTUR rates 1e-4 / 4e-4 and betas (0, 0.9).
+register_adversarial_loss("hinge", d_loss_hinge, g_loss_hinge,
+                          OptimizerPreset(1e-4, 4e-4, (0.0, 0.9), d_norm="none", spectral_norm=True))

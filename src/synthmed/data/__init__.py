@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from synthmed.data import medmnist
 from synthmed.data._core import assemble
@@ -20,14 +21,20 @@ from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, re
 from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_image_folder
 from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
 from synthmed.data.npz import read_npz
+from synthmed.data.sets import DataSpec, TensorSet, TrainingSet, UnpairedSet
 from synthmed.data.splits import patient_split, random_split, stratified_split
 from synthmed.data.transforms import pad_to, to_uint8
 from synthmed.errors import ConfigError, DataError
 
 __all__ = [
     "DataInfo",
+    "DataSpec",
     "ImageDataset",
+    "TensorSet",
+    "TrainingSet",
+    "UnpairedSet",
     "load_dataset",
+    "load_training_set",
     "load_dicom",
     "load_nifti",
     "pad_to",
@@ -174,3 +181,53 @@ def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str 
         split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
         raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, **split_args)
     return assemble(raw, size=size, **common)
+
+
+RECORD_SUFFIXES = (".csv", ".parquet", ".csv.gz")
+
+
+def load_training_set(
+    source: str | Path | None = None,
+    *,
+    kind: str = "auto",
+    target: str | Path | None = None,
+    pair: str | None = None,
+    **options: Any,
+) -> TrainingSet:
+    """Any training data as a set of named tensors (:mod:`synthmed.data.sets`), by ``kind``:
+
+    * ``images``: :func:`load_dataset` (``options`` are its keyword arguments);
+    * ``paired``: ``image`` -> ``target`` from ``source`` and a ``target`` folder matched by file name, or from
+      one source with ``pair="image:mask"`` (its masks become targets) or ``pair="A:B"`` (channel groups of one
+      array, by name or index: ``pair="t1:t1ce"``);
+    * ``unpaired``: domain A from ``source`` and domain B from ``target`` (or ``pair="A:B"`` channel groups
+      taken from disjoint patients), sampled independently;
+    * ``records``: a CSV or parquet matrix of binary or count codes (:func:`synthmed.data.records.load_records`).
+
+    ``auto`` is ``records`` for CSV/parquet files, ``paired`` when ``target`` or ``pair`` is given, else
+    ``images``. Every kind is split by patient where patient ids exist.
+    """
+    if kind == "auto":
+        if source is not None and str(source).lower().endswith(RECORD_SUFFIXES):
+            kind = "records"
+        else:
+            kind = "paired" if (target is not None or pair is not None) else "images"
+    if kind == "images":
+        if target is not None or pair is not None:
+            raise ConfigError("--target and --pair give paired or unpaired data, not images")
+        return load_dataset(source, **options)
+    if kind == "paired":
+        from synthmed.data.paired import load_paired
+
+        return load_paired(source, target=target, pair=pair, **options)
+    if kind == "unpaired":
+        from synthmed.data.paired import load_unpaired
+
+        return load_unpaired(source, target=target, pair=pair, **options)
+    if kind == "records":
+        from synthmed.data.records import load_records
+
+        if target is not None or pair is not None:
+            raise ConfigError("records are one CSV or parquet file: --target and --pair do not apply")
+        return load_records(source, **options)
+    raise ConfigError(f"unknown data kind {kind!r}; kinds: auto, images, paired, unpaired, records")

@@ -19,6 +19,7 @@ import torch
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.splits import SPLITS, patient_split, stratified_split
 from synthmed.data.transforms import (
+    CHUNK,
     center_crop_square,
     parse_channels,
     preprocess_images,
@@ -157,6 +158,57 @@ def _take(raw: RawData, idx: np.ndarray) -> np.ndarray | None:
     return rows
 
 
+def first_non_finite(images: np.ndarray | list[np.ndarray]) -> int | None:
+    """Index (along the first axis, or in the list) of the first image holding NaN or infinity; ``None`` when
+    every value is finite. Integer and bool images are finite by type and not read; float arrays are checked
+    :data:`~synthmed.data.transforms.CHUNK` images at a time, one vectorised ``isfinite`` each."""
+    if isinstance(images, list):
+        return next((i for i, img in enumerate(images) if img.dtype.kind in "fc" and not np.isfinite(img).all()),
+                    None)
+    if images.dtype.kind not in "fc":
+        return None
+    for start in range(0, images.shape[0], CHUNK):
+        chunk = images[start : start + CHUNK]
+        finite = np.isfinite(chunk).reshape(chunk.shape[0], -1).all(axis=1)
+        if not finite.all():
+            return start + int(np.argmin(finite))
+    return None
+
+
+def non_finite_problem(what: str, image: np.ndarray) -> str:
+    """The message for an image with non-finite pixels: what it is (``"image 3"``) and what it holds."""
+    nan, inf = bool(np.isnan(image).any()), bool(np.isinf(image).any())
+    kind = "NaN and infinite" if nan and inf else "NaN" if nan else "infinite"
+    return (f"{what} has {kind} pixel values, which cannot be scaled to [-1, 1] or trained on; "
+            "repair them (e.g. numpy.nan_to_num) or drop that image")
+
+
+def refuse_non_finite(images: np.ndarray, path: str | Path, what: str = "image") -> None:
+    """Raise a :class:`DataError` naming ``path`` and ``what`` with the index of the first image (along the first
+    axis) holding NaN or infinity. Readers call this on values they pool into one range (a volume's
+    percentiles, a series' min..max), before a single NaN spreads to every image of the pool."""
+    index = first_non_finite(images)
+    if index is not None:
+        raise DataError(path, non_finite_problem(f"{what} {index}", images[index]))
+
+
+def _refuse_non_finite_raw(raw: RawData) -> None:
+    """Refuse ``raw`` when any image (every row, before split selection) holds NaN or infinity, naming the file
+    and the image as the reader's ``meta`` records it."""
+    index = first_non_finite(raw.images)
+    if index is None:
+        return
+    meta = raw.meta[index] if raw.meta else {}
+    path = meta.get("path", raw.source)
+    if "slice" in meta or "frame" in meta:
+        what = f"slice {meta['slice']}" if "slice" in meta else f"frame {meta['frame']}"
+    elif "path" in meta:
+        what = "the image"  # one image per file (image folders)
+    else:
+        what = f"image {meta.get('index', index)}" + (f" of split '{meta['split']}'" if "split" in meta else "")
+    raise DataError(path, non_finite_problem(what, raw.images[index]))
+
+
 def common_side(shapes: list[tuple[int, int]]) -> int:
     """Square side for images of different sizes when no ``size`` is given: the most common cropped side
     (ties -> the smaller, so nothing is upsampled needlessly)."""
@@ -184,9 +236,13 @@ def assemble(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
 ) -> ImageDataset:
-    """Select split and channels, normalise, crop to square, resize; build the :class:`ImageDataset`."""
+    """Select split and channels, normalise, crop to square, resize; build the :class:`ImageDataset`.
+
+    Images holding NaN or infinity are refused first (any row, any split), naming the file and the image.
+    """
     if len(raw) == 0:
         raise DataError(raw.source, "contains no images")
+    _refuse_non_finite_raw(raw)  # every row, so the index is the file's and no split ever sees a NaN
     if size is not None:
         if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 1:
             raise ConfigError(f"size must be a positive integer, got {size!r}")

@@ -9,17 +9,27 @@ scalar), ``mask`` (1, H, W) float32 in {0, 1}, ``target`` (C', H, W) for paired 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+if TYPE_CHECKING:
+    from synthmed.data.sets import BatchStream, DataSpec
 
 @dataclass(frozen=True)
 class DataInfo:
-    """What a model needs to know about its data; stored in every run's config and checkpoint."""
+    """What a model needs to know about its data; stored in every run's config and checkpoint.
+
+    ``kind`` says what a batch holds (:data:`synthmed.data.sets.KINDS`): ``images``; ``paired`` (``image`` ->
+    ``target`` of ``target_channels`` channels named ``target_names``; ``target_is_mask``: the target is a
+    {0, 1} mask, not an image in [-1, 1]); ``unpaired`` (the same, with ``sizes`` = (domain A, domain B));
+    ``records`` (``channels`` = the record width D, ``height`` = ``width`` = 1, ``columns`` = the vocabulary).
+    ``target_source`` is the target folder or file when it is not ``source``. Configs written before these
+    fields existed read back with their defaults (kind ``images``).
+    """
 
     source: str
     channels: int
@@ -30,6 +40,13 @@ class DataInfo:
     split: str = "all"
     channel_names: tuple[str, ...] = ()
     attribution: str = ""
+    kind: str = "images"
+    target_channels: int = 0
+    target_names: tuple[str, ...] = ()
+    target_is_mask: bool = False
+    target_source: str = ""
+    columns: tuple[str, ...] = ()
+    sizes: tuple[int, ...] = ()
 
     @property
     def image_size(self) -> int:
@@ -38,16 +55,20 @@ class DataInfo:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["class_names"] = list(self.class_names)
-        data["channel_names"] = list(self.channel_names)
+        for name in _TUPLE_FIELDS:  # lists, so JSON / YAML configs hold plain arrays
+            data[name] = list(getattr(self, name))
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataInfo:
         data = dict(data)
-        data["class_names"] = tuple(data.get("class_names", ()))
-        data["channel_names"] = tuple(data.get("channel_names", ()))
+        for name in _TUPLE_FIELDS:
+            if name in data:
+                data[name] = tuple(int(v) for v in data[name]) if name == "sizes" else tuple(data[name])
         return cls(**data)
+
+
+_TUPLE_FIELDS = ("class_names", "channel_names", "target_names", "columns", "sizes")
 
 
 @dataclass
@@ -92,16 +113,37 @@ class ImageDataset(torch.utils.data.Dataset):
         sample["meta"] = meta
         return sample
 
+    @property
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The named tensors of a batch: ``image`` and, where present, ``label``, ``mask``, ``target``."""
+        named = {"image": self.images, "label": self.labels, "mask": self.masks, "target": self.targets}
+        return {k: v for k, v in named.items() if v is not None}
+
+    def spec(self) -> DataSpec:
+        """Images (kind ``images``), or paired data when a source filled ``target``."""
+        from synthmed.data.sets import DataSpec
+
+        channels = {k: (int(v.shape[1]) if v.dim() >= 2 else None) for k, v in self.tensors.items()}
+        return DataSpec("paired" if self.targets is not None else "images", channels)
+
     def batch(self, indices: torch.Tensor) -> dict[str, torch.Tensor]:
         """A training batch as one gather per tensor (no per-sample Python work, no ``meta``)."""
-        out = {"image": self.images.index_select(0, indices)}
-        if self.labels is not None:
-            out["label"] = self.labels.index_select(0, indices)
-        if self.masks is not None:
-            out["mask"] = self.masks.index_select(0, indices)
-        if self.targets is not None:
-            out["target"] = self.targets.index_select(0, indices)
-        return out
+        return {k: v.index_select(0, indices) for k, v in self.tensors.items()}
+
+    def batches(self, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> BatchStream:
+        """Endless training batches, epoch by epoch, with a resumable state."""
+        from synthmed.data.sets import SampledBatches
+
+        return SampledBatches(self.batch, len(self), self.images.device, batch_size, seed, rank, world_size)
+
+    def map_tensors(self, fn: Callable[[str, torch.Tensor], torch.Tensor]) -> ImageDataset:
+        """The same set with ``fn(name, tensor)`` applied to each named tensor (device moves, memory layout)."""
+
+        def apply(name: str, t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else fn(name, t)
+
+        return replace(self, images=fn("image", self.images), labels=apply("label", self.labels),
+                       masks=apply("mask", self.masks), targets=apply("target", self.targets))
 
     def subset(
         self, indices: Sequence[int] | np.ndarray | torch.Tensor, split: str | None = None
@@ -120,13 +162,4 @@ class ImageDataset(torch.utils.data.Dataset):
     def to(self, device: torch.device | str) -> ImageDataset:
         """Move the tensors (e.g. to the GPU once, so batches never cross the bus)."""
 
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device)
-
-        return replace(
-            self,
-            images=self.images.to(device),
-            labels=move(self.labels),
-            masks=move(self.masks),
-            targets=move(self.targets),
-        )
+        return self.map_tensors(lambda _, t: t.to(device))

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data._core import RawData, assemble
+from synthmed.data._core import RawData, assemble, refuse_non_finite
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.transforms import fit_square, normalize
 from synthmed.errors import ConfigError, DataError
@@ -131,6 +131,7 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> tuple[np
         stored = pixels.astype(np.float64) * float(getattr(ds, "RescaleSlope", 1) or 1) + float(
             getattr(ds, "RescaleIntercept", 0) or 0
         )
+        refuse_non_finite(stored, path, "frame")  # before one NaN turns the whole series' range NaN
         if window is not None:
             return voi_window(stored, *window), None
         file_window = _file_window(ds)

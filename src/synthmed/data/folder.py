@@ -32,10 +32,14 @@ Layout rules (in this order):
   data set must have one channel count.
 * Every image is centre-cropped to a square and resized to ``size`` (default: the most common side) as it
   is read, so large folders never sit in memory at full resolution.
+* **Size limit.** An image above PIL's ``Image.MAX_IMAGE_PIXELS`` (its decompression-bomb guard, about 89 M
+  pixels) is refused, with its size, from its header: it would be decoded whole into memory (PIL itself only
+  warns up to twice that). Downscale or tile whole-slide images first.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -77,16 +81,65 @@ def _mask_stem(stem: str) -> str | None:
     return next((stem[: -len(s)] for s in MASK_SUFFIXES if low.endswith(s) and len(stem) > len(s)), None)
 
 
+def _too_large(path: Path, size: tuple[int, int] | None, exc: Exception | None = None) -> DataError:
+    """The error for an image above PIL's pixel limit (``Image.MAX_IMAGE_PIXELS``, its decompression-bomb
+    guard), which is kept: such an image (e.g. a whole-slide scan) would be decoded whole into memory."""
+    if size is not None:
+        found = f"{size[0]}x{size[1]} px ({size[0] * size[1]:,} pixels)"
+    else:  # PIL refused to return the image; its message still has the pixel count
+        count = re.search(r"\((\d+) pixels\)", str(exc))
+        found = f"{int(count.group(1)):,} pixels" if count else "too large"
+    return DataError(
+        path,
+        f"image is {found}, above the limit of {Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS, "
+        "a guard against decompression bombs); downscale or tile it first, or raise that limit if you trust "
+        "the file",
+    )
+
+
+def _header_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the header of an image that ``Image.open`` refuses (above 2x the pixel limit):
+    the format plugins read headers without PIL's size check, which ``Image.open`` applies afterwards."""
+    try:
+        Image.init()
+        with open(path, "rb") as fp:
+            prefix = fp.read(16)
+            for name in Image.ID:
+                factory, accept = Image.OPEN[name]
+                result = not accept or accept(prefix)
+                if not result or isinstance(result, str):
+                    continue
+                fp.seek(0)
+                try:
+                    return tuple(factory(fp, str(path)).size)  # type: ignore[return-value]
+                except Exception:  # not this format: try the next one, as Image.open does
+                    fp.seek(0)
+    except Exception:  # only for the message: the pixel count from PIL's error is used instead
+        pass
+    return None
+
+
 def _open(path: Path) -> Image.Image:
     kind = IMAGE_FORMATS.get(path.suffix.lower(), "image")
     if path.stat().st_size == 0:
         raise DataError(path, f"not a valid {kind} image (empty file, 0 bytes)")
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            # Refused below, with the image's size, at the limit itself (PIL only warns up to 2x the limit).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, _header_size(path), exc) from exc
     except UnidentifiedImageError as exc:
         raise DataError(path, f"not a valid {kind} image (cannot identify image file)") from exc
     except OSError as exc:
         raise DataError(path, f"cannot read {kind} image ({' '.join(str(exc).split())})") from exc
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit is not None and img.width * img.height > limit:
+        size = img.size
+        img.close()
+        raise _too_large(path, size)
+    return img
 
 
 def _is_grey(img: Image.Image) -> bool:
@@ -133,6 +186,8 @@ def _pixels(path: Path, grey: bool, range16: tuple[float, float] = (0.0, 65535.0
                 out = out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:  # a frame or layer larger than the header said (GIF, ICO)
+        raise _too_large(path, None, exc) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt payloads surface on load()
         raise DataError(path, f"corrupt or truncated image ({' '.join(str(exc).split())})") from exc
     if grey and out.shape[0] == 3:
@@ -162,6 +217,8 @@ def _mask_pixels(path: Path) -> np.ndarray:
                 array = np.asarray(img.convert("L"))
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:  # a frame or layer larger than the header said (GIF, ICO)
+        raise _too_large(path, None, exc) from exc
     except (OSError, ValueError, SyntaxError) as exc:
         raise DataError(path, f"corrupt or truncated mask image ({' '.join(str(exc).split())})") from exc
     if array.dtype.byteorder == (">" if np.little_endian else "<"):
@@ -208,6 +265,8 @@ def _sixteen_bit_range(root: Path, paths: list[Path]) -> tuple[float, float]:
         with _open(path) as img:
             try:
                 array = np.asarray(img)
+            except Image.DecompressionBombError as exc:
+                raise _too_large(path, None, exc) from exc
             except (OSError, ValueError, SyntaxError) as exc:
                 raise DataError(path, f"corrupt or truncated image ({' '.join(str(exc).split())})") from exc
         if array.size and array.min() >= 0 and array.max() <= 65535:  # "I" files beyond 16 bit: own range
@@ -250,6 +309,20 @@ def _group_mode(root: Path, folder_groups: str, groups: Counter, images: list[_E
             stacklevel=4,
         )
     return "class"
+
+
+def _scan_headers(images: list[_Entry]) -> tuple[list[tuple[int, int]], int, list[Path]]:
+    """Header-only scan of every file (cheap): finds corrupt and oversized files up front, and gives what fixes
+    one channel count and one size for all splits alike: (height, width) per image, the number of grey images,
+    and the 16-bit grey files."""
+    shapes, grey_votes, sixteen = [], 0, []
+    for entry in images:
+        with _open(entry.path) as img:
+            shapes.append((img.height, img.width))
+            grey_votes += _is_grey(img)
+            if _is_16bit(img):
+                sixteen.append(entry.path)
+    return shapes, grey_votes, sixteen
 
 
 def read_image_folder(
@@ -308,15 +381,7 @@ def read_image_folder(
     labels = np.asarray([class_names.index(e.group) for e in images], dtype=np.int64) if use_labels else None
     patients = np.asarray([e.group or e.path.stem for e in images], dtype=str) if mode == "patient" else None
 
-    # Header-only scan of every file (cheap): finds corrupt files up front, and fixes one channel count and
-    # one size for all splits alike.
-    shapes, grey_votes, sixteen = [], 0, []
-    for entry in images:
-        with _open(entry.path) as img:
-            shapes.append((img.height, img.width))
-            grey_votes += _is_grey(img)
-            if _is_16bit(img):
-                sixteen.append(entry.path)
+    shapes, grey_votes, sixteen = _scan_headers(images)
     grey = grey_votes > len(images) - grey_votes
     if 0 < grey_votes < len(images):
         target = "grey" if grey else "RGB"

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.data._core import RawData, assemble
+from synthmed.data._core import RawData, assemble, refuse_non_finite
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.transforms import fit_square, normalize, parse_channels
 from synthmed.errors import ConfigError, DataError
@@ -161,11 +161,12 @@ def read_nifti(
             raise DataError(path, "has a different number of volumes than the other files")
         volume_count = len(picked)
         raw = data[..., picked]
+        spatial = axis % 3
+        refuse_non_finite(np.moveaxis(raw, spatial, 0), path, "slice")  # before the volume's percentiles
         scaled = np.empty_like(raw)
         for c in range(raw.shape[-1]):
             lo, hi = np.percentile(raw[..., c], percentiles)
             scaled[..., c] = normalize(raw[..., c], (float(lo), float(hi) if hi > lo else float(lo) + 1.0))
-        spatial = axis % 3
         for k in range(raw.shape[spatial]):
             if skip_empty and not np.any(np.take(raw, k, axis=spatial)):
                 continue

@@ -180,7 +180,7 @@ def _build_extractor(name: str, train: ImageSet | None, real: ImageSet, out: Pat
 
 def _run_data(run: Path) -> tuple[str, str, int]:
     """The data source, training split and split seed a run was trained on (from its ``config.yaml``)."""
-    from synthmed.train.config import read_run_config
+    from synthmed.training.config import read_run_config
 
     config = read_run_config(run / "config.yaml")
     return config.data.source or "breastmnist", config.data.split, config.data.split_seed
@@ -216,39 +216,14 @@ def evaluate(
     or empty folder, filled all at once: a failure leaves nothing behind), and records the results in the run's
     ``metrics.json`` when ``fake`` is a run.
     """
-    from synthmed.metrics.features import EXTRACTORS
-    from synthmed.train.trainer import select_device
+    from synthmed.devices import select_device
 
-    names = [f.strip().lower() for f in features if f.strip()]
-    if not names:
-        raise ConfigError("give at least one feature extractor (--features domain,radiomics,inception)")
-    unknown = [n for n in names if n not in EXTRACTORS]
-    if unknown:
-        raise ConfigError(f"unknown feature extractor(s) {', '.join(unknown)}; choose from {', '.join(EXTRACTORS)}")
-    if bootstrap == 1 or bootstrap < 0:
-        raise ConfigError(f"--bootstrap must be 0 (no interval) or at least 2 (got {bootstrap})")
-    if kid_subsets < 1 or diversity_pairs < 1:
-        raise ConfigError("kid_subsets and diversity_pairs must be at least 1")
+    names = _check_arguments(features, bootstrap, kid_subsets, diversity_pairs)
     torch_device = select_device(device)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SynthmedError(f"{out_dir}: output folder exists and is not empty")
-
-    if _is_run_like(fake):
-        source, run_split, _ = _run_data(Path(fake))  # type: ignore[arg-type]
-        if train is None:
-            train, train_split = source, run_split
-        if real is None:
-            real = source
-    if real is None:
-        raise ConfigError("give the held-out real images (--real), or a run directory as --fake")
-    same_source = (train is not None and not isinstance(real, torch.Tensor) and not isinstance(train, torch.Tensor)
-                   and str(real) == str(train))
-    if real_split == "auto":
-        real_split = "test" if same_source else default_real_split(real)
-    if same_source and (real_split == train_split or "all" in (real_split, train_split)):
-        raise ConfigError(f"--real and --train are both {real}: their splits ({real_split}, {train_split}) overlap; "
-                          "use --real-split test")
+    real, train, real_split, train_split = _resolve_sources(real, fake, train, real_split, train_split)
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -263,17 +238,73 @@ def evaluate(
     _check_sets(real_set, fake_set, train_set)
     timings["load"] = time.perf_counter() - started
 
+    def compute(staging: Path | None) -> EvaluationResult:
+        result = _evaluate_sets(real_set, fake_set, train_set, names, staging, domain_model, inception_weights,
+                                str(torch_device), progress, bootstrap, kid_subsets, diversity_pairs, seed, timings)
+        timings["total"] = time.perf_counter() - started
+        result.seconds = {k: round(v, 3) for k, v in timings.items()}
+        if staging is not None:
+            _write_outputs(result, staging, real_set, fake_set)
+        return result
+
+    result = _staged(out_dir, compute)
+    for message in result.warnings:
+        warnings.warn(message, stacklevel=2)
+    if not isinstance(fake, torch.Tensor) and _is_run(fake):
+        _record_in_run(Path(fake), result)
+    return result
+
+
+def _check_arguments(features: tuple[str, ...] | list[str], bootstrap: int, kid_subsets: int,
+                     diversity_pairs: int) -> list[str]:
+    """The feature extractors' names, after refusing arguments no evaluation can run with."""
+    from synthmed.metrics.features import EXTRACTORS
+
+    names = [f.strip().lower() for f in features if f.strip()]
+    if not names:
+        raise ConfigError("give at least one feature extractor (--features domain,radiomics,inception)")
+    unknown = [n for n in names if n not in EXTRACTORS]
+    if unknown:
+        raise ConfigError(f"unknown feature extractor(s) {', '.join(unknown)}; choose from {', '.join(EXTRACTORS)}")
+    if bootstrap == 1 or bootstrap < 0:
+        raise ConfigError(f"--bootstrap must be 0 (no interval) or at least 2 (got {bootstrap})")
+    if kid_subsets < 1 or diversity_pairs < 1:
+        raise ConfigError("kid_subsets and diversity_pairs must be at least 1")
+    return names
+
+
+def _resolve_sources(real: Any, fake: Any, train: Any, real_split: str, train_split: str
+                     ) -> tuple[Any, Any, str, str]:
+    """A run as ``fake`` brings its training data (``train``) and that source's test split (``real``); the real
+    reference must never overlap the training images."""
+    if _is_run_like(fake):
+        source, run_split, _ = _run_data(Path(fake))
+        if train is None:
+            train, train_split = source, run_split
+        if real is None:
+            real = source
+    if real is None:
+        raise ConfigError("give the held-out real images (--real), or a run directory as --fake")
+    same_source = (train is not None and not isinstance(real, torch.Tensor) and not isinstance(train, torch.Tensor)
+                   and str(real) == str(train))
+    if real_split == "auto":
+        real_split = "test" if same_source else default_real_split(real)
+    if same_source and (real_split == train_split or "all" in (real_split, train_split)):
+        raise ConfigError(f"--real and --train are both {real}: their splits ({real_split}, {train_split}) overlap; "
+                          "use --real-split test")
+    return real, train, real_split, train_split
+
+
+def _staged(out_dir: Path | None, compute: Any) -> EvaluationResult:
+    """Run ``compute(staging)`` writing into a temporary sibling of ``out_dir``, renamed into place only when
+    everything succeeded: a failure leaves nothing behind."""
     staging = None
     if out_dir is not None:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        result = _evaluate_sets(real_set, fake_set, train_set, names, staging, domain_model, inception_weights,
-                                str(torch_device), progress, bootstrap, kid_subsets, diversity_pairs, seed, timings)
-        timings["total"] = time.perf_counter() - started
-        result.seconds = {k: round(v, 3) for k, v in timings.items()}
+        result = compute(staging)
         if staging is not None and out_dir is not None:
-            _write_outputs(result, staging, real_set, fake_set)
             if out_dir.exists():
                 out_dir.rmdir()
             staging.rename(out_dir)
@@ -284,10 +315,6 @@ def evaluate(
     finally:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
-    for message in result.warnings:
-        warnings.warn(message, stacklevel=2)
-    if not isinstance(fake, torch.Tensor) and _is_run(fake):
-        _record_in_run(Path(fake), result)
     return result
 
 

@@ -221,6 +221,17 @@ def prdc(real: ArrayLike, fake: ArrayLike, k: int = 5, chunk: int = 2048) -> dic
     * coverage = share of reals whose nearest fake lies inside the real's ball.
 
     Distances are computed in chunks of ``chunk`` rows (never the full n x n matrix) and compared squared.
+
+    Ties: a sample's k-th neighbour lies exactly on the edge of its ball, so wherever fakes coincide with reals
+    (identical sets, copied samples) the strict inequalities decide exact ties. The radii (real-vs-real products)
+    and the comparisons (fake-vs-real products) are different float64 computations of the same distances (GEMM
+    and the norm additions are not bitwise symmetric) and disagree by ~1e-15 relative, so such ties would fall
+    either way at random (density 1.05 instead of 1 for identical sets). A point therefore counts as inside a
+    ball only when its squared distance is below the squared radius by more than a bound on the rounding error
+    of both: ``||a||^2 + ||b||^2 - 2 a.b`` over D terms is off by at most ~(D + 2) eps (||a||^2 + ||b||^2). Exact
+    ties then resolve as the strict inequality says (outside); only distances equal to within rounding error
+    (~1e-12 relative for D = 2048) are affected. The features are first centred on the real mean (distances are
+    translation invariant) to keep the norms, and so the bound, small.
     """
     x = as_float64_tensor(real, "real")
     y = as_float64_tensor(fake, "fake")
@@ -228,19 +239,28 @@ def prdc(real: ArrayLike, fake: ArrayLike, k: int = 5, chunk: int = 2048) -> dic
         raise ValueError(f"real features have dimension {x.shape[1]} but fake features have {y.shape[1]}")
     if not 1 <= k < min(x.shape[0], y.shape[0]):
         raise ValueError(f"k={k} must be >= 1 and smaller than both set sizes ({x.shape[0]}, {y.shape[0]})")
+    centre = x.mean(0, keepdim=True)
+    x, y = x - centre, y - centre
     real_r2 = kth_neighbour_sq_distance(x, k, chunk)
     fake_r2 = kth_neighbour_sq_distance(y, k, chunk)
+    x_sq, y_sq = x.square().sum(1), y.square().sum(1)
+    # err(d2(a, b)) <= gamma (|a|^2 + |b|^2); a comparison of d2(x_i, y_j) with a radius d2(x_i, x_m) (or
+    # d2(y_j, y_m)) is off by at most gamma (2 |x_i|^2 + |y_j|^2 + |x_m|^2) <= 2 gamma (|x_i|^2 + |y_j|^2 + max).
+    gamma = (x.shape[1] + 2) * torch.finfo(torch.float64).eps
+    largest = float(torch.cat([x_sq, y_sq]).max())
     in_real_balls = torch.empty(y.shape[0], dtype=torch.long)  # per fake: number of real balls containing it
     recalled = torch.zeros(x.shape[0], dtype=torch.bool)  # per real: inside some fake ball
-    nearest_fake = torch.full((x.shape[0],), float("inf"), dtype=torch.float64)  # per real: min squared distance
+    covered = torch.zeros(x.shape[0], dtype=torch.bool)  # per real: some (so the nearest) fake inside its ball
     for start, d2 in sq_distance_chunks(y, x, chunk):  # d2: (fake chunk, n_real)
         stop = start + d2.shape[0]
-        in_real_balls[start:stop] = (d2 < real_r2.unsqueeze(0)).sum(1)
+        d2 += 2 * gamma * (y_sq[start:stop].unsqueeze(1) + x_sq.unsqueeze(0) + largest)  # d2 + tolerance
+        inside_real = d2 < real_r2.unsqueeze(0)  # (fake j, real i): fake j inside real ball i
+        in_real_balls[start:stop] = inside_real.sum(1)
+        covered |= inside_real.any(0)
         recalled |= (d2 < fake_r2[start:stop].unsqueeze(1)).any(0)
-        torch.minimum(nearest_fake, d2.min(0).values, out=nearest_fake)
     return {
         "precision": float((in_real_balls > 0).double().mean()),
         "recall": float(recalled.double().mean()),
         "density": float(in_real_balls.double().mean() / k),
-        "coverage": float((nearest_fake < real_r2).double().mean()),
+        "coverage": float(covered.double().mean()),
     }

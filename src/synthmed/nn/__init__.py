@@ -5,25 +5,33 @@ from synthmed.nn.init import init_dcgan_weights
 from synthmed.nn.minibatch import MinibatchDiscrimination
 from synthmed.nn.registry import (
     DISCRIMINATORS,
+    FAMILIES,
     GENERATORS,
+    NetworkFamily,
     build_discriminator,
     build_generator,
     count_parameters,
+    get_family,
+    register_family,
 )
 from synthmed.nn.resnet import DiscriminatorBlock, GeneratorBlock, ResNetDiscriminator, ResNetGenerator
 
 __all__ = [
     "DISCRIMINATORS",
+    "FAMILIES",
     "GENERATORS",
     "DCGANDiscriminator",
     "DCGANGenerator",
     "DiscriminatorBlock",
     "GeneratorBlock",
     "MinibatchDiscrimination",
+    "NetworkFamily",
     "ResNetDiscriminator",
     "ResNetGenerator",
     "build_discriminator",
     "build_generator",
     "count_parameters",
+    "get_family",
     "init_dcgan_weights",
+    "register_family",
 ]

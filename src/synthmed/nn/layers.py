@@ -7,7 +7,7 @@ import math
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
-from synthmed.nn import cpu_conv
+from synthmed.ops import cpu_conv
 
 NORMS = ("batch", "instance", "layer", "none")
 
@@ -19,7 +19,7 @@ def _check_dims(spatial_dims: int) -> int:
 
 
 def conv_cls(spatial_dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
-    """``nn.Conv2d`` (its CPU-lowering subclass, :mod:`synthmed.nn.cpu_conv`) or ``nn.Conv3d``."""
+    """``nn.Conv2d`` (its CPU-lowering subclass, :mod:`synthmed.ops.cpu_conv`) or ``nn.Conv3d``."""
     return cpu_conv.Conv2d if _check_dims(spatial_dims) == 2 else nn.Conv3d
 
 

@@ -9,12 +9,14 @@ from synthmed.recipes.base import (
     RECIPES,
     GenerativeRecipe,
     Phase,
+    Preview,
     Recipe,
     config_to_dict,
     get_recipe,
     make_config,
     register_recipe,
 )
+from synthmed.recipes.step import StepContext, frozen
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
 
 
@@ -30,11 +32,14 @@ __all__ = [
     "RECIPES",
     "GenerativeRecipe",
     "Phase",
+    "Preview",
     "Recipe",
+    "StepContext",
     "UnconditionalConfig",
     "UnconditionalGAN",
     "build_recipe",
     "config_to_dict",
+    "frozen",
     "get_recipe",
     "make_config",
     "register_recipe",

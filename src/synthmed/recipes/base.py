@@ -1,31 +1,29 @@
 """The recipe interface: which networks, which losses, and what one training step does.
 
-The trainer (``synthmed.train``) owns everything that is the same for every GAN: device, mixed precision,
+The trainer (``synthmed.training``) owns everything that is the same for every GAN: device, mixed precision,
 data-parallel gradient averaging, EMA, checkpoints, logging, budgets and signals. A recipe owns everything that
 differs: it builds its networks, its optimisers, and performs one training step through a
-:class:`~synthmed.train.context.StepContext`. Adding a GAN variant means adding or editing a recipe, never the
+:class:`~synthmed.recipes.step.StepContext`. Adding a GAN variant means adding or editing a recipe, never the
 trainer. See ``docs/architecture.md`` for how each planned recipe maps onto this interface.
 """
 
 from __future__ import annotations
 
-import contextlib
+import abc
 import copy
 import dataclasses
 import types
 import typing
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.data.dataset import DataInfo
+from synthmed.data.sets import DataSpec, TrainingSet
 from synthmed.errors import ConfigError
-
-if TYPE_CHECKING:
-    from synthmed.train.context import StepContext
+from synthmed.recipes.step import StepContext
 
 
 @dataclass(frozen=True)
@@ -39,21 +37,26 @@ class Phase:
     steps: int | None = None
 
 
-@contextlib.contextmanager
-def frozen(module: nn.Module) -> Iterator[None]:
-    """``module``'s parameters need no gradients inside the block (e.g. D in the generator step: its weight
-    gradients would be thrown away, a third of its backward pass); their previous flags come back after."""
-    flags = [p.requires_grad for p in module.parameters()]
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in zip(module.parameters(), flags, strict=True):
-            p.requires_grad_(flag)
+@dataclass
+class Preview:
+    """What a recipe's periodic preview shows; :mod:`synthmed.viz.preview` draws it.
+
+    One of: ``grid`` (N, C, H, W) images in [-1, 1]; ``columns``, named image batches shown side by side per
+    sample (input | output | target); ``frequencies``, named (D,) vectors of per-code frequencies (real vs
+    synthetic records) with ``names`` the codes.
+    """
+
+    grid: torch.Tensor | None = None
+    columns: dict[str, torch.Tensor] = field(default_factory=dict)
+    frequencies: dict[str, torch.Tensor] = field(default_factory=dict)
+    names: tuple[str, ...] = ()
 
 
-class Recipe:
-    """Base class of all recipes. Subclasses set ``name``, ``Config`` and implement the abstract methods."""
+class Recipe(abc.ABC):
+    """Base class of all recipes. Subclasses set ``name``, ``Config`` and implement the abstract methods.
+
+    Every hook the trainer or the API calls is declared here; those with a default may be left alone.
+    """
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = object
@@ -88,9 +91,16 @@ class Recipe:
             self.networks.to(memory_format=torch.channels_last)
         return self
 
+    @classmethod
+    def data_spec(cls, config: Any) -> DataSpec:
+        """The data this recipe trains on (kind, batch keys, channel counts), checked before a run starts.
+
+        Default: images with an ``image`` key of any channel count."""
+        return DataSpec("images", {"image": None})
+
+    @abc.abstractmethod
     def configure_optimizers(self) -> dict[str, torch.optim.Optimizer]:
         """Optimisers by name; ``StepContext.optimize(name, loss)`` steps them."""
-        raise NotImplementedError
 
     def phases(self) -> list[Phase]:
         return [Phase("train")]
@@ -100,37 +110,44 @@ class Recipe:
 
         ``resumed`` is True when a run resumes inside ``phase`` from a checkpoint: the networks already hold the
         trained weights, so one-off initialisations (e.g. BAGAN copying its decoder into G) must be skipped.
+        Default: nothing to do.
         """
+        return None
 
-    def prepare_data(self, data: ImageDataset) -> ImageDataset:
+    def prepare_data(self, data: TrainingSet) -> TrainingSet:
         """Last data transform before training (e.g. pad 28 px to the network's 32 px). Default: unchanged."""
         return data
 
     # --- training --------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def loss_names(self) -> list[str]:
         """Every loss ``train_step`` can return, in ``losses.csv`` column order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         """One training step. Returns detached scalar tensors (never ``.item()``: that syncs the device)."""
-        raise NotImplementedError
 
     # --- outputs ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def preview_inputs(self, n: int, seed: int) -> dict[str, torch.Tensor]:
-        """Fixed inputs for the periodic sample grid, drawn from their own generator (never the global RNG)."""
-        raise NotImplementedError
+        """Fixed inputs for the periodic preview, drawn from their own generator (never the global RNG)."""
 
-    @torch.no_grad()
-    def preview(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] for the sample grid."""
-        raise NotImplementedError
+    @abc.abstractmethod
+    def preview(self, inputs: dict[str, torch.Tensor]) -> Preview | torch.Tensor:
+        """What the periodic preview shows: a :class:`Preview`, or images (N, C, H, W) in [-1, 1] for a grid."""
+
+    def refresh_sampling_statistics(self) -> None:
+        """Before sampling or scoring: bring statistics the sampling networks keep up to date (e.g. the batch-norm
+        statistics of an EMA generator). Default: nothing to do."""
+        return None
 
     def extra_state(self) -> dict[str, torch.Tensor]:
         """Tensors beyond networks and optimisers that a resume needs (e.g. CycleGAN's image pools)."""
         return {}
 
     def load_extra_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore what :meth:`extra_state` returned."""
+        """Restore what :meth:`extra_state` returned. Default: there is nothing to restore."""
+        return None
 
     def summary(self) -> dict[str, Any]:
         from synthmed.nn import count_parameters
@@ -143,9 +160,9 @@ class GenerativeRecipe(Recipe):
 
     latent_dim: int = 0
 
+    @abc.abstractmethod
     def generate(self, z: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
         """Images in [-1, 1] (cropped to the data's size) from latents ``z``; uses the EMA generator if any."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
@@ -186,8 +203,7 @@ def _coerce(cls_name: str, key: str, annotation: Any, value: Any) -> Any:
         raise ConfigError(f"recipe {cls_name!r} option {key}: a value is required")
     try:
         if kind is tuple:
-            items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
-            return tuple(float(v) for v in items)
+            return _coerce_tuple(kinds[0], value)
         if kind is bool:
             if isinstance(value, str):
                 if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
@@ -206,6 +222,32 @@ def _coerce(cls_name: str, key: str, annotation: Any, value: Any) -> Any:
     except (TypeError, ValueError):
         raise ConfigError(f"recipe {cls_name!r} option {key}: expected {label}, got {value!r}") from None
     return value
+
+
+def _coerce_tuple(annotation: Any, value: Any) -> tuple[Any, ...]:
+    """A tuple option from a list, a tuple or text ("0.5,0.999"), each item converted to its declared type."""
+    items = value if isinstance(value, (list, tuple)) else str(value).strip("()[] ").split(",")
+    declared = typing.get_args(annotation)
+    if len(declared) == 2 and declared[1] is Ellipsis:
+        types_ = [declared[0]] * len(items)
+    elif declared:
+        if len(declared) != len(items):
+            raise ValueError(value)
+        types_ = list(declared)
+    else:
+        types_ = [str] * len(items)
+    return tuple(_convert_item(t, item) for t, item in zip(types_, items, strict=True))
+
+
+def _convert_item(kind: Any, item: Any) -> Any:
+    if isinstance(item, str):
+        item = item.strip()
+    if kind is int:
+        as_float = float(item)
+        if as_float != int(as_float):
+            raise ValueError(item)
+        return int(as_float)
+    return kind(item)
 
 
 def make_config(cls: type[Recipe], options: dict[str, Any]) -> Any:

@@ -10,6 +10,9 @@ Loss presets (``loss=``) follow their papers unless an option overrides them:
   (layer norm). A training step is one generator iteration, as in the paper.
 * ``hinge``: hinge loss with spectral norm on every discriminator layer (Miyato et al. 2018), TTUR learning rates
   1e-4 / 4e-4 and betas (0, 0.9) as in SAGAN; pair it with ``arch="resnet"`` at 64-128 px.
+
+The losses and their presets are the entries of :data:`synthmed.losses.ADVERSARIAL_LOSSES`, the network families
+(``arch=``: dcgan, resnet) with the options their discriminators take those of :data:`synthmed.nn.FAMILIES`.
 """
 
 from __future__ import annotations
@@ -23,33 +26,53 @@ from synthmed import losses as L
 from synthmed.augment import diff_augment, parse_policy
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.errors import ConfigError
-from synthmed.nn import build_discriminator, build_generator
-from synthmed.recipes.base import GenerativeRecipe, frozen, register_recipe
-from synthmed.train.context import StepContext
-from synthmed.train.ema import recalibrate_batchnorm
-from synthmed.train.optim import adam
+from synthmed.nn import FAMILIES, NetworkFamily, build_discriminator, build_generator, get_family
+from synthmed.nn.batchnorm import recalibrate_batchnorm
+from synthmed.optim import adam
+from synthmed.recipes.base import GenerativeRecipe, register_recipe
+from synthmed.recipes.step import StepContext, frozen
 
-LOSSES = ("bce", "lsgan", "wgan-gp", "hinge")
-_PRESETS: dict[str, dict[str, object]] = {
-    "bce": {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "n_critic": 1, "d_norm": "batch", "sn": False},
-    "lsgan": {"lr_g": 2e-4, "lr_d": 2e-4, "betas": (0.5, 0.999), "n_critic": 1, "d_norm": "batch", "sn": False},
-    "wgan-gp": {"lr_g": 1e-4, "lr_d": 1e-4, "betas": (0.0, 0.9), "n_critic": 5, "d_norm": "layer", "sn": False},
-    "hinge": {"lr_g": 1e-4, "lr_d": 4e-4, "betas": (0.0, 0.9), "n_critic": 1, "d_norm": "none", "sn": True},
-}
+#: The config field behind each discriminator option a network family may accept (see NetworkFamily.d_options).
+_D_OPTION_FIELDS = {"norm": "d_norm", "minibatch_discrimination": "minibatch_discrimination"}
 
 
 @dataclass
 class UnconditionalConfig:
-    """Options of the unconditional recipe. ``None`` means "the preset of the chosen loss"."""
+    """Options of the unconditional recipe. ``None`` means "the preset of the chosen loss".
+
+    Args:
+        arch: Network family: dcgan (any size from 28 px) or resnet (with spectral norm; 32-128 px).
+        loss: Adversarial loss: bce, lsgan, wgan-gp or hinge (each brings its paper's optimiser preset).
+        latent_dim: Length of the generator's noise vector.
+        g_channels: Width of the generator (channels of its last layer, doubled at each lower resolution).
+        d_channels: Width of the discriminator (channels of its first layer).
+        pad_to: Train at this size by padding the data with background (-1); samples are cropped back. By
+            default 28 px data trains at 28 px (7-14-28 layout): 2.5 instead of 6.1 GFLOP per step.
+        d_norm: Discriminator normalisation (dcgan): batch, layer, instance or none [preset of the loss].
+        spectral_norm: Spectral norm on every discriminator layer [preset of the loss; always with resnet].
+        lr_g: Generator learning rate [preset of the loss].
+        lr_d: Discriminator learning rate [preset of the loss; 4 x lr_g with ttur].
+        betas: Adam betas, e.g. 0.5,0.999 [preset of the loss].
+        n_critic: Discriminator steps per generator step, each on a fresh real batch [preset: 5 for wgan-gp].
+        gp_weight: Weight (lambda) of the WGAN-GP gradient penalty.
+        r1_weight: Weight (gamma) of the R1 penalty on real images; the loss adds gamma / 2 times it.
+        label_smoothing: One-sided label smoothing: the discriminator's target for real images is 1 - s.
+        label_noise: Noisy labels: targets jittered uniformly by up to this much (real in [1-a, 1], fake in [0, a]).
+        label_flip: Probability of swapping a sample's real/fake target in the discriminator step.
+        instance_noise: Std of Gaussian noise added to every discriminator input (Sonderby et al. 2017), annealed
+            linearly to 0 over instance_noise_steps (a fixed horizon, so extending a run on resume keeps it).
+        instance_noise_steps: Steps over which the instance noise anneals to 0.
+        ttur: Two time-scale update rule: discriminator learning rate 4 x the generator's (unless lr_d is given).
+        feature_matching: Weight of Salimans et al.'s feature-matching term added to the generator loss.
+        minibatch_discrimination: A minibatch-discrimination layer in the discriminator (dcgan only).
+        diffaugment: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it.
+    """
 
     arch: str = "dcgan"
     loss: str = "bce"
     latent_dim: int = 100
     g_channels: int = 32
     d_channels: int = 32
-    #: Train at this size by padding the data with background (-1); samples are cropped back. By default 28 px
-    #: data trains at 28 px (7-14-28 layout). That is a smaller network, not a more efficient one: 2.5 instead of
-    #: 6.1 GFLOP per step, so 1.7x more steps/s at lower FLOP utilisation (benchmarks/training_speed.py).
     pad_to: int | None = None
     d_norm: str | None = None
     spectral_norm: bool | None = None
@@ -59,56 +82,61 @@ class UnconditionalConfig:
     n_critic: int | None = None
     gp_weight: float = 10.0
     r1_weight: float = 0.0
-    #: One-sided label smoothing: the discriminator's target for real images is ``1 - label_smoothing``.
     label_smoothing: float = 0.0
-    #: Noisy labels: targets jittered uniformly by up to this much (real in [1-a, 1], fake in [0, a]).
     label_noise: float = 0.0
-    #: Probability of swapping a sample's real/fake target in the discriminator step.
     label_flip: float = 0.0
-    #: Std of Gaussian instance noise added to every discriminator input (Sonderby et al. 2017), annealed
-    #: linearly to 0 over ``instance_noise_steps`` (a fixed horizon, so extending a run's budget on resume
-    #: cannot change the schedule of the steps already taken).
     instance_noise: float = 0.0
     instance_noise_steps: int = 1000
-    #: Two time-scale update rule: discriminator learning rate 4x the generator's (unless lr_d is given).
     ttur: bool = False
-    #: Weight of Salimans et al.'s feature-matching term added to the generator loss.
     feature_matching: float = 0.0
     minibatch_discrimination: bool = False
-    #: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it.
     diffaugment: str = ""
 
 
-def _resolved(config: UnconditionalConfig) -> UnconditionalConfig:
+def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> UnconditionalConfig:
     """The config with every ``None`` replaced by the loss preset, so ``config.yaml`` records what ran."""
-    preset = _PRESETS[config.loss]
-    lr_g = preset["lr_g"] if config.lr_g is None else config.lr_g
-    ttur_lr_d = 4 * float(lr_g) if config.ttur else preset["lr_d"]  # type: ignore[arg-type]
+    preset = loss.preset
+    lr_g = preset.lr_g if config.lr_g is None else config.lr_g
+    ttur_lr_d = 4 * float(lr_g) if config.ttur else preset.lr_d
     lr_d = config.lr_d if config.lr_d is not None else ttur_lr_d
-    d_norm = config.d_norm if config.d_norm is not None else (preset["d_norm"] if config.arch == "dcgan" else "none")
+    d_norm = config.d_norm if config.d_norm is not None else (preset.d_norm if family.accepts("norm") else "none")
     spectral = config.spectral_norm
     if spectral is None:
-        spectral = bool(preset["sn"]) or config.arch == "resnet"
-    n_critic = preset["n_critic"] if config.n_critic is None else config.n_critic
-    betas = tuple(config.betas or preset["betas"])  # type: ignore[arg-type]
+        spectral = preset.spectral_norm or family.spectral_norm
+    n_critic = preset.n_critic if config.n_critic is None else config.n_critic
+    betas = tuple(config.betas or preset.betas)
     return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
                    d_norm=d_norm, spectral_norm=spectral)
 
 
-def _check_compatible(config: UnconditionalConfig) -> None:
+def _enumerate(items: list[str], conjunction: str = "and") -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    return items[0] if len(items) == 1 else f"{', '.join(items[:-1])} {conjunction} {items[-1]}"
+
+
+def _families_taking(option: str) -> str:
+    """``arch='dcgan'`` (or ``arch='a' or arch='b'``): the families whose discriminator takes ``option``."""
+    return _enumerate([f"arch='{name}'" for name, family in FAMILIES.items() if family.accepts(option)], "or")
+
+
+def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> None:
     """Refuse option combinations that would silently do nothing or break an assumption."""
-    if config.loss == "wgan-gp":
+    if loss.critic:
+        title = loss.name.upper()
         if config.d_norm == "batch":
-            raise ConfigError("WGAN-GP's critic must not use BatchNorm (the penalty is per sample); use d_norm='layer'")
+            raise ConfigError(f"{title}'s critic must not use BatchNorm (the penalty is per sample); "
+                              "use d_norm='layer'")
         if config.minibatch_discrimination:
-            raise ConfigError("minibatch discrimination couples samples, which breaks WGAN-GP's per-sample penalty")
-    if config.loss in ("wgan-gp", "hinge") and (config.label_smoothing or config.label_noise or config.label_flip):
-        raise ConfigError(f"label smoothing/noise/flips apply to the bce and lsgan losses, not {config.loss}")
-    if config.arch != "dcgan":
-        if config.minibatch_discrimination:
-            raise ConfigError("minibatch_discrimination is available with arch='dcgan' only")
-        if config.d_norm not in (None, "none"):
-            raise ConfigError(f"d_norm applies to arch='dcgan'; the {config.arch} discriminator uses spectral norm")
+            raise ConfigError(f"minibatch discrimination couples samples, which breaks {title}'s per-sample penalty")
+    if not loss.targets and (config.label_smoothing or config.label_noise or config.label_flip):
+        with_targets = _enumerate([name for name, entry in L.ADVERSARIAL_LOSSES.items() if entry.targets])
+        raise ConfigError(f"label smoothing/noise/flips apply to the {with_targets} losses, not {config.loss}")
+    if config.minibatch_discrimination and not family.accepts("minibatch_discrimination"):
+        where = _families_taking("minibatch_discrimination")
+        raise ConfigError(f"minibatch_discrimination is available with {where} only")
+    if config.d_norm not in (None, "none") and not family.accepts("norm"):
+        uses = "uses spectral norm" if family.spectral_norm else "takes no norm option"
+        raise ConfigError(f"d_norm applies to {_families_taking('norm')}; the {config.arch} discriminator {uses}")
     for key in ("label_smoothing", "label_noise", "label_flip"):
         if not 0.0 <= getattr(config, key) < 1.0:
             raise ConfigError(f"{key} must be in [0, 1) (got {getattr(config, key)})")
@@ -126,11 +154,11 @@ class UnconditionalGAN(GenerativeRecipe):
     prefers_channels_last = True
 
     def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
-        if config.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {config.loss!r}; choose one of {', '.join(LOSSES)}")
-        config = _resolved(config)
+        self.adversarial = L.get_adversarial_loss(config.loss)
+        self.family = get_family(config.arch)
+        config = _resolved(config, self.adversarial, self.family)
         super().__init__(config, data_info)
-        _check_compatible(config)
+        _check_compatible(config, self.adversarial, self.family)
         self.data_size = data_info.image_size
         self.train_size = config.pad_to or self.data_size
         if self.train_size < self.data_size:
@@ -142,9 +170,8 @@ class UnconditionalGAN(GenerativeRecipe):
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
             "spectral_norm": bool(config.spectral_norm),
         }
-        if config.arch == "dcgan":
-            d_kwargs["norm"] = config.d_norm
-            d_kwargs["minibatch_discrimination"] = config.minibatch_discrimination
+        d_kwargs.update({option: getattr(config, field) for option, field in _D_OPTION_FIELDS.items()
+                         if self.family.accepts(option)})
         try:
             self.augment_policy = parse_policy(config.diffaugment) if config.diffaugment else ()
             self.networks["G"] = build_generator(
@@ -176,7 +203,7 @@ class UnconditionalGAN(GenerativeRecipe):
 
     def loss_names(self) -> list[str]:
         names = ["loss_d", "loss_g", "d_real", "d_fake"]
-        if self.config.loss == "wgan-gp":
+        if self.adversarial.critic:
             names.append("gp")
         if self.config.r1_weight > 0:
             names.append("r1")
@@ -212,25 +239,13 @@ class UnconditionalGAN(GenerativeRecipe):
         return real, fake
 
     def _d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
-        loss = self.config.loss
-        if loss == "wgan-gp":
-            return L.d_loss_wasserstein(real_logits, fake_logits)
-        if loss == "hinge":
-            return L.d_loss_hinge(real_logits, fake_logits)
+        if not self.adversarial.targets:
+            return self.adversarial.d_loss(real_logits, fake_logits)
         real_t, fake_t = self._d_targets(real_logits.shape[0], real_logits.device)
-        if loss == "lsgan":
-            return L.d_loss_least_squares(real_logits, fake_logits, real_t, fake_t)
-        return L.d_loss_bce(real_logits, fake_logits, real_t, fake_t)
+        return self.adversarial.d_loss(real_logits, fake_logits, real_t, fake_t)
 
     def _g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
-        loss = self.config.loss
-        if loss == "wgan-gp":
-            return L.g_loss_wasserstein(fake_logits)
-        if loss == "hinge":
-            return L.g_loss_hinge(fake_logits)
-        if loss == "lsgan":
-            return L.g_loss_least_squares(fake_logits)
-        return L.g_loss_nonsaturating(fake_logits)
+        return self.adversarial.g_loss(fake_logits)
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg = self.config
@@ -257,7 +272,7 @@ class UnconditionalGAN(GenerativeRecipe):
                 real_logits = D(real_in)
                 fake_logits = D(fake_in)
                 loss_d = self._d_loss(real_logits.float(), fake_logits.float())
-            if cfg.loss == "wgan-gp":
+            if self.adversarial.critic:
                 # The penalty runs in fp32: gradient norms are too coarse in bf16.
                 gp = L.gradient_penalty(D, real_in.float(), fake_in.float())
                 loss_d = loss_d + cfg.gp_weight * gp

@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from synthmed.data import transforms
 from synthmed.io import atomic_write
 
 
 def to_uint8(images: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8."""
-    arr = images.detach().float().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    arr = np.clip((arr + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return arr.transpose(0, 2, 3, 1)
+    """(N, C, H, W) in [-1, 1] -> (N, H, W, C) uint8, rounded as saved images are (one rule in the package:
+    :func:`synthmed.data.transforms.to_uint8`)."""
+    return transforms.to_uint8(images, channels_last=True)
 
 
 def make_grid(images: torch.Tensor | np.ndarray, nrow: int | None = None, padding: int = 2,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,28 +98,18 @@ def progress_bar(label: str, total: int, enabled: bool) -> Iterator[Callable[[in
         yield lambda n: bar.advance(task, n)
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks; remembered per (path, size, mtime) within the process,
-    since the ~90 MB Inception file would otherwise be hashed at every resolution and construction."""
-    stat = os.stat(path)
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+    """Hex SHA-256 of a weights file, remembered while the file is unchanged (:func:`synthmed.io.sha256_file`)."""
+    from synthmed.io import sha256_file as digest
+
+    return digest(path, remember=True)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None``/"auto" -> CUDA if available, else CPU; anything else as given."""
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """``None``/"auto" -> the machine's accelerator (:func:`synthmed.devices.select_device`); else as given."""
+    from synthmed.devices import select_device
+
+    return select_device("auto" if device is None else str(device))
 
 
 def to_grey_or_rgb(images: torch.Tensor, name: str) -> torch.Tensor:

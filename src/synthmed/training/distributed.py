@@ -9,7 +9,9 @@ per process (as with DDP's ``broadcast_buffers=False``); rank 0's are the ones s
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,6 +63,11 @@ def all_reduce_gradients(params: list[torch.nn.Parameter], world_size: int) -> N
         n = g.numel()
         g.copy_(flat[offset:offset + n].view_as(g))
         offset += n
+
+
+def gradient_averager(info: DistInfo) -> Callable[[list[torch.nn.Parameter]], None] | None:
+    """What :class:`~synthmed.recipes.step.StepContext` calls before each optimiser step: None in one process."""
+    return functools.partial(all_reduce_gradients, world_size=info.world_size) if info.enabled else None
 
 
 def broadcast_module(module: torch.nn.Module) -> None:

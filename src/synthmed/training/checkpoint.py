@@ -7,7 +7,6 @@ JSON exists and the hash matches, so a run killed mid-write always resumes from 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import warnings
@@ -18,18 +17,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from synthmed.errors import SynthmedError
-from synthmed.io import atomic_write, atomic_write_text
+from synthmed.io import atomic_write, atomic_write_text, sha256_file
 
 FORMAT = "synthmed-checkpoint/1"
 _NAME = re.compile(r"^step_(\d{8})\.json$")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _flatten_optimizer(name: str, state: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
@@ -89,7 +80,7 @@ def save_checkpoint(
         format=FORMAT,
         step=step,
         weights=weights_path.name,
-        sha256=_sha256(weights_path),
+        sha256=sha256_file(weights_path),
         optimizers=optim_plain,
     )
     json_path = directory / f"{stem}.json"
@@ -131,7 +122,7 @@ def load_checkpoint(json_path: Path, verify: bool = True) -> tuple[dict[str, Any
     weights_path = json_path.with_name(record["weights"])
     if not weights_path.is_file():
         raise SynthmedError(f"{weights_path}: checkpoint weights are missing")
-    if verify and _sha256(weights_path) != record["sha256"]:
+    if verify and sha256_file(weights_path) != record["sha256"]:
         raise SynthmedError(f"{weights_path}: checkpoint is corrupt (SHA-256 does not match its JSON)")
     return record, load_file(str(weights_path))
 

@@ -12,7 +12,7 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, fl
     """Adam with the fused kernel (one pass over each parameter's state) on CUDA and CPU: 5.5 instead of 10.2 ms
     per DCGAN 64 step on CPU for foreach (6.3 M parameters, ``benchmarks/training_speed.py`` ``adam_and_ema_ms``);
     foreach where no fused kernel exists. Fused kernels walk memory in order, so the moments must have their
-    parameter's layout: :func:`synthmed.train.checkpoint.restore_optimizers` sees to it on resume."""
+    parameter's layout: :func:`synthmed.training.checkpoint.restore_optimizers` sees to it on resume."""
     kwargs: dict[str, object] = {"lr": lr, "betas": tuple(betas), "weight_decay": weight_decay}
     params = list(params)
     if device.type in ("cuda", "cpu"):

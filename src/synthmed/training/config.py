@@ -29,6 +29,18 @@ class DataConfig:
     folder_groups: str = "auto"
     #: Seed of the train/val/test split for sources without one (independent of the training seed).
     split_seed: int = 0
+    #: images, paired, unpaired, records, or auto (records for CSV/parquet, paired when target or pair is given).
+    kind: str = "auto"
+    #: Second source: targets matched to the images by file name (paired), or domain B (unpaired).
+    target: str | None = None
+    #: One source's pairing: "image:mask" (masks become targets) or "A:B" (channel groups of one array).
+    pair: str | None = None
+
+    def loader_options(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`synthmed.data.load_training_set` (all but ``source``)."""
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "split_seed")}
+        options["seed"] = self.split_seed
+        return options
 
 
 @dataclass
@@ -54,6 +66,8 @@ class TrainConfig:
     eval_every: int | None = None
     eval_features: str = "radiomics"
     eval_samples: int = 500
+    #: CPU convolution kernels: "auto" (synthmed.ops where measured faster) or "native" (PyTorch's own).
+    cpu_kernels: str = "auto"
 
 
 @dataclass
@@ -102,6 +116,8 @@ class RunConfig:
         if t.eval_every is not None and t.eval_features not in ("radiomics", "inception"):
             raise ConfigError(f"--eval-features must be radiomics or inception (got {t.eval_features!r}); the domain "
                               "network would first have to be trained")
+        if t.cpu_kernels not in ("auto", "native"):
+            raise ConfigError(f"--cpu-kernels must be auto or native (got {t.cpu_kernels!r})")
         for key in ("log_every", "sample_every", "checkpoint_every"):
             if getattr(t, key) < 1:
                 raise ConfigError(f"{key} must be at least 1")

@@ -11,7 +11,7 @@ measures it in the whole step). Elsewhere the im2col copy costs more than it sav
 same state-dict keys, same output memory format, same results to float rounding); they take the GEMM route only
 for float32 CPU tensors of channels-last models (the trainer's layout) and the shapes :func:`gemm_preferred`
 names (convolutions only in training: their inference keeps oneDNN). The deep 4x4 stride-2 layers on maps of
-16x16 and less take Winograd's minimal filtering instead (:mod:`synthmed.nn.winograd`, :func:`winograd_tile`):
+16x16 and less take Winograd's minimal filtering instead (:mod:`synthmed.ops.winograd`, :func:`winograd_tile`):
 1.78-2.56x fewer multiply-adds, the same results to float rounding.
 """
 
@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from synthmed.nn import winograd
-from synthmed.nn.conv_backward import differentiable_conv_grads
+from synthmed.ops import winograd
+from synthmed.ops.conv_backward import differentiable_conv_grads
 
 _ENABLED = True
 _WINOGRAD = True
@@ -229,6 +229,11 @@ class _ConvTranspose2dGemm(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+def _cpu_route(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor) -> bool:
+    """Whether synthmed's CPU kernels may take the layer at all; otherwise it is PyTorch's own, untouched."""
+    return _ENABLED and x.device.type == "cpu" and layer.padding_mode == "zeros" and isinstance(layer.padding, tuple)
+
+
 def _gemm_applicable(layer: nn.Conv2d | nn.ConvTranspose2d, x: torch.Tensor, weight: torch.Tensor,
                      training_only: bool) -> bool:
     """The plain cases the lowering implements, on CPU float32 (``training_only``: while recording gradients),
@@ -272,12 +277,14 @@ class Conv2d(nn.Conv2d):
     backward is where the GEMM wins; forward alone oneDNN is as fast or faster for those layers)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _cpu_route(self, x):
+            return super().forward(x)  # PyTorch's own layer (GPUs, native kernels, other padding modes)
         weight = self.weight  # read once: a parametrised weight (spectral norm) is recomputed on every read
         if (_gemm_applicable(self, x, weight, training_only=True)
                 and all(x.shape[2 + i] + 2 * self.padding[i] >= self.kernel_size[i] for i in (0, 1))
                 and (y := _lowered(self, x, weight, transposed=False)) is not None):
             return y
-        return self._conv_forward(x, weight, self.bias)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 class ConvTranspose2d(nn.ConvTranspose2d):
@@ -285,18 +292,14 @@ class ConvTranspose2d(nn.ConvTranspose2d):
     latent and small-map layers), in training and in sampling (its forward wins too)."""
 
     def forward(self, x: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
+        if output_size is not None or self.output_padding != (0, 0) or not _cpu_route(self, x):
+            return super().forward(x, output_size)  # PyTorch's own layer
         weight = self.weight  # read once (see Conv2d.forward)
-        if (output_size is None and self.output_padding == (0, 0)
-                and _gemm_applicable(self, x, weight, training_only=False)
+        if (_gemm_applicable(self, x, weight, training_only=False)
                 and all((x.shape[2 + i] - 1) * self.stride[i] + self.kernel_size[i] > 2 * self.padding[i]
                         for i in (0, 1))
                 and (y := _lowered(self, x, weight, transposed=True)) is not None):
             return y
-        # nn.ConvTranspose2d.forward, but on the weight read above.
-        if self.padding_mode != "zeros":
-            raise ValueError("Only `zeros` padding mode is supported for ConvTranspose2d")
-        output_padding = self._output_padding(
-            x, output_size, list(self.stride), list(self.padding), list(self.kernel_size), 2, list(self.dilation)
-        )
-        return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, output_padding, self.groups,
+        # No output size asked for and no output padding: PyTorch's layer computes output_padding (0, 0) too.
+        return F.conv_transpose2d(x, weight, self.bias, self.stride, self.padding, self.output_padding, self.groups,
                                   self.dilation)

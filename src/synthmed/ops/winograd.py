@@ -9,7 +9,7 @@ little more to float32 rounding (a 128 -> 256 channel layer's output: 6.5e-6 of 
 result, against 1.7e-6 for direct convolution and 0.8e-6 for F(2x2); bf16 training rounds at 4e-3). The
 transforms cost memory traffic: larger tiles expand the input less ((m+1)^2 / m^2) and save more products, so on
 this kind of CPU F(4x4) pays on the wide maps of the inner layers and F(2x2) on the deepest, small ones
-(:func:`synthmed.nn.cpu_conv.winograd_tile` chooses, from measurements in
+(:func:`synthmed.ops.cpu_conv.winograd_tile` chooses, from measurements in
 ``benchmarks/training_speed.py``).
 
 Backward is exact too, as the adjoints of the same linear maps: the input gradient goes back through the output
@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from synthmed.nn.conv_backward import differentiable_conv_grads
+from synthmed.ops.conv_backward import differentiable_conv_grads
 
 # 1-D F(m, 2) for a correlation y_i = g_0 d_i + g_1 d_{i+1}: y = AT [(G g) * (BT d)].
 _ONE_D: dict[int, tuple[list[list[float]], list[list[float]], list[list[float]]]] = {

@@ -55,8 +55,7 @@ class PeriodicFID:
     def score(self, recipe: GenerativeRecipe) -> float:
         from synthmed.metrics.fidelity import fid
 
-        if hasattr(recipe, "refresh_sampling_statistics"):
-            recipe.refresh_sampling_statistics()
+        recipe.refresh_sampling_statistics()
         images = recipe.sample(self.samples, seed=self.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the sample-size caveat is stated once in metrics.json
@@ -81,24 +80,14 @@ class PeriodicFID:
         saved after the checkpoint (training from there is being redone)."""
         import json
 
-        from synthmed.io import atomic_write_text
+        from synthmed.io import truncate_csv_after_step
 
         path = run_dir / "eval.csv"
         if path.exists():
-            with open(path, newline="", encoding="utf-8") as fh:
-                rows = [r for r in csv.reader(fh)]
-            header, kept = (rows[0] if rows else None), []
-            for row in rows[1:]:
-                try:
-                    step, value = int(row[0]), float(row[1])
-                except (ValueError, IndexError):
-                    continue  # a row cut short by a hard kill
-                if step <= up_to_step and header is not None and len(row) == len(header):
-                    kept.append(row)
-                    if value < self.best_value:
-                        self.best_value, self.best_step = value, step
-            text = "" if header is None else "".join(",".join(r) + "\n" for r in [header, *kept])
-            atomic_write_text(path, text)
+            for row in truncate_csv_after_step(path, up_to_step):
+                step, value = int(row[0]), float(row[1])
+                if value < self.best_value:
+                    self.best_value, self.best_step = value, step
         best = run_dir / "checkpoints" / f"{BEST_STEM}.json"
         if best.exists():
             try:

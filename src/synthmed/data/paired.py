@@ -1,0 +1,593 @@
+"""Paired (``image`` -> ``target``) and unpaired (domain A, domain B) image data.
+
+Paired data come three ways, all held as one :class:`~synthmed.data.dataset.ImageDataset` whose ``targets`` are
+filled (its spec is kind ``paired``):
+
+* **Two folders** (``source=images/``, ``target=masks/``): files are matched on a key taken from their names;
+  the first rule that pairs every image uniquely wins: the exact file name (without extension); the name without
+  the prefix and suffix that every file of its folder shares, cut at a ``_``/``-``/``.`` (DRIVE:
+  ``21_training.tif``, ``21_manual1.gif`` and ``21_training_mask.gif`` all give ``21``); the leading ID before
+  the first ``_``/``-``/``.``. ``match=REGEX`` replaces these rules: its first capture group (or the whole match)
+  of a file name's stem is the key. Sub-folders must be the same on both sides (they are part of the key). An
+  optional ``fov=`` folder (DRIVE's field-of-view masks), matched the same way, becomes ``mask``.
+  A target folder of grey images with at most two values each (``0``/``255`` vessel trees, lesion masks) is read
+  as masks (``target_masks=None``: decided on up to 8 files spread over the folder; force it with ``True`` /
+  ``False``).
+* **One source, its masks as targets**: ``pair="image:mask"`` (an npz with masks, a folder with ``_mask`` files);
+  ``"mask:image"`` turns it round (the mask, scaled to {-1, 1}, is the input image).
+* **Channels of one array**: ``pair="A:B"``, each side channel names or indices, or comma lists of them
+  (LGG: ``"pre-contrast:post-contrast"``, ``"0:2"``, ``"0,1:2"``).
+
+Values: ``image`` is float32 (N, C, H, W) in [-1, 1]; ``target`` too, except a **mask target**, which stays as
+masks are everywhere in the package: float32 (N, 1, H, W) in {0, 1} (``DataInfo.target_is_mask``, target name
+``mask``). ``mask`` (fov or the source's masks) is {0, 1}; ``label`` int64 where the source has labels.
+An image and its target always get the same crop and resize, and the split is made once, on the pairs: by
+patient where ids exist (npz ``patient_key``, folders whose first-level sub-folders are patients), so an image
+and its target never land in different splits.
+
+Unpaired data (CycleGAN) are an :class:`~synthmed.data.sets.UnpairedSet`: domain A (``image``) from ``source``
+and domain B (``target``) from ``target``, each split by patient where ids exist, of any sizes, sampled
+independently; or both from one source with ``pair="A:B"`` (or ``"image:mask"``), where the patients of the
+chosen split are divided into two seeded halves, so that no patient gives images to both domains.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+import warnings
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from synthmed.data import load_dataset
+from synthmed.data._core import SPLIT_ALIASES, common_side, non_finite_problem, split_indices
+from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.data.folder import (
+    FOLDER_GROUPS,
+    IMAGE_FORMATS,
+    _is_16bit,
+    _is_grey,
+    _mask_peaks,
+    _mask_pixels,
+    _open,
+    _pixels,
+    _sixteen_bit_range,
+    list_files,
+)
+from synthmed.data.sets import TensorSet, UnpairedSet
+from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, parse_channels
+from synthmed.errors import ConfigError, DataError
+
+__all__ = ["image_option_defaults", "load_paired", "load_unpaired", "refuse_options"]
+
+RGB = ("red", "green", "blue")
+_SEPARATORS = "_-. "
+_IMAGE_WORDS = ("image", "images")
+_MASK_WORDS = ("mask", "masks")
+MASK_SAMPLE = 8  # target files read to decide "masks or images" (spread over the sorted folder)
+
+
+def image_option_defaults() -> dict[str, Any]:
+    """The image options (:func:`~synthmed.data.load_dataset`'s keyword arguments) with their defaults."""
+    params = inspect.signature(load_dataset).parameters.values()
+    return {p.name: p.default for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
+
+
+def refuse_options(options: dict[str, Any], allowed: set[str] | frozenset[str], what: str) -> None:
+    """Raise one :class:`ConfigError` line for an unknown option, or an image option that ``what`` cannot use
+    given with a value other than its default (so a silently ignored ``size=64`` never surprises anyone).
+
+    Args:
+        options: the keyword options received.
+        allowed: the option names ``what`` uses.
+        what: the data described, for the message (``"records"``).
+    """
+    defaults = image_option_defaults()
+    for name, value in options.items():
+        if name not in defaults:
+            raise ConfigError(f"unknown data option {name!r}; options: {', '.join(sorted(defaults))}")
+        if name not in allowed and _differs(value, defaults[name]):
+            raise ConfigError(f"{name}={value!r} does not apply to {what}")
+
+
+def _differs(value: Any, default: Any) -> bool:
+    try:
+        return bool(value != default)
+    except (ValueError, TypeError):  # arrays compare element-wise: anything but the default differs
+        return True
+
+
+# ---------------------------------------------------------------------------------------------- pair="A:B"
+
+
+def _parse_pair(pair: str) -> tuple[str, str]:
+    parts = str(pair).split(":")
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ConfigError(
+            f"pair={pair!r}: expected 'A:B', channel names or indices (each side may be a comma list, e.g. "
+            "'pre-contrast:post-contrast', '0:2'), or 'image:mask'"
+        )
+    return parts[0].strip(), parts[1].strip()
+
+
+def _role(word: str) -> str | None:
+    low = word.lower()
+    return "image" if low in _IMAGE_WORDS else "mask" if low in _MASK_WORDS else None
+
+
+@dataclass
+class _Side:
+    """One side of a pair: its tensor, channel names, and whether it is a {0, 1} mask."""
+
+    tensor: torch.Tensor
+    names: tuple[str, ...]
+    is_mask: bool = False
+
+
+def _sides(ds: ImageDataset, pair: str, source: Any) -> tuple[_Side, _Side, bool]:
+    """The image and target sides ``pair`` takes from one loaded source, and whether its masks were used."""
+    a, b = _parse_pair(pair)
+    roles = (_role(a), _role(b))
+    if roles[0] or roles[1]:
+        if set(roles) != {"image", "mask"}:
+            raise ConfigError(f"pair={pair!r}: use 'image:mask' or 'mask:image', or channel names/indices 'A:B'")
+        if ds.masks is None:
+            raise DataError(
+                source,
+                f"has no masks for pair={pair!r} (npz: an array named 'masks' or mask_key=...; image folders: "
+                "NAME_mask.png files beside the images)",
+            )
+        image = _Side(ds.images, ds.info.channel_names)
+        mask = _Side(ds.masks, ("mask",), is_mask=True)
+        if roles[0] == "image":
+            return image, mask, True
+        # Mask -> image: the input is scaled to {-1, 1}, as every ``image`` lies in [-1, 1].
+        return _Side(ds.masks * 2.0 - 1.0, ("mask",)), image, True
+    names = ds.info.channel_names
+    count = int(ds.images.shape[1])
+    pick_a = parse_channels(a, count, names) or []
+    pick_b = parse_channels(b, count, names) or []
+    shared = sorted(set(pick_a) & set(pick_b))
+    if shared:
+        raise ConfigError(f"pair={pair!r} puts channel {shared[0]} on both sides; image and target must differ")
+
+    def side(picked: list[int]) -> _Side:
+        index = torch.as_tensor(picked, dtype=torch.int64)
+        return _Side(ds.images.index_select(1, index), tuple(names[i] for i in picked) if names else ())
+
+    return side(pick_a), side(pick_b), False
+
+
+def _paired_info(info: DataInfo, image: _Side, target: _Side, **extra: Any) -> DataInfo:
+    return replace(
+        info, channels=int(image.tensor.shape[1]), channel_names=image.names, kind="paired",
+        target_channels=int(target.tensor.shape[1]), target_names=target.names, target_is_mask=target.is_mask,
+        **extra,
+    )
+
+
+# ---------------------------------------------------------------------------------- matching files by name
+
+
+def _strip_affixes(stems: list[str]) -> list[str]:
+    """Stems without the suffix and prefix that all of them share, cut at a separator (``_training``,
+    ``img_``), as long as no stem becomes empty."""
+    suffix = os.path.commonprefix([s[::-1] for s in stems])[::-1]
+    start = next((i for i, ch in enumerate(suffix) if ch in _SEPARATORS), None)
+    suffix = "" if start is None else suffix[start:]
+    if suffix and all(len(s) > len(suffix) for s in stems):
+        stems = [s[: -len(suffix)] for s in stems]
+    common = os.path.commonprefix(stems)
+    end = max((i for i, ch in enumerate(common) if ch in _SEPARATORS), default=-1)
+    prefix = common[: end + 1]
+    if prefix and all(len(s) > len(prefix) for s in stems):
+        stems = [s[len(prefix) :] for s in stems]
+    return stems
+
+
+def _leading_id(stems: list[str]) -> list[str]:
+    return [re.split(r"[_\-. ]", s, maxsplit=1)[0] or s for s in stems]
+
+
+_RULES: tuple[tuple[str, Callable[[list[str]], list[str | None]]], ...] = (
+    ("exact name", lambda stems: list(stems)),
+    ("name without shared prefix/suffix", _strip_affixes),
+    ("leading ID", _leading_id),
+)
+
+
+def _regex_rule(match: str) -> Callable[[list[str]], list[str | None]]:
+    try:
+        pattern = re.compile(match)
+    except re.error as exc:
+        raise ConfigError(f"match={match!r} is not a valid regular expression ({exc})") from exc
+
+    def keys(stems: list[str]) -> list[str | None]:
+        found = [pattern.search(s) for s in stems]
+        return [None if m is None else (m.group(1) if pattern.groups else m.group(0)) for m in found]
+
+    return keys
+
+
+def _keys(files: list[Path], root: Path, rule: Callable[[list[str]], list[str | None]]) -> list[Any]:
+    """One key per file: its sub-folder (relative to ``root``) and the rule's key of its stem."""
+    rels = [f.relative_to(root) for f in files]
+    stems = rule([r.stem for r in rels])
+    return [None if k is None else (r.parent.as_posix(), k) for r, k in zip(rels, stems, strict=True)]
+
+
+def _repeated(keys: list[Any], files: list[Path]) -> tuple[Path, Path] | None:
+    seen: dict[Any, Path] = {}
+    for key, path in zip(keys, files, strict=True):
+        if key is None:
+            continue
+        if key in seen:
+            return seen[key], path
+        seen[key] = path
+    return None
+
+
+def _pair_files(
+    images: list[Path], image_root: Path, others: list[Path], other_root: Path, match: str | None, role: str
+) -> list[Path]:
+    """The file of ``others`` that goes with each image (see the module docstring for the rules)."""
+    rules = (("match", _regex_rule(match)),) if match else _RULES
+    best: tuple[int, Path] | None = None
+    clash: tuple[Path, Path] | None = None
+    for _, rule in rules:
+        image_keys, other_keys = _keys(images, image_root, rule), _keys(others, other_root, rule)
+        twice = _repeated(image_keys, images) or _repeated(other_keys, others)
+        if twice and match:
+            raise DataError(twice[1].parent, f"{twice[0].name} and {twice[1].name} give the same key with "
+                                             f"match={match!r}; the key must identify one file per folder")
+        if twice:
+            clash = clash or twice
+            continue  # this rule does not tell files apart (e.g. a leading ID shared by many files)
+        lookup = {k: p for k, p in zip(other_keys, others, strict=True) if k is not None}
+        found = [lookup.get(k) if k is not None else None for k in image_keys]
+        missing = [p for p, f in zip(images, found, strict=True) if f is None]
+        if not missing:
+            unused = sorted(set(others) - set(found))  # type: ignore[arg-type]
+            if unused:
+                warnings.warn(f"{other_root}: {len(unused)} {role} file(s) match no image in {image_root}, e.g. "
+                              f"{unused[0].name}; they are left out", stacklevel=4)
+            return found  # type: ignore[return-value]
+        if best is None or len(missing) < best[0]:
+            best = (len(missing), missing[0])
+    how = f"match={match!r}" if match else "exact name, name without shared prefix/suffix, leading ID"
+    hint = "" if match else "; pass match=REGEX whose first group is the shared key (e.g. match=r'^(\\d+)_')"
+    if best is None and clash is not None:
+        raise DataError(image_root, f"cannot pair files with {other_root}: names such as {clash[0].name} and "
+                                    f"{clash[1].name} give the same key ({how}){hint}")
+    count, example = best if best is not None else (len(images), images[0])
+    raise DataError(image_root, f"{count} of {len(images)} images lack a {role} file in {other_root}, e.g. "
+                                f"{example.relative_to(image_root)} (matched by {how}){hint}")
+
+
+# ------------------------------------------------------------------------------------------ paired folders
+
+
+def _folder(path: str | Path, what: str) -> Path:
+    folder = Path(path).expanduser()
+    if not folder.exists():
+        raise DataError(folder, "no such file or folder")
+    if not folder.is_dir():
+        raise DataError(folder, f"is a file; the {what} of paired folders must be a folder of images "
+                                "(for the channels of one array pass pair='A:B' instead)")
+    return folder
+
+
+def _image_files(root: Path) -> list[Path]:
+    files = [p for p in list_files(root) if p.suffix.lower() in IMAGE_FORMATS]
+    if not files:
+        raise DataError(root, "contains no images (PNG, JPEG, TIFF, BMP, GIF)")
+    return files
+
+
+def _scan(paths: list[Path]) -> tuple[list[tuple[int, int]], bool, list[Path]]:
+    """Header-only scan: every size, grey or colour (the majority), the 16-bit files."""
+    shapes, grey_votes, sixteen = [], 0, []
+    for path in paths:
+        with _open(path) as img:
+            shapes.append((img.height, img.width))
+            grey_votes += _is_grey(img)
+            if _is_16bit(img):
+                sixteen.append(path)
+    return shapes, grey_votes > len(paths) - grey_votes, sixteen
+
+
+def _looks_like_masks(paths: list[Path]) -> bool:
+    """Grey files with at most two values each (0/255 vessel trees, lesion masks), judged on a few files spread
+    over the sorted folder, so the answer does not depend on the split."""
+    picks = sorted({round(i * (len(paths) - 1) / max(MASK_SAMPLE - 1, 1)) for i in range(MASK_SAMPLE)})
+    for i in picks:
+        with _open(paths[i]) as img:
+            if not _is_grey(img):
+                return False
+        if np.unique(_mask_pixels(paths[i])).size > 2:
+            return False
+    return True
+
+
+def _read_image(path: Path, grey: bool, range16: tuple[float, float], side: int) -> np.ndarray:
+    pixels = _pixels(path, grey, range16)
+    if not np.isfinite(pixels).all():  # float TIFFs: a NaN would spread through the resize
+        raise DataError(path, non_finite_problem("the image", pixels))
+    return fit_square(pixels, side)
+
+
+def _binarised(masks: list[np.ndarray], others: list[Path]) -> torch.Tensor:
+    """{0, 1} masks (N, 1, H, W); the foreground threshold comes from every file of the folder, not one split."""
+    peaks = _mask_peaks(masks, others)
+    out = np.stack([m > mask_threshold(m[:0], peak=peaks[m.dtype]) for m in masks])
+    return torch.from_numpy(out.astype(np.float32))[:, None]
+
+
+def _check_shapes(images: list[Path], shapes: list[tuple[int, int]], others: list[Path], role: str) -> None:
+    for image, shape, other in zip(images, shapes, others, strict=True):
+        with _open(other) as img:
+            found = (img.height, img.width)
+        if found != shape:
+            raise DataError(other, f"is {found[1]}x{found[0]} px but its image {image.name} is "
+                                   f"{shape[1]}x{shape[0]} px; a {role} must be the size of its image")
+
+
+def _paired_folders(
+    source: str | Path, target: str | Path, fov: str | Path | None, match: str | None,
+    target_masks: bool | None, options: dict[str, Any],
+) -> ImageDataset:
+    opts = {**image_option_defaults(), **options}
+    folder_groups = opts["folder_groups"]
+    if folder_groups not in FOLDER_GROUPS:
+        raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
+    image_root, target_root = _folder(source, "source"), _folder(target, "target")
+    if image_root.resolve() == target_root.resolve():
+        raise ConfigError(f"{image_root} is both source and target; for masks beside the images (NAME_mask.png) "
+                          "pass pair='image:mask'")
+    images = _image_files(image_root)
+    targets = _pair_files(images, image_root, _image_files(target_root), target_root, match, "target")
+    fov_root = None if fov is None else _folder(fov, "field-of-view folder")
+    fovs = None if fov_root is None else _pair_files(images, image_root, _image_files(fov_root), fov_root, match,
+                                                     "field-of-view")
+
+    # Layout as image folders have it: split folders first, then a first-level folder per class or patient.
+    rels = [p.relative_to(image_root).parts for p in images]
+    first = {parts[0].lower() for parts in rels if len(parts) > 1}
+    split_mode = all(len(p) > 1 for p in rels) and bool(first) and first <= set(SPLIT_ALIASES)
+    depth = 1 if split_mode else 0
+    groups = [parts[depth] if len(parts) > depth + 1 else "" for parts in rels]
+    counts = Counter(groups)
+    labels, class_names, patients = None, (), None
+    if folder_groups == "class":
+        if "" not in counts and len(counts) >= 2 and max(counts.values()) > 1:
+            class_names = tuple(sorted(counts))
+            labels = np.asarray([class_names.index(g) for g in groups], dtype=np.int64)
+    elif folder_groups == "patient" or any(groups):
+        # Paired folders with sub-folders hold one folder per case (segmentation data): patients by default.
+        patients = np.asarray([g or p.stem for g, p in zip(groups, images, strict=True)], dtype=str)
+
+    shapes, grey, sixteen = _scan(images)
+    _check_shapes(images, shapes, targets, "target")
+    if fovs is not None:
+        _check_shapes(images, shapes, fovs, "field-of-view mask")
+    as_masks = _looks_like_masks(targets) if target_masks is None else bool(target_masks)
+    target_grey, target_sixteen = True, []
+    if not as_masks:
+        _, target_grey, target_sixteen = _scan(targets)
+    size = opts["size"]
+    side = int(size) if size else common_side(shapes)
+    range16 = _sixteen_bit_range(image_root, sixteen) if sixteen else (0.0, 65535.0)
+    target_range16 = _sixteen_bit_range(target_root, target_sixteen) if target_sixteen else (0.0, 65535.0)
+
+    split = opts["split"]
+    idx = split_indices(
+        len(images), split, source=image_root, labels=labels, patients=patients,
+        splits=np.asarray([SPLIT_ALIASES[p[0].lower()] for p in rels]) if split_mode else None,
+        seed=opts["seed"], val_fraction=opts["val_fraction"], test_fraction=opts["test_fraction"],
+    )
+    selected = list(range(len(images))) if idx is None else idx.tolist()
+    if not selected:
+        raise DataError(image_root, f"split '{split}' is empty ({len(images)} pairs in all); use split='all'")
+    rest = sorted(set(range(len(images))) - set(selected))
+
+    image_out, target_out, fov_out, meta = [], [], [], []
+    for i in selected:
+        image_out.append(_read_image(images[i], grey, range16, side))
+        if as_masks:
+            target_out.append(fit_mask(_mask_pixels(targets[i]), side))
+        else:
+            target_out.append(_read_image(targets[i], target_grey, target_range16, side))
+        info = {"path": str(images[i]), "target_path": str(targets[i])}
+        if fovs is not None:
+            fov_out.append(fit_mask(_mask_pixels(fovs[i]), side))
+            info["mask_path"] = str(fovs[i])
+        if split_mode:
+            info["split"] = SPLIT_ALIASES[rels[i][0].lower()]
+        meta.append(info)
+
+    image_tensor = torch.from_numpy(np.stack(image_out))
+    names = () if grey else RGB
+    picked = parse_channels(opts["channels"], int(image_tensor.shape[1]), names)
+    if picked is not None:  # channels pick the image side; the target keeps its own
+        image_tensor = image_tensor[:, picked].contiguous()
+        names = tuple(names[i] for i in picked) if names else ()
+    if as_masks:
+        target_tensor = _binarised(target_out, [targets[i] for i in rest])
+        target_names: tuple[str, ...] = ("mask",)
+    else:
+        target_tensor = torch.from_numpy(np.stack(target_out))
+        target_names = () if target_grey else RGB
+    fov_tensor = None if fovs is None else _binarised(fov_out, [fovs[i] for i in rest])
+    info = DataInfo(
+        source=str(image_root), channels=int(image_tensor.shape[1]), height=side, width=side,
+        num_classes=len(class_names), class_names=class_names, split=split, channel_names=names, kind="paired",
+        target_channels=int(target_tensor.shape[1]), target_names=target_names, target_is_mask=as_masks,
+        target_source=str(target_root),
+    )
+    return ImageDataset(
+        images=image_tensor, info=info, targets=target_tensor, masks=fov_tensor,
+        labels=None if labels is None else torch.as_tensor(labels[selected]),
+        patients=None if patients is None else patients[selected], meta=meta,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- public API
+
+
+def _one_source(source: Any, pair: str, options: dict[str, Any]) -> ImageDataset:
+    """Load one source for ``pair``: all channels when the pair picks channels (so both sides share one load:
+    one split, one normalisation, one crop and resize)."""
+    a, b = _parse_pair(pair)
+    if _role(a) is None and _role(b) is None and options.get("channels") is not None:
+        raise ConfigError(f"channels={options['channels']!r} and pair={pair!r} both choose channels; "
+                          "give them in pair only")
+    return load_dataset(source, **options)
+
+
+def load_paired(
+    source: str | Path | None,
+    *,
+    target: str | Path | None = None,
+    pair: str | None = None,
+    match: str | None = None,
+    fov: str | Path | None = None,
+    target_masks: bool | None = None,
+    **options: Any,
+) -> ImageDataset:
+    """Paired data: batches hold ``image`` -> ``target`` (+ ``mask``, ``label`` where present).
+
+    See the module docstring for the matching rules and value ranges. The result is an :class:`ImageDataset`
+    with ``targets`` filled; its ``info`` has ``kind="paired"``, ``target_channels``, ``target_names``,
+    ``target_is_mask`` and (two folders) ``target_source``.
+
+    Args:
+        source: a folder of images (with ``target``), or any source of :func:`~synthmed.data.load_dataset`
+            (with ``pair``).
+        target: the folder of targets, matched to the images by file name.
+        pair: ``"image:mask"`` / ``"mask:image"`` (the source's masks), or ``"A:B"`` channel groups of one array.
+        match: with ``target``: a regular expression whose first group (or whole match) in a file's stem is
+            the key shared by an image and its target (and fov mask), e.g. ``r"^(\\d+)_"`` for DRIVE.
+        fov: with ``target``: a folder of field-of-view masks matched the same way; they become ``mask``.
+        target_masks: with ``target``: read targets as {0, 1} masks (``True``), as images in [-1, 1]
+            (``False``), or decide (``None``: grey files with at most two values are masks).
+        options: image options of :func:`~synthmed.data.load_dataset` (``size``, ``split``, ``channels``,
+            ``seed``, ...). With ``target``, ``channels`` picks the image's channels and the npz / download
+            options do not apply; with ``pair="A:B"`` the pair picks the channels.
+
+    Raises:
+        ConfigError: neither or both of ``target`` and ``pair``; options that do not apply.
+        DataError: unmatched files (naming the folder and an example), sizes that differ within a pair,
+            a source without masks for ``"image:mask"``.
+    """
+    refuse_options(options, frozenset(image_option_defaults()), "paired data")
+    if (target is None) == (pair is None):
+        raise ConfigError("paired data need target=FOLDER (files matched by name) or pair='A:B' / 'image:mask' "
+                          f"(one of them, got {'both' if target is not None else 'neither'})")
+    if target is not None:
+        if source is None:
+            raise ConfigError("paired folders need a source folder of images beside target=")
+        allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups"}
+        refuse_options(options, allowed, "paired image folders")
+        return _paired_folders(source, target, fov, match, target_masks, options)
+    if match is not None or fov is not None or target_masks is not None:
+        raise ConfigError("match=, fov= and target_masks= apply to a target folder, not to pair=")
+    ds = _one_source(source, str(pair), options)
+    image, target_side, used_masks = _sides(ds, str(pair), source)
+    return ImageDataset(
+        images=image.tensor, info=_paired_info(ds.info, image, target_side), labels=ds.labels,
+        masks=None if used_masks else ds.masks, targets=target_side.tensor, patients=ds.patients, meta=ds.meta,
+    )
+
+
+def _halves(ds: ImageDataset, seed: int, source: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of two disjoint halves of ``ds``'s patients (or images, without ids), seeded."""
+    if ds.patients is None:
+        warnings.warn(f"{source}: no patient ids, so the unpaired domains are split per image; images of one "
+                      "patient may appear in both domains (give patient ids, e.g. npz patient_key=...)", stacklevel=3)
+        units = np.arange(len(ds)).astype(str)
+    else:
+        units = np.asarray(ds.patients).astype(str)
+    unique = np.unique(units)  # sorted: independent of row order
+    if len(unique) < 2:
+        unit = "image" if ds.patients is None else "patient"
+        raise DataError(source, f"split '{ds.info.split}' has {len(unique)} {unit}; unpaired domains from one "
+                                f"source need at least 2 (each domain its own {unit}s)")
+    # A stream of its own, so the halves do not repeat the permutation that made the split.
+    order = np.random.default_rng([seed, 1]).permutation(len(unique))
+    in_a = np.isin(units, unique[order[: (len(unique) + 1) // 2]])
+    return np.flatnonzero(in_a), np.flatnonzero(~in_a)
+
+
+def _domain(ds: ImageDataset, tensor: torch.Tensor, key: str, idx: np.ndarray | None = None) -> TensorSet:
+    if idx is None:
+        return TensorSet({key: tensor}, ds.info, kind="images", patients=ds.patients, meta=list(ds.meta))
+    index = torch.as_tensor(idx, dtype=torch.int64)
+    return TensorSet(
+        {key: tensor.index_select(0, index)}, ds.info, kind="images",
+        patients=None if ds.patients is None else ds.patients[idx],
+        meta=[ds.meta[i] for i in idx.tolist()] if ds.meta else [],
+    )
+
+
+def load_unpaired(
+    source: str | Path | None,
+    *,
+    target: str | Path | None = None,
+    pair: str | None = None,
+    **options: Any,
+) -> UnpairedSet:
+    """Unpaired data (CycleGAN): domain A as ``image``, domain B as ``target``, drawn independently.
+
+    Two sources: domain A is ``source``, domain B is ``target`` (each any source of
+    :func:`~synthmed.data.load_dataset`, each split by patient where ids exist, of any sizes; B is resized to
+    A's side when ``size`` is not given). One source with ``pair="A:B"`` (channel groups) or
+    ``"image:mask"``: the chosen split's **patients are divided into two disjoint, seeded halves**; domain A
+    takes its channels from the first half, domain B from the second, so no patient contributes to both
+    domains (without patient ids the images are halved instead, with a warning).
+    Batches hold only ``image`` and ``target`` (labels and masks are left out: the domains share no rows).
+    ``info`` has ``kind="unpaired"``, ``sizes`` = (len A, len B), ``target_channels``, ``target_names``.
+
+    Args:
+        source: domain A (or both domains, with ``pair``).
+        target: domain B.
+        pair: channel groups ``"A:B"`` (names or indices, comma lists) or ``"image:mask"`` of one source.
+        options: image options of :func:`~synthmed.data.load_dataset`, used for both domains.
+
+    Raises:
+        ConfigError: neither or both of ``target`` and ``pair``.
+        DataError: a source fails to load, or one split has fewer than 2 patients for two domains.
+    """
+    refuse_options(options, frozenset(image_option_defaults()), "unpaired data")
+    if (target is None) == (pair is None):
+        raise ConfigError("unpaired data need target=FOLDER_OR_FILE (domain B) or pair='A:B' (channel groups of "
+                          f"disjoint patients), one of them (got {'both' if target is not None else 'neither'})")
+    if target is not None:
+        a = load_dataset(source, **options)
+        b = load_dataset(target, **{**options, "size": options.get("size") or a.info.height})
+        domain_a, domain_b = _domain(a, a.images, "image"), _domain(b, b.images, "target")
+        names_a, names_b, mask_b = a.info.channel_names, b.info.channel_names, False
+        target_source = str(target)
+        base = a.info
+    else:
+        ds = _one_source(source, str(pair), options)
+        image, target_side, _ = _sides(ds, str(pair), source)
+        idx_a, idx_b = _halves(ds, int(options.get("seed", 0)), source)
+        domain_a, domain_b = _domain(ds, image.tensor, "image", idx_a), _domain(ds, target_side.tensor, "target",
+                                                                                 idx_b)
+        names_a, names_b, mask_b = image.names, target_side.names, target_side.is_mask
+        target_source = ""
+        base = ds.info
+    info = replace(
+        base, channels=int(domain_a.tensors["image"].shape[1]), channel_names=names_a, num_classes=0,
+        class_names=(), kind="unpaired", target_channels=int(domain_b.tensors["target"].shape[1]),
+        target_names=names_b, target_is_mask=mask_b, target_source=target_source,
+        sizes=(len(domain_a), len(domain_b)),
+    )
+    return UnpairedSet(domain_a=domain_a, domain_b=domain_b, info=info)

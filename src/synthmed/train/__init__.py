@@ -1,1 +1,0 @@
-"""The one trainer: see :mod:`synthmed.train.trainer`."""

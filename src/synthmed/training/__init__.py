@@ -1,0 +1,1 @@
+"""The one trainer: see :mod:`synthmed.training.trainer`."""

@@ -1,0 +1,270 @@
+"""How the unconditional recipe wires its options into one training step.
+
+Each test observes the effect of one option on the step it changes (the discriminator's targets, what the
+discriminator sees, the learning rate an optimiser holds, the composition of a loss, the number of critic steps)
+and fails when the recipe ignores the option. The pieces themselves (each loss against a hand-computed case) are
+pinned in tests/test_losses.py; here only their wiring is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from synthmed import losses as L
+from synthmed.data.dataset import DataInfo
+from synthmed.recipes import build_recipe
+from synthmed.recipes.base import Recipe
+from synthmed.recipes.step import StepContext
+
+INFO = DataInfo(source="wiring-test", channels=1, height=32, width=32)
+TINY = {"g_channels": 8, "d_channels": 8, "latent_dim": 8}
+BATCH = 8
+
+
+def make(seed: int = 0, **options) -> tuple[Recipe, StepContext]:
+    """A tiny recipe on the CPU with its optimisers and a step context whose extra batches are counted."""
+    torch.manual_seed(seed)
+    recipe = build_recipe("unconditional", {**TINY, **options}, INFO)
+    ctx = StepContext(device=torch.device("cpu"), optimizers=recipe.configure_optimizers())
+    ctx.batches_drawn = 0  # type: ignore[attr-defined]
+
+    def draw() -> dict[str, torch.Tensor]:
+        ctx.batches_drawn += 1  # type: ignore[attr-defined]
+        return {"image": images(seed=100 + ctx.batches_drawn)}  # type: ignore[attr-defined]
+
+    ctx.draw_batch = draw
+    return recipe, ctx
+
+
+def images(seed: int = 1) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(BATCH, 1, 32, 32, generator=gen) * 2 - 1
+
+
+class Calls:
+    """Records every forward call of a network: its first input and its output (logits, or the tuple)."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        self.inputs: list[torch.Tensor] = []
+        self.outputs: list[torch.Tensor] = []
+        net.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.inputs.append(args[0].detach().clone())
+        logits = output[0] if isinstance(output, tuple) else output
+        self.outputs.append(logits.detach().float().reshape(-1).clone())
+
+
+def step(recipe: Recipe, ctx: StepContext, batch: torch.Tensor | None = None, seed: int = 7,
+         at: int = 0) -> dict[str, torch.Tensor]:
+    ctx.step = at
+    torch.manual_seed(seed)
+    return recipe.train_step({"image": images() if batch is None else batch}, ctx)
+
+
+def d_step_logits(recipe: Recipe, **kwargs) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """One step; returns its losses and the discriminator's logits on the real and the fake batch."""
+    recipe_, ctx = recipe if isinstance(recipe, tuple) else (recipe, None)
+    calls = Calls(recipe_.networks["D"])
+    out = step(recipe_, ctx, **kwargs)
+    return out, calls.outputs[0], calls.outputs[1]
+
+
+D_LOSSES: dict[str, Callable] = {"bce": L.d_loss_bce, "lsgan": L.d_loss_least_squares}
+
+
+# --- the discriminator's targets --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["bce", "lsgan"])
+def test_label_smoothing_sets_the_real_target(loss: str) -> None:
+    out, real, fake = d_step_logits(make(loss=loss, label_smoothing=0.2))
+    smoothed = D_LOSSES[loss](real, fake, 0.8, 0.0)
+    plain = D_LOSSES[loss](real, fake, 1.0, 0.0)
+    torch.testing.assert_close(out["loss_d"], smoothed)
+    assert not torch.allclose(out["loss_d"], plain), "label smoothing had no effect on the discriminator loss"
+
+
+@pytest.mark.parametrize("loss", ["bce", "lsgan"])
+def test_without_label_options_the_targets_are_one_and_zero(loss: str) -> None:
+    out, real, fake = d_step_logits(make(loss=loss))
+    torch.testing.assert_close(out["loss_d"], D_LOSSES[loss](real, fake, 1.0, 0.0))
+
+
+def test_label_flips_swap_the_targets() -> None:
+    # With a flip probability this close to 1 every target of the 8 samples flips (seeded: it does here).
+    out, real, fake = d_step_logits(make(label_flip=0.999))
+    torch.testing.assert_close(out["loss_d"], L.d_loss_bce(real, fake, 0.0, 1.0))
+
+
+def test_label_noise_jitters_the_targets_within_its_range() -> None:
+    a = 0.5
+    out, real, fake = d_step_logits(make(label_noise=a))
+    # BCE with logits is linear in the target: softplus(x) - t * x; each target lies in its noisy range.
+    def bounds(x: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+        at_lo, at_hi = F.softplus(x) - lo * x, F.softplus(x) - hi * x
+        return torch.minimum(at_lo, at_hi).mean(), torch.maximum(at_lo, at_hi).mean()
+
+    real_lo, real_hi = bounds(real, 1 - a, 1.0)
+    fake_lo, fake_hi = bounds(fake, 0.0, a)
+    assert real_lo + fake_lo <= out["loss_d"] <= real_hi + fake_hi
+    assert not torch.allclose(out["loss_d"], L.d_loss_bce(real, fake, 1.0, 0.0)), "label noise was ignored"
+
+
+# --- what the discriminator sees --------------------------------------------------------------------------
+
+
+def test_instance_noise_is_added_to_the_discriminator_input_and_annealed() -> None:
+    recipe, ctx = make(instance_noise=0.3, instance_noise_steps=10)
+    batch = images()
+    calls = Calls(recipe.networks["D"])
+    step(recipe, ctx, batch, at=5)  # sigma = 0.3 * (1 - 5 / 10)
+    added = calls.inputs[0] - batch
+    assert added.std().item() == pytest.approx(0.15, rel=0.05)
+    assert added.mean().abs().item() < 0.01
+    calls.inputs.clear()
+    step(recipe, ctx, batch, at=10)  # annealed to zero
+    torch.testing.assert_close(calls.inputs[0], batch, rtol=0, atol=0)
+
+
+def test_without_instance_noise_or_diffaugment_the_discriminator_sees_the_batch() -> None:
+    recipe, ctx = make()
+    batch = images()
+    calls = Calls(recipe.networks["D"])
+    fakes = Calls(recipe.networks["G"])
+    step(recipe, ctx, batch)
+    torch.testing.assert_close(calls.inputs[0], batch, rtol=0, atol=0)
+    assert fakes.inputs, "the generator was never called"
+
+
+def test_diffaugment_transforms_real_and_fake_inputs_of_the_discriminator() -> None:
+    recipe, ctx = make(diffaugment="translation,cutout")
+    batch = images()
+    seen = Calls(recipe.networks["D"])
+    made = Calls(recipe.networks["G"])
+    generated: list[torch.Tensor] = []
+    recipe.networks["G"].register_forward_hook(lambda m, a, out: generated.append(out.detach().clone()))
+    step(recipe, ctx, batch)
+    assert made.inputs
+    assert seen.inputs[0].shape == batch.shape and not torch.equal(seen.inputs[0], batch), "real not augmented"
+    assert not torch.equal(seen.inputs[1], generated[0]), "fake not augmented"
+
+
+def test_minibatch_discrimination_couples_the_samples_of_a_batch() -> None:
+    def sample_zero_depends_on_sample_one(**options) -> bool:
+        recipe, _ = make(**options)
+        d = recipe.networks["D"].eval()  # eval: batch norm uses running statistics, so only the layer couples
+        x = images()
+        y = x.clone()
+        y[1] = -y[1]
+        with torch.no_grad():
+            return not torch.allclose(d(x)[0], d(y)[0])
+
+    assert sample_zero_depends_on_sample_one(minibatch_discrimination=True)
+    assert not sample_zero_depends_on_sample_one(minibatch_discrimination=False)
+
+
+# --- optimisers and step counts ---------------------------------------------------------------------------
+
+
+def learning_rates(**options) -> tuple[float, float]:
+    _, ctx = make(**options)
+    return ctx.optimizers["G"].param_groups[0]["lr"], ctx.optimizers["D"].param_groups[0]["lr"]
+
+
+def test_ttur_gives_the_discriminator_four_times_the_generators_learning_rate() -> None:
+    assert learning_rates(loss="bce") == (2e-4, 2e-4)
+    assert learning_rates(loss="bce", ttur=True) == (2e-4, 8e-4)
+    assert learning_rates(loss="bce", ttur=True, lr_g=1e-4) == (1e-4, 4e-4)
+    assert learning_rates(loss="bce", ttur=True, lr_d=3e-4) == (2e-4, 3e-4)  # an explicit lr_d wins
+    assert learning_rates(loss="hinge") == (1e-4, 4e-4)  # the hinge preset (SAGAN)
+
+
+def test_the_learning_rate_an_optimiser_holds_is_the_one_it_steps_with() -> None:
+    recipe, ctx = make(loss="bce", ttur=True, lr_g=1e-3, betas=(0.0, 0.99))
+    before = {name: [p.detach().clone() for p in recipe.networks[name].parameters()] for name in ("G", "D")}
+    step(recipe, ctx)
+    for name, lr in (("G", 1e-3), ("D", 4e-3)):
+        moved = max((p.detach() - b).abs().max().item()
+                    for p, b in zip(recipe.networks[name].parameters(), before[name], strict=True))
+        # Adam's first step moves each weight by about lr (the update is m / sqrt(v) = sign(g) when beta1 = 0).
+        assert moved == pytest.approx(lr, rel=0.01), name
+
+
+def count_steps(ctx: StepContext) -> dict[str, int]:
+    counts = dict.fromkeys(ctx.optimizers, 0)
+    for name, optimizer in ctx.optimizers.items():
+        optimizer.register_step_post_hook(lambda opt, args, kwargs, name=name: counts.__setitem__(name,
+                                                                                               counts[name] + 1))
+    return counts
+
+
+@pytest.mark.parametrize(("options", "critic_steps"), [
+    ({"loss": "wgan-gp"}, 5),  # the paper's preset
+    ({"loss": "wgan-gp", "n_critic": 2}, 2),
+    ({"loss": "bce", "n_critic": 3}, 3),
+    ({"loss": "bce"}, 1),
+])
+def test_n_critic_discriminator_steps_per_generator_step(options: dict, critic_steps: int) -> None:
+    recipe, ctx = make(**options)
+    counts = count_steps(ctx)
+    step(recipe, ctx)
+    assert counts == {"D": critic_steps, "G": 1}
+    assert ctx.batches_drawn == critic_steps - 1, "each extra critic step must draw a fresh real batch"
+
+
+# --- composition of the losses ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("weight", [10.0, 3.0])
+def test_gradient_penalty_weight_scales_the_penalty_in_the_critic_loss(weight: float) -> None:
+    recipe, ctx = make(loss="wgan-gp", n_critic=1, gp_weight=weight)
+    out = step(recipe, ctx)
+    assert out["gp"] > 0
+    torch.testing.assert_close(out["loss_d"], out["d_fake"] - out["d_real"] + weight * out["gp"])
+
+
+def loss_difference(key: str, off: dict, on: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The same step from the same weights and noise with an option off and on: (on - off of ``key``, on's)."""
+    without = step(*make(**off))
+    with_option = step(*make(**on))
+    return with_option[key] - without[key], with_option
+
+
+@pytest.mark.parametrize("gamma", [1.0, 4.0])
+def test_r1_weight_adds_half_gamma_times_the_penalty(gamma: float) -> None:
+    diff, out = loss_difference("loss_d", {"loss": "bce"}, {"loss": "bce", "r1_weight": gamma})
+    assert out["r1"] > 0
+    torch.testing.assert_close(diff, 0.5 * gamma * out["r1"])
+
+
+@pytest.mark.parametrize("weight", [1.0, 2.5])
+def test_feature_matching_weight_adds_to_the_generator_loss(weight: float) -> None:
+    diff, out = loss_difference("loss_g", {"loss": "bce"}, {"loss": "bce", "feature_matching": weight})
+    assert out["feature_matching"] > 0
+    torch.testing.assert_close(diff, weight * out["feature_matching"])
+    # The discriminator's step is untouched by a generator-side term.
+    torch.testing.assert_close(step(*make(loss="bce"))["loss_d"], out["loss_d"])
+
+
+@pytest.mark.parametrize(("loss", "g_loss"), [
+    ("bce", L.g_loss_nonsaturating), ("lsgan", L.g_loss_least_squares), ("hinge", L.g_loss_hinge),
+    ("wgan-gp", L.g_loss_wasserstein),
+])
+def test_each_loss_name_selects_its_generator_loss(loss: str, g_loss: Callable) -> None:
+    recipe, ctx = make(loss=loss, n_critic=1)
+    calls = Calls(recipe.networks["D"])
+    out = step(recipe, ctx)
+    torch.testing.assert_close(out["loss_g"], g_loss(calls.outputs[-1]))
+
+
+@pytest.mark.parametrize(("loss", "d_loss"), [
+    ("bce", L.d_loss_bce), ("lsgan", L.d_loss_least_squares), ("hinge", L.d_loss_hinge),
+])
+def test_each_loss_name_selects_its_discriminator_loss(loss: str, d_loss: Callable) -> None:
+    out, real, fake = d_step_logits(make(loss=loss))
+    torch.testing.assert_close(out["loss_d"], d_loss(real, fake))
