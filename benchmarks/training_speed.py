@@ -61,8 +61,7 @@ from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.ops.cpu_conv import native_convolutions, without_winograd
 from synthmed.recipes import build_recipe
-from synthmed.recipes.base import frozen
-from synthmed.recipes.step import StepContext
+from synthmed.recipes.step import StepContext, frozen
 from synthmed.training.ema import ema_beta, update_ema
 
 RESULTS = ROOT / "benchmarks" / "results"
