@@ -183,16 +183,16 @@ import sys, time
 from pathlib import Path
 from synthmed.training import checkpoint
 
-marker = Path(sys.argv[1])
+marker, seconds = Path(sys.argv[1]), float(sys.argv[2])
 write_weights = checkpoint.save_file
 
 def slow_save(tensors, path):  # the weights reach their temporary file, then the save takes long
     write_weights(tensors, path)
     marker.write_text(str(path))
-    time.sleep(60)
+    time.sleep(seconds)
 
 checkpoint.save_file = slow_save
-sys.argv = ["synthmed", *sys.argv[2:]]
+sys.argv = ["synthmed", *sys.argv[3:]]
 from synthmed.cli import main
 main()
 """
@@ -202,7 +202,7 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_half_written_checkpoint(tmp_pa
     script = tmp_path / "slow_save.py"
     script.write_text(textwrap.dedent(SLOW_SAVE))
     marker, run = tmp_path / "saving", tmp_path / "abort"
-    cmd = [sys.executable, str(script), str(marker), *_train_cli(run)[3:]]
+    cmd = [sys.executable, str(script), str(marker), "60", *_train_cli(run)[3:]]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_rows(run, proc)
     proc.send_signal(signal.SIGINT)  # first: finish the step and save
@@ -219,6 +219,24 @@ def test_a_second_ctrl_c_aborts_at_once_without_a_half_written_checkpoint(tmp_pa
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     left = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert left == [], f"a half-written checkpoint was left behind: {left}"
+
+
+def test_one_ctrl_c_during_the_last_checkpoint_does_not_cut_it_short(tmp_path: Path) -> None:
+    script = tmp_path / "slow_save.py"
+    script.write_text(textwrap.dedent(SLOW_SAVE))
+    marker, run = tmp_path / "saving", tmp_path / "last"
+    cmd = [sys.executable, str(script), str(marker), "3", *_train_cli(run)[3:]]
+    cmd[cmd.index("100000")] = "5"  # a 5-step run; its only checkpoint is the last one
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert marker.exists(), "the checkpoint save never started"
+    proc.send_signal(signal.SIGINT)  # the run is over; the request is absorbed and the save completes
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert ckpt.latest_checkpoint(run / "checkpoints").name == "step_00000005.json"
+    ckpt.load_checkpoint(ckpt.latest_checkpoint(run / "checkpoints"))  # complete, hash verified
 
 
 # --- two processes ------------------------------------------------------------------------------------------

@@ -265,40 +265,39 @@ class Trainer:
         parts = [LogLosses(t.log_every), Preview(t.sample_every), Checkpoint(t.checkpoint_every),
                  EvaluateAndKeepBest(t.eval_every, evaluator)]
         started = time.monotonic()
-        with loop.progress:
-            why = self._train(loop, ctx, stream, parts, deadline, resumed=resume_record is not None)
+        stopper = Stopper()  # installed until the last checkpoint is written: a first Ctrl-C never cuts it short
+        with loop.progress, stopper.installed():
+            why = self._train(loop, ctx, stream, parts, stopper, deadline, resumed=resume_record is not None)
             loop.flush()
             if loop.last_saved_step != loop.step:
                 loop.save()
         return self._finish(loop, start_step, time.monotonic() - started, why, evaluator)
 
-    def _train(self, loop: Loop, ctx: StepContext, stream: BatchStream, parts: list[Periodic],
+    def _train(self, loop: Loop, ctx: StepContext, stream: BatchStream, parts: list[Periodic], stopper: Stopper,
                deadline: float | None, resumed: bool) -> str:
         """The loop: phases in order, one recipe step at a time, then the periodic parts that are due."""
         t = self.config.train
         recipe = loop.recipe
         ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]
         start_step = loop.step
-        stopper = Stopper()
-        with stopper.installed():
-            for phase, first, end in _phase_plan(recipe.phases(), t.steps):
-                if end is not None and loop.step >= end:
-                    continue
-                loop.phase = ctx.phase = phase.name
-                recipe.start_phase(phase.name, resumed=resumed and loop.step > first)
-                while end is None or loop.step < end:
-                    why = self._should_stop(loop.step, start_step, stopper, deadline)
-                    if why:
-                        return why
-                    ctx.step = loop.step
-                    losses = recipe.train_step(stream.next(), ctx)
-                    for source, shadow in ema_pairs:
-                        update_ema(shadow, source, ema_beta(loop.step, t.ema_beta))
-                    loop.step += 1
-                    loop.record(losses)
-                    for part in parts:
-                        if part.due(loop.step):
-                            part(loop)
+        for phase, first, end in _phase_plan(recipe.phases(), t.steps):
+            if end is not None and loop.step >= end:
+                continue
+            loop.phase = ctx.phase = phase.name
+            recipe.start_phase(phase.name, resumed=resumed and loop.step > first)
+            while end is None or loop.step < end:
+                why = self._should_stop(loop.step, start_step, stopper, deadline)
+                if why:
+                    return why
+                ctx.step = loop.step
+                losses = recipe.train_step(stream.next(), ctx)
+                for source, shadow in ema_pairs:
+                    update_ema(shadow, source, ema_beta(loop.step, t.ema_beta))
+                loop.step += 1
+                loop.record(losses)
+                for part in parts:
+                    if part.due(loop.step):
+                        part(loop)
         return "steps"
 
     def _should_stop(self, step: int, start_step: int, stopper: Stopper, deadline: float | None) -> str | None:
