@@ -350,6 +350,10 @@ def test_wrong_kind_of_data_is_refused_before_a_run_directory(tmp_path: Path, re
     with pytest.raises(ConfigError, match="recipe 'unconditional' needs images; .*codes.csv gives tabular records"):
         synthmed.train(records_csv, out=tmp_path / "b", steps=2, progress=False, **TRAIN)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    with pytest.raises(ConfigError, match="--eval-every scores generated images .*codes.csv gives records"):
+        synthmed.train(records_csv, out=tmp_path / "c", steps=2, progress=False, recipe="test-records",
+                       eval_every=1, **TRAIN)
+    assert not (tmp_path / "c").exists()
 
 
 def test_images_and_masks_need_a_pair_option_for_a_paired_recipe(tmp_path: Path) -> None:

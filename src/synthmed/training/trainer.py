@@ -196,8 +196,12 @@ class Trainer:
             from synthmed.training.periodic_eval import PeriodicFID
 
             try:  # e.g. missing Inception weights: every process must stop, not only this one
-                evaluator = PeriodicFID(recipe, data.images, t.eval_features, t.eval_samples,  # type: ignore[attr-defined]
-                                        seed=t.preview_seed, device=self.device)
+                images = getattr(data, "images", None)
+                if images is None:
+                    raise ConfigError(f"--eval-every scores generated images against real ones; {data.info.source} "
+                                      f"gives {data.spec().kind}")
+                evaluator = PeriodicFID(recipe, images, t.eval_features, t.eval_samples, seed=t.preview_seed,
+                                        device=self.device)
             except SynthmedError as exc:
                 problem = exc
         self._stop_together(problem, "the main process could not set up training-time evaluation")
