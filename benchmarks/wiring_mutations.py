@@ -49,7 +49,7 @@ MUTATIONS = [
              "loss_d = loss_d + cfg.gp_weight * gp", "loss_d = loss_d + 10.0 * gp"),
     Mutation("ttur-ignored", "TTUR's discriminator learning rate ignored",
              "src/synthmed/recipes/unconditional.py",
-             'ttur_lr_d = 4 * float(lr_g) if config.ttur else preset["lr_d"]', 'ttur_lr_d = preset["lr_d"]'),
+             "ttur_lr_d = 4 * float(lr_g) if config.ttur else preset.lr_d", "ttur_lr_d = preset.lr_d"),
     Mutation("ema-swapped", "EMA weights swapped with the live generator's (the trainer averages into G)",
              "src/synthmed/training/trainer.py",
              "update_ema(shadow, source, ", "update_ema(source, shadow, "),
@@ -76,14 +76,17 @@ def scratch_copy(target: Path) -> None:
             shutil.copy2(source, target / name)
 
 
+def check_applies(mutation: Mutation) -> None:
+    """Before anything runs: each mutation's text is in its file exactly once (the code may have moved)."""
+    if (ROOT / mutation.path).read_text().count(mutation.old) != 1:
+        raise SystemExit(f"{mutation.path}: the text to mutate for {mutation.name!r} is not there exactly once")
+
+
 def run_mutation(mutation: Mutation, scratch: Path, pytest_args: list[str]) -> dict[str, object]:
     copy = scratch / mutation.name
     scratch_copy(copy)
     path = copy / mutation.path
-    text = path.read_text()
-    if text.count(mutation.old) != 1:
-        raise SystemExit(f"{mutation.path}: the text to mutate for {mutation.name!r} is not there exactly once")
-    path.write_text(text.replace(mutation.old, mutation.new))
+    path.write_text(path.read_text().replace(mutation.old, mutation.new))
     # The copy's src first, for pytest and for every subprocess it starts (CLI runs, torchrun, spawned workers).
     env = {**os.environ, "PYTHONPATH": str(copy / "src")}
     started = time.monotonic()
@@ -102,18 +105,22 @@ def main() -> None:
     parser.add_argument("--pytest-args", default="", help="extra pytest arguments, e.g. a test file")
     parser.add_argument("--scratch", default="/tmp/synthmed-mutations")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "wiring_mutations.json"))
+    parser.add_argument("--merge", action="store_true", help="keep the other mutations' results already in --out")
     args = parser.parse_args()
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    for mutation in chosen:
+        check_applies(mutation)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    results = []
+    out = Path(args.out)
+    results = json.loads(out.read_text())["mutations"] if args.merge and out.exists() else []
     for mutation in chosen:
         result = run_mutation(mutation, Path(args.scratch), args.pytest_args.split())
+        result.update(commit=commit, pytest_args=args.pytest_args)
         print(f"{mutation.name}: {len(result['failed_tests'])} failed ({result['seconds']} s) "
               f"{result['summary']}", flush=True)
-        results.append(result)
-    report = {"commit": commit, "pytest_args": args.pytest_args, "mutations": results}
-    Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+        results = [r for r in results if r["mutation"] != mutation.name] + [result]
+        out.write_text(json.dumps({"mutations": results}, indent=1) + "\n")  # after each: hours of work
     if not all(r["caught"] for r in results):
         raise SystemExit("some mutations were not caught: " + ", ".join(r["mutation"] for r in results
                                                                          if not r["caught"]))
