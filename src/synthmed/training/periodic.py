@@ -7,6 +7,7 @@ the shared :class:`Loop`; adding periodic work is adding a part, not editing the
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -102,7 +103,7 @@ def write_preview(loop: Loop, step: int) -> Path:
                         title=f"{loop.run_dir.name}: step {step}")
 
 
-class Periodic:
+class Periodic(abc.ABC):
     """A piece of work done after every ``every``-th step."""
 
     def __init__(self, every: int | None) -> None:
@@ -111,8 +112,9 @@ class Periodic:
     def due(self, step: int) -> bool:
         return bool(self.every) and step % self.every == 0  # type: ignore[operator]
 
+    @abc.abstractmethod
     def __call__(self, loop: Loop) -> None:
-        raise NotImplementedError
+        """Do the work for the step the loop has just finished (``loop.step``)."""
 
 
 class LogLosses(Periodic):
