@@ -20,10 +20,11 @@ from synthmed.recipes.step import StepContext, frozen
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
 
 
-def build_recipe(name: str, options: dict[str, Any], data_info: DataInfo, ema_beta: float = 0.0) -> Recipe:
-    """Construct recipe ``name`` with ``options`` for data described by ``data_info``."""
+def build_recipe(name: str, options: dict[str, Any] | Any, data_info: DataInfo, ema_beta: float = 0.0) -> Recipe:
+    """Construct recipe ``name`` for data described by ``data_info`` from its ``options`` (a plain dict, checked and
+    converted by :func:`make_config`, or the recipe's config object already built)."""
     cls = get_recipe(name)
-    recipe = cls(make_config(cls, options), data_info)
+    recipe = cls(make_config(cls, options) if isinstance(options, dict) else options, data_info)
     recipe.add_ema_copies(ema_beta)
     return recipe
 

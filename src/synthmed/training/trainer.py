@@ -167,7 +167,7 @@ class Trainer:
         options = make_config(cls, self.config.recipe_options)
         check_spec(cls.data_spec(options), data.spec(), data.info.source, cls.name)
         torch.manual_seed(t.seed)  # identical initial weights on every process
-        recipe = build_recipe(self.config.recipe, self.config.recipe_options, data.info, t.ema_beta)
+        recipe = build_recipe(self.config.recipe, options, data.info, t.ema_beta)  # the config checked above
         channels_last = t.channels_last
         if channels_last is None:
             channels_last = recipe.prefers_channels_last
