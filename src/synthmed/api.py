@@ -20,7 +20,7 @@ from synthmed.data.dataset import DataInfo
 from synthmed.devices import select_device
 from synthmed.errors import ConfigError, SynthmedError
 from synthmed.ops import kernels
-from synthmed.recipes import GenerativeRecipe, Recipe, build_recipe
+from synthmed.recipes import ConditionalGenerativeRecipe, GenerativeRecipe, Recipe, build_recipe
 from synthmed.training import checkpoint as ckpt
 from synthmed.training.config import DataConfig, RunConfig, TrainConfig, read_run_document
 from synthmed.training.trainer import TrainResult, fit, resolve_run_dir, resume
@@ -79,10 +79,37 @@ class TrainedModel:
     def latent_dim(self) -> int:
         return self._generative().latent_dim
 
-    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
-        """``n`` images (N, C, H, W) in [-1, 1] on the CPU, with the run's ``cpu_kernels``."""
+    @property
+    def conditional(self) -> bool:
+        """Whether the run generates images of a requested class (``sample(n, labels=K)``)."""
+        return isinstance(self.recipe, ConditionalGenerativeRecipe)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes a conditional run generates, in label order; ``()`` for an unconditional run."""
+        return self.recipe.class_names if isinstance(self.recipe, ConditionalGenerativeRecipe) else ()
+
+    def class_index(self, value: int | str) -> int:
+        """A class by index or name, checked against the run (one-line :class:`ConfigError` otherwise)."""
+        if not isinstance(self.recipe, ConditionalGenerativeRecipe):
+            raise ConfigError(f"{self.run_dir}: recipe {self.config.recipe!r} is not class-conditional; "
+                              "train a conditional recipe (conditional, acgan, cwgan-gp, bagan, bagan-gp)")
+        return self.recipe.class_index(value)
+
+    def sample(self, n: int, seed: int = 0, labels: torch.Tensor | int | str | None = None) -> torch.Tensor:
+        """``n`` images (N, C, H, W) in [-1, 1] on the CPU, with the run's ``cpu_kernels``.
+
+        ``labels`` (conditional runs): one class (index or name) or (n,) class indices; default classes in turn.
+        """
+        recipe = self._generative()
         with kernels(self.config.train.cpu_kernels):
-            return self._generative().sample(n, seed=seed)
+            if isinstance(recipe, ConditionalGenerativeRecipe):
+                if isinstance(labels, str):
+                    labels = recipe.class_index(labels)
+                return recipe.sample(n, seed=seed, labels=labels)
+            if labels is not None:
+                self.class_index(0)  # raises: an unconditional run cannot honour a class
+            return recipe.sample(n, seed=seed)
 
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         with kernels(self.config.train.cpu_kernels):

@@ -7,6 +7,7 @@ from typing import Any
 from synthmed.data.dataset import DataInfo
 from synthmed.recipes.base import (
     RECIPES,
+    ConditionalGenerativeRecipe,
     GenerativeRecipe,
     Phase,
     Preview,
@@ -31,6 +32,7 @@ def build_recipe(name: str, options: dict[str, Any] | Any, data_info: DataInfo, 
 
 __all__ = [
     "RECIPES",
+    "ConditionalGenerativeRecipe",
     "GenerativeRecipe",
     "Phase",
     "Preview",

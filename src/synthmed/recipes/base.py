@@ -50,6 +50,8 @@ class Preview:
     columns: dict[str, torch.Tensor] = field(default_factory=dict)
     frequencies: dict[str, torch.Tensor] = field(default_factory=dict)
     names: tuple[str, ...] = ()
+    #: Images per row of ``grid`` (a class-conditional grid: one row per class); ``None``: a square grid.
+    nrow: int | None = None
 
 
 class Recipe(abc.ABC):
@@ -173,6 +175,91 @@ class GenerativeRecipe(Recipe):
             z = torch.randn(min(batch_size, n - start), self.latent_dim, generator=gen)
             chunks.append(self.generate(z.to(self.device)).float().cpu())
         return torch.cat(chunks) if chunks else torch.empty(0)
+
+
+class ConditionalGenerativeRecipe(GenerativeRecipe):
+    """A generator of images of a requested class: ``generate(z, label=labels)``.
+
+    Trains on labelled images (``label`` in every batch, ``data_info.num_classes`` classes). Sampling draws
+    latents per class through :meth:`draw_latents` (standard normal here; BAGAN draws from per-class Gaussians),
+    so one seed gives the same images whatever else is sampled in other calls.
+    """
+
+    num_classes: int = 0
+    class_names: tuple[str, ...] = ()
+
+    @classmethod
+    def data_spec(cls, config: Any) -> DataSpec:
+        return DataSpec("images", {"image": None, "label": None})
+
+    def set_classes(self, data_info: DataInfo) -> None:
+        """Take the class count and names from the data; called by subclass constructors."""
+        if data_info.num_classes < 2:
+            raise ConfigError(
+                f"recipe {self.name!r} needs labelled images of at least 2 classes; "
+                f"{data_info.source or 'the data'} has {data_info.num_classes} (use class sub-folders, an npz with "
+                "labels, or --labels CSV)")
+        self.num_classes = int(data_info.num_classes)
+        names = tuple(data_info.class_names)
+        self.class_names = names if len(names) == self.num_classes else tuple(str(k) for k in range(self.num_classes))
+
+    def class_index(self, value: int | str) -> int:
+        """A class given by index or name (``--class 0`` or ``--class malignant``), checked against the run."""
+        text = str(value).strip()
+        if text in self.class_names:
+            return self.class_names.index(text)
+        try:
+            index = int(text)
+        except ValueError:
+            index = -1
+        if not 0 <= index < self.num_classes:
+            named = ", ".join(f"{k}={n}" for k, n in enumerate(self.class_names))
+            raise ConfigError(f"class {value!r} is not one of this run's {self.num_classes} classes ({named})")
+        return index
+
+    def draw_latents(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Latents (N, latent_dim) on the CPU for the classes ``labels`` (N,), drawn from ``generator``."""
+        return torch.randn(labels.shape[0], self.latent_dim, generator=generator)
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 256,
+               labels: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``n`` images of class ``labels`` (an int, or (n,) classes; default: classes in turn 0, 1, .., K-1, 0, ..)."""
+        labels = self.sample_labels(n, labels)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        chunks = []
+        for start in range(0, n, batch_size):
+            part = labels[start:start + batch_size]
+            z = self.draw_latents(part, gen)
+            chunks.append(self.generate(z.to(self.device), label=part.to(self.device)).float().cpu())
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    def sample_labels(self, n: int, labels: torch.Tensor | int | None = None) -> torch.Tensor:
+        if labels is None:
+            return torch.arange(n) % self.num_classes
+        if isinstance(labels, int):
+            return torch.full((n,), self.class_index(labels), dtype=torch.long)
+        labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+        if labels.shape[0] != n:
+            raise ConfigError(f"{labels.shape[0]} labels for {n} samples")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ConfigError(f"labels must lie in 0..{self.num_classes - 1}")
+        return labels
+
+    def class_grid_inputs(self, n: int, seed: int) -> dict[str, torch.Tensor]:
+        """Preview inputs: one row per class, ``max(1, n // K)`` fixed latents per row."""
+        per_row = max(1, n // self.num_classes)
+        labels = torch.arange(self.num_classes).repeat_interleave(per_row)
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        return {"z": self.draw_latents(labels, gen), "label": labels}
+
+    @torch.no_grad()
+    def class_grid(self, inputs: dict[str, torch.Tensor]) -> Preview:
+        """The preview of :meth:`class_grid_inputs`: a grid with one row per class."""
+        self.refresh_sampling_statistics()
+        images = self.generate(inputs["z"].to(self.device), label=inputs["label"].to(self.device))
+        return Preview(grid=images, nrow=max(1, images.shape[0] // self.num_classes),
+                       names=self.class_names)
 
 
 RECIPES: dict[str, type[Recipe]] = {}

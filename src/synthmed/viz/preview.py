@@ -16,7 +16,7 @@ def save_preview(path: Path, preview: Preview | torch.Tensor, title: str = "") -
     if isinstance(preview, torch.Tensor):
         preview = Preview(grid=preview)
     if preview.grid is not None:
-        return save_grid(path, preview.grid, scale=_scale(preview.grid))
+        return save_grid(path, preview.grid, nrow=preview.nrow, scale=_scale(preview.grid))
     if preview.columns:
         return _save_columns(path, preview.columns)
     if preview.frequencies:
