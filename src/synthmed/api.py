@@ -115,8 +115,12 @@ class TrainedModel:
         with kernels(self.config.train.cpu_kernels):
             return self._generative().generate(z).cpu()
 
-    def save_samples(self, out: str | Path, n: int, seed: int = 0, fmt: str = "png") -> Path:
-        """Write ``n`` samples into the new or empty folder ``out`` as PNG files or one ``samples.npz``."""
+    def save_samples(self, out: str | Path, n: int, seed: int = 0, fmt: str = "png",
+                     class_: int | str | None = None) -> Path:
+        """Write ``n`` samples into the new or empty folder ``out`` as PNG files or one ``samples.npz``.
+
+        ``class_`` (conditional runs): generate only that class (index or name); the npz then holds ``labels``.
+        """
         from synthmed.viz.grid import array_to_image, to_uint8
 
         if fmt not in ("png", "npz"):
@@ -126,14 +130,21 @@ class TrainedModel:
         out = Path(out)
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise SynthmedError(f"{out}: output folder exists and is not empty")
-        images = to_uint8(self.sample(n, seed=seed))
+        labels = None
+        if class_ is not None:
+            labels = torch.full((n,), self.class_index(class_), dtype=torch.long)
+        elif isinstance(self.recipe, ConditionalGenerativeRecipe):
+            labels = self.recipe.sample_labels(n)
+        images = to_uint8(self.sample(n, seed=seed, labels=labels))
         out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             if fmt == "npz":
                 squeezed = images[..., 0] if images.shape[-1] == 1 else images
+                extra = {} if labels is None else {"labels": labels.numpy(),
+                                                   "class_names": np.array(self.class_names)}
                 np.savez_compressed(staging / "samples.npz", images=squeezed,
-                                    seed=np.int64(seed), step=np.int64(self.step))
+                                    seed=np.int64(seed), step=np.int64(self.step), **extra)
             else:
                 width = max(5, len(str(n - 1)))
                 for i, img in enumerate(images):
@@ -190,8 +201,8 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
 
 
 def sample(run: str | Path, n: int, out: str | Path, fmt: str = "png", seed: int = 0,
-           checkpoint: str | Path | None = None) -> Path:
-    return load(run, checkpoint=checkpoint).save_samples(out, n, seed=seed, fmt=fmt)
+           checkpoint: str | Path | None = None, class_: int | str | None = None) -> Path:
+    return load(run, checkpoint=checkpoint).save_samples(out, n, seed=seed, fmt=fmt, class_=class_)
 
 
 def explore(run: str | Path, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:

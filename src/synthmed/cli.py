@@ -174,15 +174,40 @@ def sample(
     fmt: str = typer.Option("png", "--format", help="png (one file per image) or npz (one file)."),
     seed: int = typer.Option(0, help="Seed of the latent vectors."),
     checkpoint: str = typer.Option(None, help="'best' (with --eval-every) or a checkpoint JSON [default: latest]."),
+    class_: str = typer.Option(None, "--class", help="Conditional runs: the class to generate, by index or name "
+                               "[default: every class in turn]."),
 ) -> None:
     """Generate N images from a trained run into a folder (PNG files or one npz)."""
     from synthmed import api
 
     try:
-        path = api.sample(run, n, out, fmt=fmt, seed=seed, checkpoint=checkpoint)
+        path = api.sample(run, n, out, fmt=fmt, seed=seed, checkpoint=checkpoint, class_=class_)
     except SynthmedError as exc:
         _fail(str(exc))
     print(f"wrote {n} images to {path}")
+
+
+@app.command()
+def augment(
+    run: str = typer.Argument(..., help="A class-conditional run (directory or name under runs/)."),
+    out: Path = typer.Option(..., "--out", help="New or empty output folder."),
+    to: str = typer.Option(None, "--to", help="'balanced': top every class up to the largest class."),
+    per_class: str = typer.Option(None, "--per-class", help="Synthetic images per class, e.g. 0=400,1=0 "
+                                  "(classes by index or name)."),
+    fmt: str = typer.Option("folder", "--format", help="folder (a sub-folder of PNGs per class) or npz."),
+    seed: int = typer.Option(0, help="Seed of the synthetic samples."),
+    checkpoint: str = typer.Option(None, help="'best' or a checkpoint JSON [default: latest]."),
+) -> None:
+    """Write the run's real training split plus synthetic images of chosen classes (and manifest.json)."""
+    from synthmed.rebalance import augment as write_augmented
+
+    try:
+        result = write_augmented(run, out, to=to, per_class=per_class, fmt=fmt, seed=seed, checkpoint=checkpoint)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    for name, real_n, fake_n in zip(result.class_names, result.real_counts, result.synthetic_counts, strict=True):
+        print(f"{name:>24}: {real_n} real + {fake_n} synthetic")
+    print(f"wrote {result.out} ({fmt}) and {result.out / 'manifest.json'}")
 
 
 @app.command()
