@@ -4,6 +4,7 @@
     python benchmarks/training_speed.py --configs dcgan64 --repeats 5
     python benchmarks/training_speed.py --experiments none        # only the synthmed-vs-plain comparison
     python benchmarks/training_speed.py --experiments compile     # add the (slow to compile) torch.compile variant
+    python benchmarks/training_speed.py --experiments conditional # class-conditional recipes vs the unconditional step
 
 Everything is measured in ONE process and every speed is reported as a ratio against a reference timed in the
 same run: timings on the shared 2-core machines vary +-30% between runs.
@@ -25,7 +26,8 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
      widths (3x3 kernels: MONAI rejects 4x4), only if MONAI and pytorch-ignite import; compare its MFU.
    * experiments (``--experiments``): variants of the synthmed step that support the diagnosis (NCHW instead of
      channels_last, bf16 autocast, one thread, the native 7-14-28 layout, PyTorch's kernels instead of the
-     GEMM-lowered layers, GEMMs instead of Winograd, torch.compile).
+     GEMM-lowered layers, GEMMs instead of Winograd, torch.compile), and the class-conditional recipes (conditional,
+     acgan, cwgan-gp with 10 random classes) against the unconditional step of the same config.
    Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
 3. Model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step on PyTorch's
    convolution kernels: every forward, backward and double backward; convolutions and matrix products; a layer
@@ -40,6 +42,7 @@ Writes benchmarks/results/training_speed_<device>.json (``training_speed_cpu.jso
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -60,7 +63,7 @@ from _common import ROOT, PeakMemory, gemm_peak, load_average, machine, source_s
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.ops.cpu_conv import native_convolutions, without_winograd
-from synthmed.recipes import build_recipe
+from synthmed.recipes import build_recipe, get_recipe
 from synthmed.recipes.step import StepContext, frozen
 from synthmed.training.ema import ema_beta, update_ema
 
@@ -84,6 +87,16 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "channels": 32,
     },
 }
+# The conditional experiment's runners per DCGAN config: (runner name, description, recipe, recipe options).
+CONDITIONAL_RUNNERS = [
+    ("conditional_cbn_bce", "recipe conditional: cBN generator, projection D, loss bce (as the config)", "conditional",
+     {"loss": "bce"}),
+    ("conditional_concat_bce", "recipe conditional: label embedding concatenated to z, projection D, loss bce",
+     "conditional", {"loss": "bce", "conditioning": "concat"}),
+    ("acgan", "recipe acgan: concatenated embedding, D with an auxiliary classifier (BCE + CE)", "acgan", {}),
+    ("conditional_default", "recipe conditional with its defaults: cBN, hinge, spectral norm on D", "conditional", {}),
+]
+CONDITIONAL_CLASSES = 10
 # Experiments: (config, name, description, synthmed-runner overrides)
 EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "nchw": [
@@ -110,6 +123,17 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
                  for c in ("dcgan64", "wgangp64")],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
+    # Class-conditional recipes (synthmed/recipes/conditional.py) against the unconditional step of the same config
+    # (paired_ratio_vs_synthmed): what the label costs (embeddings, conditional batch norm, projection or classifier
+    # head). The *_bce runners keep the config's loss, BatchNorm D and no spectral norm, so only the conditioning
+    # differs; "conditional_default" is the recipe's default (hinge + spectral norm, cBN). Labels: 10 classes.
+    "conditional": [
+        *[(c, rname, desc, {"recipe_name": recipe, "options": options})
+          for c in ("dcgan28", "dcgan64")
+          for rname, desc, recipe, options in CONDITIONAL_RUNNERS],
+        ("wgangp64", "cwgan_gp", "recipe cwgan-gp: z times a label embedding, layer-norm critic with a projection "
+         "term, n_critic 5", {"recipe_name": "cwgan-gp", "options": {}}),
+    ],
 }
 DEFAULT_EXPERIMENTS = "nchw,bf16,threads1,layout,reuse,gemm_conv,winograd"
 
@@ -139,14 +163,22 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
                   description: str = "synthmed recipe + StepContext + batch stream + EMA, as the trainer runs it",
                   channels_last: bool | None = None, precision: str = "fp32", options: dict[str, Any] | None = None,
                   threads: int | None = None, fused_adam: bool = False, compile: bool = False,
-                  patch: str | None = None, native_conv: bool = False, no_winograd: bool = False) -> Runner:
+                  patch: str | None = None, native_conv: bool = False, no_winograd: bool = False,
+                  recipe_name: str = "unconditional") -> Runner:
     size = cfg["size"]
-    info = DataInfo(source="random", channels=1, height=size, width=size, split="train")
+    conditional = recipe_name != "unconditional"
+    # Conditional recipes get random labels; the unconditional step gathers no label tensor, as before.
+    info = DataInfo(source="random", channels=1, height=size, width=size, split="train",
+                    num_classes=CONDITIONAL_CLASSES if conditional else 0)
+    labels = torch.randint(0, CONDITIONAL_CLASSES, (images.shape[0],),
+                           generator=torch.Generator().manual_seed(1)) if conditional else None
     torch.manual_seed(0)
-    recipe = build_recipe("unconditional", {**cfg["options"], **(options or {})}, info, ema_beta=EMA_BETA)
+    fields = {f.name for f in dataclasses.fields(get_recipe(recipe_name).Config)}
+    base = {k: v for k, v in cfg["options"].items() if k in fields}  # e.g. no loss= for cwgan-gp
+    recipe = build_recipe(recipe_name, {**base, **(options or {})}, info, ema_beta=EMA_BETA)
     cl = recipe.prefers_channels_last if channels_last is None else channels_last
     recipe.to(device, channels_last=cl)
-    data = recipe.prepare_data(ImageDataset(images=images.clone(), info=info))
+    data = recipe.prepare_data(ImageDataset(images=images.clone(), info=info, labels=labels))
     if cl:
         data = data.map_tensors(lambda _, x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
     data = data.to(device)
@@ -198,9 +230,9 @@ def make_synthmed(cfg: dict[str, Any], device: torch.device, images: torch.Tenso
     return Runner(name, description, step, finish, device, threads,
                   networks={"G": recipe.networks["G"], "D": recipe.networks["D"]},
                   extra={"channels_last": cl, "precision": precision, "recipe": recipe,
-                         "own_flops": name == "synthmed" or bool(options)
+                         "own_flops": name == "synthmed" or bool(options) or conditional
                          or bool(patches & {"reuse_fake", "two_g_forwards"}),
-                         "train_size": recipe.train_size})
+                         "train_size": getattr(recipe, "train_size", size)})
 
 
 def _reuse_fake_step(self: Any, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:

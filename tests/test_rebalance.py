@@ -216,3 +216,15 @@ def test_conditional_recipe_on_unlabelled_data_is_refused(tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     assert "needs 'label'" in result.output or "needs labelled images" in result.output
     assert result.output.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
+def test_evaluate_compares_at_the_size_the_run_trained_at(tmp_path: Path) -> None:
+    """A run trained with --size 16 on 8 px files is scored at 16 px, not at the files' own size (bug: the real
+    images were read at their own size and the samples resized to it)."""
+    from synthmed.metrics.evaluate import evaluate
+
+    data = _labelled_npz(tmp_path / "three.npz", {"train": (12, 12, 12), "val": (3, 3, 3), "test": (12, 12, 12)})
+    run = synthmed.train(data, recipe="test-class-paint", out=tmp_path / "run", progress=False, size=16,
+                         **TRAIN).run_dir
+    result = evaluate(None, run, features=("radiomics",), bootstrap=0, cas=False, progress=False)
+    assert result.sets["real"]["size"] == [16, 16] and result.sets["fake"]["size"] == [16, 16]

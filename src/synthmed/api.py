@@ -207,3 +207,25 @@ def sample(run: str | Path, n: int, out: str | Path, fmt: str = "png", seed: int
 
 def explore(run: str | Path, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:
     return load(run).explore(out, walks=walks, steps=steps, seed=seed)
+
+
+def augment(run: str | Path, out: str | Path, *, to: str | None = None, per_class: str | dict[int, int] | None = None,
+            fmt: str = "folder", seed: int = 0, checkpoint: str | Path | None = None) -> Any:
+    """The run's real training split plus synthetic images of chosen classes (:func:`synthmed.rebalance.augment`)."""
+    from synthmed.rebalance import augment as write_augmented
+
+    return write_augmented(run, out, to=to, per_class=per_class, fmt=fmt, seed=seed, checkpoint=checkpoint)
+
+
+def experiment_augmentation(data: str | Path | None, generators: list[str | Path], out: str | Path, *,
+                            labels: str | None = None, label_column: str | None = None,
+                            label_map: str | None = None, **options: Any) -> Any:
+    """Does GAN-made data help a classifier? Arms x seeds with intervals
+    (:func:`synthmed.experiments.augmentation.run_augmentation_experiment`; ``labels`` etc. label image folders)."""
+    from synthmed.experiments.augmentation import run_augmentation_experiment
+
+    data_options = {k: v for k, v in {"labels": labels, "label_column": label_column,
+                                      "label_map": label_map}.items() if v is not None}
+    if data_options:
+        options["data_options"] = data_options
+    return run_augmentation_experiment(data, generators, out, **options)

@@ -50,6 +50,13 @@ def train(
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
     split: str = typer.Option("train", help="Split to train on (train, val or all); the test split is refused."),
     folder_groups: str = typer.Option("auto", help="Image folders: sub-folders are 'class'es or 'patient's."),
+    labels: str = typer.Option(None, help="A CSV naming each image's class by file name or case folder "
+                               "(image folders, DICOM, NIfTI)."),
+    label_column: str = typer.Option(None, help="The labels CSV's class column [default: its second column]."),
+    label_map: str = typer.Option(None, help="Class names for the CSV's values, merging classes, e.g. "
+                                  "0=other,1=other,2=melanoma."),
+    label_key_column: str = typer.Option(None, help="The labels CSV's column naming images or cases [default: its "
+                                         "first column]."),
     recipe: str = typer.Option("unconditional", help="Recipe (task) to train; --recipe NAME --help lists its "
                                "options."),
     steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 3000]."),
@@ -91,7 +98,8 @@ def train(
         "pair": pair, "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
         "num_threads": threads, "cpu_kernels": cpu_kernels, "sample_every": sample_every,
         "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
-        "eval_features": eval_features, "eval_samples": eval_samples,
+        "eval_features": eval_features, "eval_samples": eval_samples, "labels": labels,
+        "label_column": label_column, "label_map": label_map, "label_key_column": label_key_column,
     }.items() if v is not None}
     for key, value, default in (("split", split, "train"), ("folder_groups", folder_groups, "auto"),
                                 ("kind", data_kind, "auto")):
@@ -243,6 +251,15 @@ def evaluate(
     size: int = typer.Option(None, help="Resize every set to SIZE px."),
     channels: str = typer.Option(None, help="Channels to keep (index or name)."),
     n_fake: int = typer.Option(None, help="Synthetic images to sample from a run [default: as many as real]."),
+    labels: str = typer.Option(None, help="A CSV naming each image's class by file name or case folder, labelling "
+                               "--real and --train (image folders, DICOM, NIfTI)."),
+    label_column: str = typer.Option(None, help="The labels CSV's class column [default: its second column]."),
+    label_map: str = typer.Option(None, help="Class names for the CSV's values, e.g. 0=other,1=other,2=melanoma."),
+    label_key_column: str = typer.Option(None, help="The labels CSV's column naming images or cases."),
+    fake_labels: str = typer.Option(None, help="A CSV naming each synthetic image's class (file name, class name)."),
+    checkpoint: str = typer.Option(None, help="Checkpoint of the run to sample: latest (default), best, or a JSON."),
+    cas: bool = typer.Option(True, "--cas/--no-cas", help="With labels on both sides: train a classifier on the "
+                             "synthetic images, test it on the real ones (classification accuracy score)."),
     domain_model: Path = typer.Option(None, help="A saved domain feature network (JSON) instead of fitting one."),
     weights: Path = typer.Option(None, help="Inception TorchScript weights (inception-2015-12-05.pt)."),
     bootstrap: int = typer.Option(100, help="Bootstrap resamples for the FID interval (0: none)."),
@@ -257,7 +274,9 @@ def evaluate(
         result = run_evaluation(
             real, fake, train=train, features=tuple(features.split(",")), out=out, real_split=real_split,
             fake_split=fake_split, train_split=train_split, size=size, channels=channels, n_fake=n_fake,
-            domain_model=domain_model, inception_weights=weights, bootstrap=bootstrap, seed=seed, device=device,
+            labels=labels, label_column=label_column, label_map=label_map, label_key_column=label_key_column,
+            fake_labels=fake_labels, checkpoint=checkpoint, cas=cas, domain_model=domain_model,
+            inception_weights=weights, bootstrap=bootstrap, seed=seed, device=device,
             progress=not quiet,
         )
     except SynthmedError as exc:
@@ -268,6 +287,50 @@ def evaluate(
                 f" +- {m.std:.3g}" if m.std is not None else "")
             print(f"{m.extractor:>10}  {m.name:<12} {m.value:.4g}{spread}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")
+app.add_typer(experiment_app, name="experiment")
+
+
+@experiment_app.command("augmentation")
+def experiment_augmentation(
+    data: str = typer.Option(None, "--data", "-d", help="Labelled images with train/val/test splits [default: the "
+                             "embedded BreastMNIST]."),
+    generator: list[str] = typer.Option(None, "--generator", "-g", help="A class-conditional run trained on --data's "
+                                        "train split (repeatable: one set of arms per generator)."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for results.json, results.md, arms.png, "
+                             "saliency.png."),
+    seeds: int = typer.Option(5, help="Seeds per arm (classifier init, batch order, synthetic samples)."),
+    classifier: str = typer.Option("cnn", help="cnn, resnet18, or both as cnn,resnet18."),
+    size: int = typer.Option(None, help="Resize images to SIZE px [default: the source's]."),
+    labels: str = typer.Option(None, help="A CSV naming each image's class (image folders)."),
+    label_column: str = typer.Option(None, help="The labels CSV's class column."),
+    label_map: str = typer.Option(None, help="Class names for the CSV's values, e.g. 0=other,1=other,2=melanoma."),
+    synthetic_ratio: float = typer.Option(0.5, help="The ratio arm: synthetic images as a fraction of the real "
+                                          "training set, class-balanced."),
+    arms: str = typer.Option(None, help="Only these arms (comma-separated names) [default: all]."),
+    max_epochs: int = typer.Option(None, help="Epoch budget of each classifier [default: the module's]."),
+    patience: int = typer.Option(None, help="Early stopping patience on the validation split, in epochs."),
+    device: str = typer.Option("cpu", help="Device of the classifiers."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Does GAN-made minority data help a classifier? Arms x seeds, test AUC with intervals and paired deltas."""
+    from synthmed import api
+
+    options: dict[str, Any] = {k: v for k, v in {
+        "size": size, "max_epochs": max_epochs, "patience": patience, "labels": labels,
+        "label_column": label_column, "label_map": label_map,
+    }.items() if v is not None}
+    try:
+        result = api.experiment_augmentation(
+            data, generators=generator or [], out=out, seeds=seeds, classifier=classifier.split(","),
+            synthetic_ratio=synthetic_ratio, arms=arms.split(",") if arms else None, device=device,
+            progress=not quiet, **options)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    print((result.out / "results.md").read_text(encoding="utf-8"))
+    print(f"wrote {result.out / 'results.json'}, results.md, arms.png and saliency.png")
 
 
 def _one_line_warning(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> str:

@@ -4,25 +4,28 @@
 >>> ds = load_dataset("medmnist:dermamnist", size=64)     # downloaded once, MD5-verified, cached
 >>> ds = load_dataset("lgg_mri_128.npz", channels="flair", size=64)
 >>> ds = load_dataset("scans/", split="val")              # image folder, DICOM or NIfTI folder
+>>> ds = load_dataset("ph2/images", labels="ph2/PH2_dataset.csv", label_column="Clinical Diagnosis",
+...                   label_map="0=other,1=other,2=melanoma")  # classes from a CSV (synthmed.data.labels)
 
 Test splits are for final evaluation only; never train a GAN on them (see :mod:`synthmed.data.splits`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from synthmed.data import medmnist
-from synthmed.data._core import assemble
+from synthmed.data._core import RawData, assemble
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, read_dicom
 from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_image_folder
+from synthmed.data.labels import LabelSource, assign_labels, sample_names
 from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
 from synthmed.data.npz import read_npz
 from synthmed.data.sets import DataSpec, TensorSet, TrainingSet, UnpairedSet
-from synthmed.data.splits import patient_split, random_split, stratified_split
+from synthmed.data.splits import patient_split, random_split, stratified_patient_split, stratified_split
 from synthmed.data.transforms import pad_to, to_uint8
 from synthmed.errors import ConfigError, DataError
 
@@ -40,6 +43,7 @@ __all__ = [
     "pad_to",
     "patient_split",
     "random_split",
+    "stratified_patient_split",
     "stratified_split",
     "to_uint8",
 ]
@@ -62,6 +66,10 @@ def load_dataset(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     folder_groups: str = "auto",
+    labels: str | Path | None = None,
+    label_column: str | None = None,
+    label_map: str | Mapping[str, str] | None = None,
+    label_key_column: str | None = None,
 ) -> ImageDataset:
     """Load any supported source as an :class:`ImageDataset`.
 
@@ -78,6 +86,10 @@ def load_dataset(
     ``folder_groups`` (image folders): whether first-level sub-folders are ``"class"``-es or ``"patient"``-s;
     ``"auto"`` picks patients for more than 20 sub-folders or sub-folders with mask files, else classes
     (see :mod:`synthmed.data.folder`).
+    ``labels`` (folders of images, DICOM or NIfTI files): a CSV naming each image's class by file name or case
+    folder; ``label_column`` (default: the second column) holds the class, ``label_map`` (``"0=other,1=other,
+    2=melanoma"``) names and merges raw values, ``label_key_column`` (default: the first column) holds the
+    names. Splits are then stratified by label, case folders kept whole (see :mod:`synthmed.data.labels`).
     Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
     """
     common = {
@@ -90,6 +102,9 @@ def load_dataset(
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     text = "" if source is None else str(source)
+    label_source = LabelSource.from_options(labels, label_column, label_map, label_key_column)
+    if label_source is not None:
+        _check_labelled_source(source)
     if (source is None or text.lower() == "breastmnist") and size in medmnist.SIZES and size != 28:
         # The official larger file (downloaded once, cached), not the 28 px images upsampled.
         return _load_medmnist("breastmnist", size, cache_dir, download, common)
@@ -109,7 +124,7 @@ def load_dataset(
     if not path.exists():
         raise DataError(path, "no such file or folder")
     if path.is_dir():
-        return _load_folder(path, size, common, folder_groups)
+        return _load_folder(path, size, common, folder_groups, label_source)
     name = path.name.lower()
     if name.endswith(".npz"):
         raw = read_npz(
@@ -153,7 +168,32 @@ def _load_medmnist(
     return assemble(raw, **common)
 
 
-def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str = "auto") -> ImageDataset:
+def _check_labelled_source(source: str | Path | None) -> None:
+    """A labels CSV names files, so it labels folders only (a missing path is reported as such later)."""
+    text = "breastmnist" if source is None else str(source)
+    path = Path(text).expanduser()
+    if source is None or text.lower() == "breastmnist" or text.lower().startswith("medmnist:") or (
+        path.exists() and not path.is_dir()
+    ):
+        raise ConfigError(
+            f"labels=CSV names the files of a folder (images, DICOM or NIfTI) and cannot label {text}; an npz "
+            "names its label array with label_key=..., MedMNIST brings its own labels"
+        )
+
+
+def _label_by_table(raw: RawData, root: Path, label_source: LabelSource | None) -> RawData:
+    """DICOM / NIfTI slices labelled from the CSV by file or case folder, split by patient and label."""
+    if label_source is None:
+        return raw
+    names = sample_names(root, [meta["path"] for meta in raw.meta])
+    raw.labels, raw.class_names = assign_labels(label_source, names, root)
+    raw.num_classes = len(raw.class_names)
+    raw.stratify_patients = True
+    return raw
+
+
+def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str = "auto",
+                 label_source: LabelSource | None = None) -> ImageDataset:
     """A folder holds images, DICOM or NIfTI files: exactly one kind."""
     files = list_files(root)
     images = [p for p in files if p.suffix.lower() in IMAGE_FORMATS]
@@ -173,13 +213,16 @@ def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str 
         raise DataError(root, f"mixes {counts} files; point to a folder that holds one kind")
     kind, found = next(iter(present.items()))
     if kind == "DICOM":
-        raw = read_dicom(found, source=str(root), size=size, skip_non_image=True)
+        raw = _label_by_table(read_dicom(found, source=str(root), size=size, skip_non_image=True), root,
+                              label_source)
     elif kind == "NIfTI":
         channels = common.pop("channels")  # NIfTI: channels pick 4D volumes while reading
-        raw = read_nifti(found, source=str(root), size=size, channels=channels, root=root)
+        raw = _label_by_table(read_nifti(found, source=str(root), size=size, channels=channels, root=root), root,
+                              label_source)
     else:
         split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
-        raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, **split_args)
+        raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, label_source=label_source,
+                                **split_args)
     return assemble(raw, size=size, **common)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from synthmed.data.dataset import DataInfo, ImageDataset
-from synthmed.data.splits import SPLITS, patient_split, stratified_split
+from synthmed.data.splits import SPLITS, patient_split, stratified_patient_split, stratified_split
 from synthmed.data.transforms import (
     CHUNK,
     center_crop_square,
@@ -63,6 +63,9 @@ class RawData:
     channel_names: tuple[str, ...] = ()
     attribution: str = ""
     split_name: str | None = None  # set when the reader already selected the split
+    #: Split patients stratified by label: only for labels from a CSV (synthmed.data.labels). Sources that had
+    #: both before keep their plain patient split, so the test split of an existing run never moves.
+    stratify_patients: bool = False
 
     def __len__(self) -> int:
         return len(self.images) if isinstance(self.images, list) else int(self.images.shape[0])
@@ -85,11 +88,13 @@ def split_indices(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    stratify_patients: bool = False,
 ) -> np.ndarray | None:
     """Indices of ``split`` (``None`` for ``"all"``).
 
-    An explicit per-sample split wins; otherwise patients are split by patient (no leakage), labelled data
-    stratified by class, anything else randomly, all seeded. Warns (one line naming ``source``) when a split
+    An explicit per-sample split wins; otherwise patients are split by patient (no leakage; with
+    ``stratify_patients`` and labels, keeping each class's share of patients), labelled data stratified by
+    class, anything else randomly, all seeded. Warns (one line naming ``source``) when a split
     is made per image, without patient ids, and when an explicit split puts a patient in two splits.
     """
     if split == "all":
@@ -108,7 +113,9 @@ def split_indices(
         return idx
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}: choose one of train, val, test, all")
-    if patients is not None:
+    if patients is not None and stratify_patients and labels is not None:
+        parts = stratified_patient_split(patients, labels, val_fraction, test_fraction, seed)
+    elif patients is not None:
         parts = patient_split(patients, val_fraction, test_fraction, seed)
     else:
         warnings.warn(
@@ -264,6 +271,7 @@ def assemble(
             seed=seed,
             val_fraction=val_fraction,
             test_fraction=test_fraction,
+            stratify_patients=raw.stratify_patients,
         )
         if idx is not None:
             if idx.size == 0:

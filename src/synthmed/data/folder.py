@@ -7,9 +7,10 @@ Layout rules (in this order):
 * **Groups: classes or patients** (``folder_groups``). The first-level sub-folder of each image (below the
   split folders, if any) is either its **class** or its **patient**:
 
-  - ``"class"``: sorted folder names -> labels 0..K-1. No labels are made when some images lie directly in
-    the root, when there is only one class, or when every "class" holds a single image (one folder per
-    case, e.g. PH2's ``IMDxxx/``: they are cases, not classes). Splits are then stratified per image.
+  - ``"class"``: sorted folder names -> labels 0..K-1 (for classes kept in a table: ``labels=CSV``, below).
+    No labels are made when some images lie directly in the root, when there is only one class, or when every
+    "class" holds a single image (one folder per case, e.g. PH2's ``IMDxxx/``: they are cases, not classes).
+    Splits are then stratified per image.
   - ``"patient"``: the folder name is the patient id (``patients``), no labels; splits are made by patient,
     so all slices of one patient land in one split (kaggle_3m: ``TCGA_xx/TCGA_xx_N.tif``). An image directly
     in the root is its own patient (its file name).
@@ -17,6 +18,10 @@ Layout rules (in this order):
     patient folders many) **or when sub-folders hold images with paired mask files** (``_mask``/``_lesion``:
     segmentation data come one folder per case); classes otherwise. A warning says which was chosen and
     how to override it.
+* **Labels from a CSV** (``labels=``, see :mod:`synthmed.data.labels`): a table names each image's class, by
+  file name or by case folder (``PH2_dataset.csv``: ``Name`` = ``IMDxxx``). First-level sub-folders are then
+  never classes but cases: each is one patient, kept whole in one split, and the splits are stratified by
+  label (``folder_groups="class"`` is refused; an image directly in the root is its own case).
 * **Masks.** A file whose name ends in ``_mask`` (kaggle_3m) or ``_lesion`` (PH2) before the extension is
   the mask of the image with the same name without that suffix in the same first-level folder; it is not
   an image. If any image has a mask, every image must have one (a missing tumour mask must not silently
@@ -49,6 +54,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthmed.data._core import SPLIT_ALIASES, RawData, common_side, split_indices
+from synthmed.data.labels import LabelSource, SampleName, assign_labels
 from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, normalize, uint16_range
 from synthmed.errors import ConfigError, DataError
 
@@ -299,16 +305,44 @@ def _group_mode(root: Path, folder_groups: str, groups: Counter, images: list[_E
             f"{root}: {len(folders)} sub-folder{'s' if len(folders) > 1 else ''} read as patients ({why}), so "
             "splits keep each patient whole; "
             "pass folder_groups='class' if they are classes",
-            stacklevel=4,
+            stacklevel=5,
         )
         return "patient"
     if len(folders) >= 2 and "" not in groups and max(groups.values()) > 1:
         warnings.warn(
             f"{root}: {len(folders)} sub-folders read as classes (labels {', '.join(sorted(folders)[:3])}"
             f"{', ...' if len(folders) > 3 else ''}); pass folder_groups='patient' if each holds one patient",
-            stacklevel=4,
+            stacklevel=5,
         )
     return "class"
+
+
+def _labels_and_patients(
+    root: Path, images: list[_Entry], folder_groups: str, label_source: LabelSource | None
+) -> tuple[np.ndarray | None, tuple[str, ...], np.ndarray | None]:
+    """Labels (or ``None``), class names and patient ids (or ``None``) of the images, by the layout rules."""
+    if label_source is not None:
+        return _table_labels(root, images, folder_groups, label_source)
+    groups = Counter(e.group for e in images)
+    mode = _group_mode(root, folder_groups, groups, images)
+    use_labels = mode == "class" and "" not in groups and len(groups) >= 2 and max(groups.values()) > 1
+    class_names = tuple(sorted(groups)) if use_labels else ()
+    labels = np.asarray([class_names.index(e.group) for e in images], dtype=np.int64) if use_labels else None
+    patients = np.asarray([e.group or e.path.stem for e in images], dtype=str) if mode == "patient" else None
+    return labels, class_names, patients
+
+
+def _table_labels(
+    root: Path, images: list[_Entry], folder_groups: str, label_source: LabelSource
+) -> tuple[np.ndarray, tuple[str, ...], np.ndarray | None]:
+    """Labels from the CSV; sub-folders are cases (patients), so a case never straddles two splits."""
+    if folder_groups == "class":
+        raise ConfigError(f"labels={str(label_source.csv)!r} and folder_groups='class' both give the classes; "
+                          "with a labels CSV, sub-folders are cases (leave folder_groups as auto or patient)")
+    labels, class_names = assign_labels(label_source, [SampleName(e.path, e.group) for e in images], root)
+    has_cases = any(e.group for e in images)
+    patients = np.asarray([e.group or e.path.stem for e in images], dtype=str) if has_cases else None
+    return labels, class_names, patients
 
 
 def _scan_headers(images: list[_Entry]) -> tuple[list[tuple[int, int]], int, list[Path]]:
@@ -335,9 +369,11 @@ def read_image_folder(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     folder_groups: str = "auto",
+    label_source: LabelSource | None = None,
 ) -> RawData:
     """Read the image files ``files`` (found under ``root``) following the module's layout rules;
-    ``folder_groups`` (``"auto"``, ``"class"``, ``"patient"``) says what sub-folders are."""
+    ``folder_groups`` (``"auto"``, ``"class"``, ``"patient"``) says what sub-folders are; ``label_source``
+    (a CSV, :mod:`synthmed.data.labels`) gives the labels, its sub-folders then being cases."""
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     rels = [f.relative_to(root).parts for f in files]
@@ -374,12 +410,7 @@ def read_image_folder(
             f"although {len(with_mask)} other images have one",
         )
 
-    groups = Counter(e.group for e in images)
-    mode = _group_mode(root, folder_groups, groups, images)
-    use_labels = mode == "class" and "" not in groups and len(groups) >= 2 and max(groups.values()) > 1
-    class_names = tuple(sorted(groups)) if use_labels else ()
-    labels = np.asarray([class_names.index(e.group) for e in images], dtype=np.int64) if use_labels else None
-    patients = np.asarray([e.group or e.path.stem for e in images], dtype=str) if mode == "patient" else None
+    labels, class_names, patients = _labels_and_patients(root, images, folder_groups, label_source)
 
     shapes, grey_votes, sixteen = _scan_headers(images)
     grey = grey_votes > len(images) - grey_votes
@@ -403,6 +434,7 @@ def read_image_folder(
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        stratify_patients=label_source is not None,
     )
     selected = range(len(images)) if idx is None else idx.tolist()
     if not selected:

@@ -564,7 +564,9 @@ def load_unpaired(
         ConfigError: neither or both of ``target`` and ``pair``.
         DataError: a source fails to load, or one split has fewer than 2 patients for two domains.
     """
-    refuse_options(options, frozenset(image_option_defaults()), "unpaired data")
+    # Unpaired batches carry no labels (the domains share no rows), so a labels CSV could only fail on domain B.
+    label_options = {"labels", "label_column", "label_map", "label_key_column"}
+    refuse_options(options, frozenset(image_option_defaults()) - label_options, "unpaired data (it has no labels)")
     if (target is None) == (pair is None):
         raise ConfigError("unpaired data need target=FOLDER_OR_FILE (domain B) or pair='A:B' (channel groups of "
                           f"disjoint patients), one of them (got {'both' if target is not None else 'neither'})")

@@ -19,7 +19,7 @@ import numpy as np
 
 from synthmed.errors import ConfigError
 
-__all__ = ["SPLITS", "patient_split", "random_split", "stratified_split"]
+__all__ = ["SPLITS", "patient_split", "random_split", "stratified_patient_split", "stratified_split"]
 
 SPLITS = ("train", "val", "test")
 
@@ -69,6 +69,37 @@ def patient_split(
     assignment[order[:n_test]] = 2
     assignment[order[n_test : n_test + n_val]] = 1
     per_sample = assignment[inverse.reshape(-1)]
+    return {name: np.flatnonzero(per_sample == code) for code, name in enumerate(SPLITS)}
+
+
+def stratified_patient_split(
+    patients: np.ndarray | list[str],
+    labels: np.ndarray | list[int],
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """:func:`patient_split` that keeps each class's share of patients in train / val / test.
+
+    A patient counts for the class most of its samples have (ties: the lowest label); within each class its
+    patients are split as :func:`stratified_split` splits samples (classes of fewer than 3 patients stay in
+    train). Every patient still falls in exactly one split; the result depends only on the ids, labels and
+    ``seed``.
+    """
+    _check_fractions(val_fraction, test_fraction)
+    ids = np.asarray(patients).astype(str).reshape(-1)
+    classes, label_index = np.unique(np.asarray(labels).reshape(-1), return_inverse=True)
+    if len(label_index) != len(ids):
+        raise ValueError(f"{len(label_index)} labels for {len(ids)} patient ids")
+    unique, inverse = np.unique(ids, return_inverse=True)  # sorted: independent of row order
+    inverse = inverse.reshape(-1)
+    votes = np.bincount(inverse * len(classes) + label_index.reshape(-1), minlength=len(unique) * len(classes))
+    patient_class = votes.reshape(len(unique), len(classes)).argmax(axis=1)  # first maximum: lowest label on ties
+    by_patient = stratified_split(patient_class, val_fraction, test_fraction, seed)
+    assignment = np.zeros(len(unique), dtype=np.int64)  # 0 train, 1 val, 2 test
+    assignment[by_patient["val"]] = 1
+    assignment[by_patient["test"]] = 2
+    per_sample = assignment[inverse]
     return {name: np.flatnonzero(per_sample == code) for code, name in enumerate(SPLITS)}
 
 

@@ -10,6 +10,12 @@ Three image sets take part:
 
 Every figure is computed in a named feature space and written with that name, the sample counts and, where it
 varies, a bootstrap interval or a standard deviation (``metrics.json``), next to a Markdown report with pictures.
+
+**Per class.** When both the real and the synthetic images are labelled (a class-conditional run, sampled in the
+real set's class proportions; a labelled data source: class folders, an npz label array, a labels CSV), FID, KID,
+precision, recall, density and coverage are also computed for each class both sets share, on that class's images
+alone (``per_class`` in ``metrics.json``, a table in the report), and a classifier trained on the synthetic images
+is tested on the real ones: the classification accuracy score (CAS, :mod:`synthmed.metrics.classification`).
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +34,7 @@ import numpy as np
 import torch
 
 import synthmed
-from synthmed.data import load_dataset
+from synthmed.data import ImageDataset, load_dataset
 from synthmed.data.transforms import resize
 from synthmed.errors import ConfigError, SynthmedError
 from synthmed.io import atomic_write_text
@@ -38,6 +45,14 @@ from synthmed.metrics.memorisation import MemorisationResult, closest_pairs_grid
 from synthmed.metrics.stats import MetricValue, bootstrap_interval, sample_size_warning
 
 DEFAULT_FEATURES = ("domain", "radiomics")
+#: Neighbours of precision / recall / density / coverage; a set (or a class) needs more images than this.
+PRDC_K = 5
+#: The classification accuracy score's function: synthmed.metrics.classification.classification_accuracy_score
+#: or one with its signature, (synthetic images, synthetic labels, real images, real labels, *, seed, device).
+CasScorer = Callable[..., Mapping[str, Any]]
+#: Image-reading options of a run's data that decide which images (and labels) its source gives.
+RUN_DATA_OPTIONS = ("image_key", "label_key", "mask_key", "patient_key", "split_key", "folder_groups", "labels",
+                    "label_column", "label_map", "label_key_column")
 
 
 @dataclass
@@ -51,6 +66,15 @@ class ImageSet:
     note: str = ""
     labels: torch.Tensor | None = None
     num_classes: int = 0
+    class_names: tuple[str, ...] = ()  # one per label index, whenever ``labels`` is set
+    provenance: dict[str, Any] = field(default_factory=dict)  # sampled sets: checkpoint step, seed, classes asked
+
+    def class_counts(self) -> dict[str, int]:
+        """Images per class name, in label order (empty for an unlabelled set)."""
+        if self.labels is None:
+            return {}
+        counts = torch.bincount(self.labels.long(), minlength=len(self.class_names)).tolist()
+        return {name: int(count) for name, count in zip(self.class_names, counts, strict=False)}
 
     def describe(self) -> dict[str, Any]:
         c, h, w = self.images.shape[1:]
@@ -59,6 +83,9 @@ class ImageSet:
             out["split"] = self.split
         if self.note:
             out["note"] = self.note
+        if self.labels is not None:
+            out["class_counts"] = self.class_counts()
+        out.update(self.provenance)
         return out
 
 
@@ -71,6 +98,11 @@ class EvaluationResult:
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
     out: Path | None = None
+    #: feature space -> class name -> n_real, n_fake, the values of :func:`fidelity_scores` (or ``skipped``: why)
+    #: and, where the class is too small for a stable FID, ``warning``.
+    per_class: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    #: The classification accuracy score (trained on synthetic, tested on real), when it ran.
+    classification: dict[str, Any] = field(default_factory=dict)
 
     def value(self, name: str, extractor: str) -> float:
         for m in self.metrics:
@@ -85,6 +117,8 @@ class EvaluationResult:
             "extractors": self.extractors,
             "metrics": [m.to_dict() for m in self.metrics],
             "memorisation": self.memorisation,
+            **({"per_class": self.per_class} if self.per_class else {}),
+            **({"classification_accuracy_score": self.classification} if self.classification else {}),
             "warnings": self.warnings,
             "seconds": self.seconds,
         }
@@ -94,32 +128,88 @@ def _is_run(path: str | Path) -> bool:
     return (Path(path) / "config.yaml").is_file() and (Path(path) / "checkpoints").is_dir()
 
 
-def load_image_set(role: str, source: str | Path | torch.Tensor, *, split: str, size: int | None = None,
-                   channels: str | None = None, n: int | None = None, seed: int = 0) -> ImageSet:
-    """A data source (any ``--data`` form), a run directory (sampled), or a tensor, as an :class:`ImageSet`."""
-    if isinstance(source, torch.Tensor):
-        return ImageSet(role, source.float(), "tensor")
-    if _is_run(source):
-        model = synthmed.load(source)
-        count = n or 1000
-        images = model.sample(count, seed=seed)
-        return ImageSet(role, images, str(source), note=f"{count} samples of step {model.step}, seed {seed}")
-    data = load_dataset(source, split=split, size=size, channels=channels)
+def _in_memory(source: object) -> bool:
+    """Images handed over as a tensor or an :class:`~synthmed.data.ImageDataset` (labelled), not a path."""
+    return isinstance(source, (torch.Tensor, ImageDataset))
+
+
+def _class_names(info_names: tuple[str, ...], num_classes: int) -> tuple[str, ...]:
+    """The set's class names, or the label indices as names when the source names none (an npz label array)."""
+    return tuple(info_names) if len(info_names) == num_classes else tuple(str(k) for k in range(num_classes))
+
+
+def _from_dataset(role: str, data: ImageDataset, source: str, split: str | None, n: int | None,
+                  seed: int) -> ImageSet:
     images, labels = data.images, data.labels
     if n is not None and n < len(images):
         pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
         images = images[pick]
         labels = None if labels is None else labels[pick]
-    return ImageSet(role, images, str(source), split=split, labels=labels, num_classes=data.info.num_classes)
+    num_classes = data.info.num_classes if labels is not None else 0
+    return ImageSet(role, images.float(), source, split=split, labels=labels, num_classes=num_classes,
+                    class_names=_class_names(data.info.class_names, num_classes) if labels is not None else ())
 
 
-def default_real_split(source: str | Path | torch.Tensor) -> str:
+def labels_in_proportion(class_names: tuple[str, ...], class_counts: Mapping[str, int], n: int) -> torch.Tensor:
+    """``n`` class indices (of ``class_names``), grouped by class, in the proportions of ``class_counts``.
+
+    Largest remainders, so the counts sum to ``n`` and each is within one of its exact share. Classes that
+    ``class_counts`` lacks get none; when it shares no class with ``class_names``, the classes take turns.
+    """
+    shared = [name for name in class_names if class_counts.get(name, 0) > 0]
+    if not shared:
+        return torch.arange(n) % max(1, len(class_names))
+    weights = np.asarray([class_counts[name] for name in shared], dtype=np.float64)
+    exact = n * weights / weights.sum()
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: n - int(counts.sum())]] += 1
+    return torch.from_numpy(np.repeat([class_names.index(name) for name in shared], counts))
+
+
+def _sample_run(role: str, run: str | Path, n: int | None, seed: int, checkpoint: str | Path | None,
+                class_counts: Mapping[str, int] | None) -> ImageSet:
+    """``n`` samples of a run, at ``checkpoint`` (default: its latest) and ``seed``; a class-conditional run
+    samples the classes in ``class_counts``' proportions (the real set's) and labels them."""
+    model = synthmed.load(run, checkpoint=checkpoint)
+    count = n or 1000
+    provenance: dict[str, Any] = {"checkpoint_step": model.step, "checkpoint": str(checkpoint or "latest"),
+                                  "sampling_seed": seed}
+    note = f"{count} samples of step {model.step}, seed {seed}"
+    if not model.conditional:
+        return ImageSet(role, model.sample(count, seed=seed), str(run), note=note, provenance=provenance)
+    names = tuple(model.class_names)
+    labels = labels_in_proportion(names, class_counts or {}, count)
+    images = model.sample(count, seed=seed, labels=labels)
+    matched = bool(class_counts) and any(class_counts.get(name, 0) for name in names)
+    note += "; classes in the real set's proportions" if matched else "; classes in turn"
+    return ImageSet(role, images, str(run), note=note, labels=labels, num_classes=len(names), class_names=names,
+                    provenance=provenance)
+
+
+def load_image_set(role: str, source: str | Path | torch.Tensor | ImageDataset, *, split: str,
+                   size: int | None = None, channels: str | None = None, n: int | None = None, seed: int = 0,
+                   data_options: Mapping[str, Any] | None = None, checkpoint: str | Path | None = None,
+                   class_counts: Mapping[str, int] | None = None) -> ImageSet:
+    """A data source (any ``--data`` form, read with ``data_options`` such as ``labels``), a run directory
+    (sampled at ``checkpoint``; a conditional run in the proportions of ``class_counts``), a tensor, or an
+    :class:`~synthmed.data.ImageDataset` (its labels kept), as an :class:`ImageSet`."""
+    if isinstance(source, torch.Tensor):
+        return ImageSet(role, source.float(), "tensor")
+    if isinstance(source, ImageDataset):
+        return _from_dataset(role, source, "dataset", source.info.split, n, seed)
+    if _is_run(source):
+        return _sample_run(role, source, n, seed, checkpoint, class_counts)
+    data = load_dataset(source, split=split, size=size, channels=channels, **dict(data_options or {}))
+    return _from_dataset(role, data, str(source), split, n, seed)
+
+
+def default_real_split(source: str | Path | torch.Tensor | ImageDataset) -> str:
     """``test`` where the source defines splits (MedMNIST, npz with a split array, split folders), else ``all``.
 
     A folder or npz of held-out images has no split of its own: taking its "test" part would silently keep only
     a random fifth of it.
     """
-    if isinstance(source, torch.Tensor) or _is_run(source):
+    if _in_memory(source) or _is_run(source):  # type: ignore[arg-type]
         return "all"
     text = str(source)
     if text in ("breastmnist",) or text.startswith("medmnist:"):
@@ -143,9 +233,7 @@ def _match(reference: ImageSet, other: ImageSet) -> ImageSet:
         if h != w:
             raise ConfigError(f"{other.source}: size {tuple(images.shape[2:])} differs from the real {(h, w)}")
         images = resize(images, h)
-        other = ImageSet(other.role, images, other.source, other.split,
-                         (other.note + "; " if other.note else "") + f"resized to {h} px", other.labels,
-                         other.num_classes)
+        other = replace(other, images=images, note=(other.note + "; " if other.note else "") + f"resized to {h} px")
     return other
 
 
@@ -178,12 +266,50 @@ def _build_extractor(name: str, train: ImageSet | None, real: ImageSet, out: Pat
     return get_extractor(name)
 
 
-def _run_data(run: Path) -> tuple[str, str, int]:
-    """The data source, training split and split seed a run was trained on (from its ``config.yaml``)."""
+def _run_data(run: Path) -> tuple[str, str, dict[str, Any]]:
+    """The data source, training split and image-reading options (split seed, labels CSV, ...) a run was trained
+    on (from its ``config.yaml``): its source read again gives the same splits and labels."""
     from synthmed.training.config import read_run_config
 
     config = read_run_config(run / "config.yaml")
-    return config.data.source or "breastmnist", config.data.split, config.data.split_seed
+    options = {key: getattr(config.data, key) for key in RUN_DATA_OPTIONS}
+    options["seed"] = config.data.split_seed
+    return config.data.source or "breastmnist", config.data.split, options
+
+
+def _run_size(run: Path) -> int | None:
+    """The image size a run trained at (its ``--size``; ``None``: the source's own)."""
+    from synthmed.training.config import read_run_config
+
+    return read_run_config(run / "config.yaml").data.size
+
+
+def _same_source(a: str | Path, b: str | Path) -> bool:
+    """One source, however written: the same text, or paths to the same file or folder."""
+    if str(a) == str(b):
+        return True
+    first, second = Path(a).expanduser(), Path(b).expanduser()
+    return first.exists() and second.exists() and first.resolve() == second.resolve()
+
+
+def _data_options(real: Any, fake: Any, train: Any, label_options: dict[str, Any],
+                  fake_labels: str | Path | None) -> dict[str, dict[str, Any]]:
+    """``load_dataset`` options per role. The run's source (for real or train) is read as the run read it; the
+    labels options given here label the real and training sources; ``fake_labels`` a synthetic folder."""
+    run_source, run_options = "", {}
+    if _is_run_like(fake):
+        run_source, _, run_options = _run_data(Path(fake))
+        if fake_labels is not None:
+            raise ConfigError("--fake-labels labels a folder of synthetic images; a run's samples carry their "
+                              "classes (conditional recipes)")
+
+    def options_for(source: Any) -> dict[str, Any]:
+        if source is None or _in_memory(source):
+            return {}
+        return {**(run_options if _same_source(source, run_source) else {}), **label_options}
+
+    fake_options = {} if fake_labels is None else {"labels": fake_labels}
+    return {"real": options_for(real), "train": options_for(train), "fake": fake_options}
 
 
 def evaluate(
@@ -200,11 +326,19 @@ def evaluate(
     channels: str | None = None,
     n_fake: int | None = None,
     n_max: int | None = None,
+    labels: str | Path | None = None,
+    label_column: str | None = None,
+    label_map: str | Mapping[str, str] | None = None,
+    label_key_column: str | None = None,
+    fake_labels: str | Path | None = None,
+    checkpoint: str | Path | None = None,
     domain_model: str | Path | None = None,
     inception_weights: str | Path | None = None,
     bootstrap: int = 100,
     kid_subsets: int = 100,
     diversity_pairs: int = 1000,
+    cas: bool = True,
+    cas_scorer: CasScorer | None = None,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
@@ -212,9 +346,19 @@ def evaluate(
     """Compare ``fake`` with held-out ``real`` images in each feature space of ``features``.
 
     When ``fake`` is a run directory, ``train`` defaults to the data the run was trained on and ``real`` to the
-    test split of that source. Writes ``metrics.json``, ``report.md`` and pictures into ``out`` when given (a new
-    or empty folder, filled all at once: a failure leaves nothing behind), and records the results in the run's
-    ``metrics.json`` when ``fake`` is a run.
+    test split of that source, both read with the run's data options (split seed, labels CSV, ...); ``n_fake``
+    images are sampled at ``checkpoint`` (default: the latest; ``"best"``) with ``seed``, a class-conditional run
+    in the real set's class proportions. Writes ``metrics.json``, ``report.md`` and pictures into ``out`` when
+    given (a new or empty folder, filled all at once: a failure leaves nothing behind), and records the results
+    in the run's ``metrics.json`` when ``fake`` is a run.
+
+    ``real``/``train``/``fake`` may also be an :class:`~synthmed.data.ImageDataset` (labels kept) or a tensor.
+    ``labels``, ``label_column``, ``label_map``, ``label_key_column``: a CSV labelling the real and training
+    sources (:mod:`synthmed.data.labels`); ``fake_labels``: a CSV naming each synthetic image's class name (first
+    column: its file name, second: the class). With labelled real and synthetic sets, metrics are also reported
+    per class, and with ``cas`` the classification accuracy score: ``cas_scorer`` (default:
+    :func:`synthmed.metrics.classification.classification_accuracy_score`) trained on the synthetic images and
+    tested on the real ones.
     """
     from synthmed.devices import select_device
 
@@ -223,24 +367,40 @@ def evaluate(
     out_dir = Path(out) if out is not None else None
     if out_dir is not None and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise SynthmedError(f"{out_dir}: output folder exists and is not empty")
+    if checkpoint is not None and not _is_run_like(fake):
+        raise ConfigError("--checkpoint picks the checkpoint of a run given as --fake")
     real, train, real_split, train_split = _resolve_sources(real, fake, train, real_split, train_split)
+    if size is None and _is_run_like(fake):
+        size = _run_size(Path(fake))  # compare at the size the generator makes, not the real files' own
+    label_options = {key: value for key, value in (("labels", labels), ("label_column", label_column),
+                                                   ("label_map", label_map), ("label_key_column", label_key_column))
+                     if value is not None}
+    options = _data_options(real, fake, train, label_options, fake_labels)
 
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    real_set = load_image_set("real", real, split=real_split, size=size, channels=channels, n=n_max, seed=seed)
+    real_set = load_image_set("real", real, split=real_split, size=size, channels=channels, n=n_max, seed=seed,
+                              data_options=options["real"])
     n_default = n_fake or len(real_set.images)
     fake_set = _match(real_set, load_image_set("fake", fake, split=fake_split, size=size, channels=channels,
-                                               n=n_fake if not _is_run_like(fake) else n_default, seed=seed))
+                                               n=n_fake if not _is_run_like(fake) else n_default, seed=seed,
+                                               data_options=options["fake"], checkpoint=checkpoint,
+                                               class_counts=real_set.class_counts()))
     train_set = None
     if train is not None:
         train_set = _match(real_set, load_image_set("train", train, split=train_split, size=size,
-                                                    channels=channels, n=n_max, seed=seed))
+                                                    channels=channels, n=n_max, seed=seed,
+                                                    data_options=options["train"]))
     _check_sets(real_set, fake_set, train_set)
     timings["load"] = time.perf_counter() - started
 
     def compute(staging: Path | None) -> EvaluationResult:
         result = _evaluate_sets(real_set, fake_set, train_set, names, staging, domain_model, inception_weights,
                                 str(torch_device), progress, bootstrap, kid_subsets, diversity_pairs, seed, timings)
+        if cas:
+            t0 = time.perf_counter()
+            _classification_accuracy(result, real_set, fake_set, cas_scorer, seed, str(torch_device))
+            timings["classification_accuracy_score"] = time.perf_counter() - t0
         timings["total"] = time.perf_counter() - started
         result.seconds = {k: round(v, 3) for k, v in timings.items()}
         if staging is not None:
@@ -250,7 +410,7 @@ def evaluate(
     result = _staged(out_dir, compute)
     for message in result.warnings:
         warnings.warn(message, stacklevel=2)
-    if not isinstance(fake, torch.Tensor) and _is_run(fake):
+    if _is_run_like(fake):
         _record_in_run(Path(fake), result)
     return result
 
@@ -285,8 +445,7 @@ def _resolve_sources(real: Any, fake: Any, train: Any, real_split: str, train_sp
             real = source
     if real is None:
         raise ConfigError("give the held-out real images (--real), or a run directory as --fake")
-    same_source = (train is not None and not isinstance(real, torch.Tensor) and not isinstance(train, torch.Tensor)
-                   and str(real) == str(train))
+    same_source = train is not None and not _in_memory(real) and not _in_memory(train) and str(real) == str(train)
     if real_split == "auto":
         real_split = "test" if same_source else default_real_split(real)
     if same_source and (real_split == train_split or "all" in (real_split, train_split)):
@@ -343,6 +502,7 @@ def _evaluate_sets(real_set: ImageSet, fake_set: ImageSet, train_set: ImageSet |
             result.warnings.append(f"{shared} of the {len(real_set.images)} held-out real images also appear in the "
                                    "training set: the reference is not held out")
     n_real, n_fake_images = len(real_set.images), len(fake_set.images)
+    classes = class_subsets(real_set, fake_set, result.warnings)
     extractors = {}
     for name in names:  # build all first: a missing weight file fails before any work is done
         t0 = time.perf_counter()
@@ -366,6 +526,7 @@ def _evaluate_sets(real_set: ImageSet, fake_set: ImageSet, train_set: ImageSet |
             if reference is real_set:
                 result.warnings.append("radiomics: standardised with the held-out set's statistics (no --train)")
         _fidelity(result, name, real_f, fake_f, bootstrap, kid_subsets, seed)
+        _per_class(result, name, extractor.dim, real_f, fake_f, classes, kid_subsets, seed)
         if name == "inception" and getattr(extractor, "has_classifier", False):
             probs = extractor.extract_probabilities(fake_set.images, progress=progress)  # type: ignore[attr-defined]
             splits = min(10, max(1, len(probs) // 50))
@@ -398,35 +559,144 @@ def _evaluate_sets(real_set: ImageSet, fake_set: ImageSet, train_set: ImageSet |
 
 
 def _is_run_like(source: object) -> bool:
-    return not isinstance(source, torch.Tensor) and _is_run(source)  # type: ignore[arg-type]
+    return source is not None and not _in_memory(source) and _is_run(source)  # type: ignore[arg-type]
+
+
+def _kid_subset_size(n_real: int, n_fake: int) -> int:
+    """Half the smaller set, so that the spread over subsets means something for small sets too."""
+    return max(2, min(1000, min(n_real, n_fake) // 2))
+
+
+def fidelity_scores(real_f: np.ndarray, fake_f: np.ndarray, kid_subsets: int, seed: int) -> dict[str, float]:
+    """The point values reported per feature space (and per class): FID, KID with its std over subsets, and
+    precision, recall, density, coverage (k = 5). Both sets need more than :data:`PRDC_K` rows."""
+    with warnings.catch_warnings():  # the sample-size warning is reported once, by the caller
+        warnings.simplefilter("ignore")
+        # The eigenvalue route is exact for covariance matrices and never fails on an imaginary part.
+        value = fid(real_f, fake_f, method="eigh")
+    mean, std = kid(real_f, fake_f, subsets=kid_subsets, subset_size=_kid_subset_size(len(real_f), len(fake_f)),
+                    seed=seed)
+    scores = prdc(real_f, fake_f, k=PRDC_K)
+    return {"fid": float(value), "kid": float(mean), "kid_std": float(std),
+            **{key: float(scores[key]) for key in ("precision", "recall", "density", "coverage")}}
 
 
 def _fidelity(result: EvaluationResult, name: str, real_f: np.ndarray, fake_f: np.ndarray, bootstrap: int,
               kid_subsets: int, seed: int) -> None:
     n_real, n_fake = len(real_f), len(fake_f)
-    with warnings.catch_warnings():  # the sample-size warning is reported once, by the caller
-        warnings.simplefilter("ignore")
-        # The eigenvalue route is exact for covariance matrices and never fails on an imaginary part.
-        value = fid(real_f, fake_f, method="eigh")
-        interval = None
-        if bootstrap > 0:
+    scores = fidelity_scores(real_f, fake_f, kid_subsets, seed)
+    interval = None
+    if bootstrap > 0:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             interval = bootstrap_interval(lambda a, b: fid(a, b, method="eigh"), real_f, fake_f, n_boot=bootstrap,
                                           seed=seed, recentre=True)
-            interval = (max(0.0, interval[0]), interval[1])
-    result.metrics.append(MetricValue("fid", value, name, n_real, n_fake, interval, None,
+        interval = (max(0.0, interval[0]), interval[1])
+    result.metrics.append(MetricValue("fid", scores["fid"], name, n_real, n_fake, interval, None,
                                       f"Frechet distance; 95% bootstrap interval over {bootstrap} resamples of both "
                                       "sets, re-centred on the value (resampling inflates FID)"
                                       if bootstrap else "Frechet distance"))
-    # Subsets of half the smaller set, so that the spread over subsets means something for small sets too.
-    subset = max(2, min(1000, min(n_real, n_fake) // 2))
-    mean, std = kid(real_f, fake_f, subsets=kid_subsets, subset_size=subset, seed=seed)
-    result.metrics.append(MetricValue("kid", mean, name, n_real, n_fake, None, std,
+    subset = _kid_subset_size(n_real, n_fake)
+    result.metrics.append(MetricValue("kid", scores["kid"], name, n_real, n_fake, None, scores["kid_std"],
                                       f"unbiased MMD^2, cubic polynomial kernel; mean and std over {kid_subsets} "
                                       f"subsets of {subset}"))
-    scores = prdc(real_f, fake_f, k=5)
     for key in ("precision", "recall", "density", "coverage"):
-        result.metrics.append(MetricValue(key, float(scores[key]), name, n_real, n_fake, None, None,
-                                          "k = 5 nearest neighbours (Kynkaanniemi 2019; Naeem 2020)"))
+        result.metrics.append(MetricValue(key, scores[key], name, n_real, n_fake, None, None,
+                                          f"k = {PRDC_K} nearest neighbours (Kynkaanniemi 2019; Naeem 2020)"))
+
+
+@dataclass(frozen=True)
+class ClassSubset:
+    """One class both sets have: its name and which real and synthetic rows belong to it."""
+
+    name: str
+    real_rows: np.ndarray  # bool, one per real image
+    fake_rows: np.ndarray  # bool, one per synthetic image
+
+    @property
+    def counts(self) -> tuple[int, int]:
+        return int(self.real_rows.sum()), int(self.fake_rows.sum())
+
+    @property
+    def usable(self) -> bool:
+        return min(self.counts) > PRDC_K
+
+
+def class_subsets(real: ImageSet, fake: ImageSet, notes: list[str] | None = None) -> list[ClassSubset]:
+    """The classes both sets are labelled with, matched by name, in the real set's order (none when either set is
+    unlabelled). Classes only one set has, and classes too small to score, are described in ``notes``."""
+    if real.labels is None or fake.labels is None:
+        return []
+    notes = notes if notes is not None else []
+    only_real = [n for n, c in real.class_counts().items() if c and not fake.class_counts().get(n)]
+    only_fake = [n for n, c in fake.class_counts().items() if c and not real.class_counts().get(n)]
+    if only_real or only_fake:
+        notes.append(f"per class: classes {', '.join(map(repr, only_real + only_fake))} have images in only one of "
+                     "the real and synthetic sets and are left out of the per-class figures")
+    subsets = []
+    for real_label, name in enumerate(real.class_names):
+        if name in only_real or name not in fake.class_names:
+            continue
+        subset = ClassSubset(name, (real.labels == real_label).numpy(),
+                             (fake.labels == fake.class_names.index(name)).numpy())
+        if not subset.usable and min(subset.counts) > 0:
+            notes.append(f"class {name!r}: {subset.counts[0]} real and {subset.counts[1]} synthetic images; "
+                         f"per-class metrics need more than {PRDC_K} of each")
+        if min(subset.counts) > 0:
+            subsets.append(subset)
+    return subsets
+
+
+def _per_class(result: EvaluationResult, space: str, dim: int, real_f: np.ndarray, fake_f: np.ndarray,
+               classes: list[ClassSubset], kid_subsets: int, seed: int) -> None:
+    """The overall point values of ``space`` recomputed on each class's real and synthetic images alone."""
+    for subset in classes:
+        n_real, n_fake = subset.counts
+        entry: dict[str, Any] = {"n_real": n_real, "n_fake": n_fake}
+        if not subset.usable:
+            entry["skipped"] = f"more than {PRDC_K} real and synthetic images needed"
+        else:
+            entry.update(fidelity_scores(real_f[subset.real_rows], fake_f[subset.fake_rows], kid_subsets, seed))
+            message = sample_size_warning(min(n_real, n_fake), dim)
+            if message:
+                entry["warning"] = message
+                result.warnings.append(f"{space}, class {subset.name!r}: {message}")
+        result.per_class.setdefault(space, {})[subset.name] = entry
+
+
+def _default_cas_scorer() -> CasScorer | None:
+    """The library's classification accuracy score, where this installation has it."""
+    try:
+        from synthmed.metrics.classification import classification_accuracy_score
+    except ImportError:
+        return None
+    return classification_accuracy_score
+
+
+def _classification_accuracy(result: EvaluationResult, real: ImageSet, fake: ImageSet, scorer: CasScorer | None,
+                             seed: int, device: str) -> None:
+    """CAS: a classifier trained on the synthetic images of the classes both sets share, tested on the real images
+    of those classes (labels renumbered 0..K-1 in the real set's order)."""
+    classes = [c for c in class_subsets(real, fake) if min(c.counts) >= 2]
+    scorer = scorer or _default_cas_scorer()
+    if scorer is None or len(classes) < 2:
+        if real.labels is not None and fake.labels is not None:
+            why = ("synthmed.metrics.classification is missing" if scorer is None
+                   else "fewer than 2 classes have 2 or more real and synthetic images")
+            result.warnings.append(f"classification accuracy score not computed: {why}")
+        return
+    real_rows = np.zeros(len(real.images), dtype=np.int64) - 1
+    fake_rows = np.zeros(len(fake.images), dtype=np.int64) - 1
+    for k, subset in enumerate(classes):
+        real_rows[subset.real_rows], fake_rows[subset.fake_rows] = k, k
+    real_keep, fake_keep = torch.from_numpy(real_rows >= 0), torch.from_numpy(fake_rows >= 0)
+    scores = scorer(fake.images[fake_keep], torch.from_numpy(fake_rows)[fake_keep], real.images[real_keep],
+                    torch.from_numpy(real_rows)[real_keep], seed=seed, device=device)
+    result.classification = {**{k: (float(v) if isinstance(v, (float, np.floating)) else v) for k, v in scores.items()},
+                             "classes": [c.name for c in classes],
+                             "n_synthetic": int(fake_keep.sum()), "n_real": int(real_keep.sum()),
+                             "note": "classifier trained on the synthetic images, tested on the held-out real "
+                                     "images (Ravuri & Vinyals 2019)"}
 
 
 def _diversity(result: EvaluationResult, real: ImageSet, fake: ImageSet, pairs: int, seed: int) -> None:
@@ -503,6 +773,45 @@ def _fmt(value: float | None) -> str:
     return f"{value:.4g}"
 
 
+def _per_class_section(result: EvaluationResult) -> list[str]:
+    """The per-class table (nothing when either set is unlabelled)."""
+    if not result.per_class:
+        return []
+    lines = ["", "## Per class (held-out real vs synthetic images of one class)", "",
+             "Each class's real images against the synthetic images of that class, in the same feature spaces (no "
+             "bootstrap). FID falls with n: compare classes, and runs, at equal n only.", "",
+             "| feature space | class | n real | n synthetic | fid | kid (std) | precision | recall | density | "
+             "coverage | note |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for space, classes in result.per_class.items():
+        for name, entry in classes.items():
+            if "skipped" in entry:
+                lines.append(f"| {space} | {name} | {entry['n_real']} | {entry['n_fake']} | | | | | | | "
+                             f"skipped: {entry['skipped']} |")
+                continue
+            note = "too few samples for a stable FID (see Warnings)" if entry.get("warning") else ""
+            lines.append(f"| {space} | {name} | {entry['n_real']} | {entry['n_fake']} | {_fmt(entry['fid'])} | "
+                         f"{_fmt(entry['kid'])} ({_fmt(entry['kid_std'])}) | {_fmt(entry['precision'])} | "
+                         f"{_fmt(entry['recall'])} | {_fmt(entry['density'])} | {_fmt(entry['coverage'])} | {note} |")
+    return lines
+
+
+def _classification_section(result: EvaluationResult) -> list[str]:
+    """The classification accuracy score (nothing when it did not run)."""
+    cas = result.classification
+    if not cas:
+        return []
+    auc = cas.get("auc")
+    positive = cas.get("positive_class")
+    positive_name = cas["classes"][positive] if isinstance(positive, int) and positive < len(cas["classes"]) else ""
+    return ["", "## Classification accuracy score (trained on synthetic, tested on real)", "",
+            "| classes | n synthetic (training) | n real (test) | accuracy | AUC | balanced accuracy |",
+            "|---|---|---|---|---|---|",
+            f"| {', '.join(cas['classes'])} | {cas.get('n_synthetic_train', cas['n_synthetic'])} | "
+            f"{cas.get('n_real_test', cas['n_real'])} | {_fmt(cas.get('accuracy'))} | {_fmt(auc)} | "
+            f"{_fmt(cas.get('balanced_accuracy'))} |", "",
+            f"{cas['note']}" + (f"; AUC of {positive_name!r} against the rest" if positive_name else "") + "."]
+
+
 def render_report(result: EvaluationResult, out: Path | None = None) -> str:
     """The Markdown report: sets, a table per feature space, memorisation, diversity, pictures."""
     lines = ["# synthmed evaluation", ""]
@@ -524,6 +833,7 @@ def render_report(result: EvaluationResult, out: Path | None = None) -> str:
     for name, info in result.extractors.items():
         summary = {k: v for k, v in info.items() if k not in ("standardizer", "features")}
         lines.append(f"- **{name}** ({info.get('dim')}-d): `{json.dumps(summary, default=str)[:400]}`")
+    lines += _per_class_section(result) + _classification_section(result)
     lines += ["", "## Diversity (MS-SSIM within a set)", ""]
     for m in result.metrics:
         if m.extractor == "pixels":

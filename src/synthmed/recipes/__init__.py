@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from synthmed.data.dataset import DataInfo
+from synthmed.recipes.bagan import BAGAN, BAGANGP  # noqa: F401 (registers bagan and bagan-gp)
 from synthmed.recipes.base import (
     RECIPES,
     ConditionalGenerativeRecipe,
@@ -17,6 +18,7 @@ from synthmed.recipes.base import (
     make_config,
     register_recipe,
 )
+from synthmed.recipes.conditional import ACGAN, ConditionalGAN, ConditionalWGANGP  # noqa: F401 (registers them)
 from synthmed.recipes.step import StepContext, frozen
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
 

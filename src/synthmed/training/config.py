@@ -35,6 +35,14 @@ class DataConfig:
     target: str | None = None
     #: One source's pairing: "image:mask" (masks become targets) or "A:B" (channel groups of one array).
     pair: str | None = None
+    #: Folders of images, DICOM or NIfTI files: a CSV naming each image's class by file name or case folder.
+    labels: str | None = None
+    #: The labels CSV's class column (default: its second column).
+    label_column: str | None = None
+    #: "value=name,...": class names for the CSV's raw values, merging classes ("0=other,1=other,2=melanoma").
+    label_map: str | None = None
+    #: The labels CSV's column naming each image or case (default: its first column).
+    label_key_column: str | None = None
 
     def loader_options(self) -> dict[str, Any]:
         """Keyword arguments of :func:`synthmed.data.load_training_set` (all but ``source``)."""
