@@ -247,8 +247,8 @@ class ConditionalGenerativeRecipe(GenerativeRecipe):
         return labels
 
     def class_grid_inputs(self, n: int, seed: int) -> dict[str, torch.Tensor]:
-        """Preview inputs: one row per class, ``max(1, n // K)`` fixed latents per row."""
-        per_row = max(1, n // self.num_classes)
+        """Preview inputs: one row per class, ``n // K`` fixed latents per row (1 to 16: a readable picture)."""
+        per_row = max(1, min(16, n // self.num_classes))
         labels = torch.arange(self.num_classes).repeat_interleave(per_row)
         gen = torch.Generator(device="cpu").manual_seed(seed)
         return {"z": self.draw_latents(labels, gen), "label": labels}
