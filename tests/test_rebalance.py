@@ -228,3 +228,16 @@ def test_evaluate_compares_at_the_size_the_run_trained_at(tmp_path: Path) -> Non
                          **TRAIN).run_dir
     result = evaluate(None, run, features=("radiomics",), bootstrap=0, cas=False, progress=False)
     assert result.sets["real"]["size"] == [16, 16] and result.sets["fake"]["size"] == [16, 16]
+
+
+def test_explore_walks_each_row_within_one_class(conditional_run: Path, tmp_path: Path) -> None:
+    """Conditional runs: row i walks in class i mod K (before, walks fed N(0, I) latents with classes in turn
+    along the row, mixing classes within a walk)."""
+    from PIL import Image
+
+    path = synthmed.load(conditional_run).explore(tmp_path / "walks.png", walks=3, steps=4)
+    grid = np.asarray(Image.open(path).convert("L"), dtype=float)
+    thirds = [part.mean() for part in np.array_split(grid, 3, axis=0)]
+    assert thirds[0] < thirds[1] < thirds[2]  # the painter's classes are dark, mid and bright
+    columns = [part.mean() for part in np.array_split(grid[: grid.shape[0] // 3], 4, axis=1)]
+    assert max(columns) - min(columns) < 40  # one class along the row

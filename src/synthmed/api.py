@@ -158,14 +158,22 @@ class TrainedModel:
         return out
 
     def explore(self, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:
-        """A grid of latent walks: each row interpolates spherically between two random seeds' latents."""
+        """A grid of latent walks: each row interpolates spherically between two random seeds' latents.
+
+        Conditional runs: row ``i`` walks within class ``i mod K`` (through that class's latent distribution)."""
         from synthmed.viz.grid import save_grid
         from synthmed.viz.latent import latent_walks
 
         if walks < 1 or steps < 2:
             raise ConfigError("explore needs at least 1 walk of at least 2 steps")
-        z = latent_walks(self.latent_dim, walks, steps, seed=seed)
-        images = self.generate(z.reshape(walks * steps, -1))
+        noise = latent_walks(self.latent_dim, walks, steps, seed=seed).reshape(walks * steps, -1)
+        if isinstance(self.recipe, ConditionalGenerativeRecipe):
+            labels = (torch.arange(walks) % self.recipe.num_classes).repeat_interleave(steps)
+            with kernels(self.config.train.cpu_kernels):
+                z = self.recipe.latents_from_noise(labels.to(self.recipe.device), noise.to(self.recipe.device))
+                images = self.recipe.generate(z, label=labels.to(self.recipe.device)).cpu()
+        else:
+            images = self.generate(noise)
         out = Path(out) if out is not None else self.run_dir / "explore.png"
         scale = max(1, min(4, 128 // images.shape[-1]))
         return save_grid(out, images, nrow=steps, scale=scale)

@@ -323,20 +323,16 @@ class _BalancingGAN(ConditionalGenerativeRecipe):
         """Classes drawn uniformly: every class gets as many generated images (the balancing of BAGAN)."""
         return torch.randint(self.num_classes, (n,), device=device)
 
-    def _latents_from_noise(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def latents_from_noise(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Class latents from standard-normal ``noise``: z = mu_c + L_c noise (L_c L_c^T ~ Sigma_c)."""
         return self.networks["class_latents"].sample(labels, noise)
 
     def _training_latents(self, labels: torch.Tensor) -> torch.Tensor:
         """Latents of classes ``labels`` from the global RNG on their device (fp32, outside autocast)."""
         noise = torch.randn(labels.shape[0], self.latent_dim, device=labels.device)
-        return self._latents_from_noise(labels, noise)
+        return self.latents_from_noise(labels, noise)
 
     # --- outputs ---------------------------------------------------------------------------------------
-    def draw_latents(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        noise = torch.randn(labels.shape[0], self.latent_dim, generator=generator)
-        return self._latents_from_noise(labels.cpu(), noise).cpu()
-
     def _sampling_generator(self) -> nn.Module:
         return self.networks["G_ema"] if "G_ema" in self.networks else self.networks["G"]
 
@@ -391,7 +387,7 @@ class _BalancingGAN(ConditionalGenerativeRecipe):
             with _evaluating(self.networks["E"], self.networks["decoder"]):
                 reconstruction = self._reconstruct(images, inputs["example_labels"].to(self.device))
             return Preview(columns={"image": images, "reconstruction": reconstruction.float().clamp(-1, 1)})
-        latents = self._latents_from_noise(inputs["label"], inputs["noise"])
+        latents = self.latents_from_noise(inputs["label"], inputs["noise"])
         return self.class_grid({"z": latents, "label": inputs["label"]})
 
 
@@ -482,10 +478,10 @@ class BAGANGP(_BalancingGAN):
             labels = torch.arange(z.shape[0]) % self.num_classes
         return G(z, labels.to(z.device))
 
-    def _latents_from_noise(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def latents_from_noise(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         if self.config.latent_prior == "normal":
             return noise
-        return super()._latents_from_noise(labels, noise)
+        return super().latents_from_noise(labels, noise)
 
     def _single_input(self, G: nn.Module) -> nn.Module:
         return _LatentAndLabel(G)

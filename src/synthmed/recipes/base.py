@@ -217,9 +217,15 @@ class ConditionalGenerativeRecipe(GenerativeRecipe):
             raise ConfigError(f"class {value!r} is not one of this run's {self.num_classes} classes ({named})")
         return index
 
+    def latents_from_noise(self, labels: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The latents of classes ``labels`` for standard-normal ``noise`` (N, latent_dim): the noise itself here;
+        BAGAN maps it through each class's Gaussian. Latent walks interpolate the noise, then call this."""
+        return noise
+
     def draw_latents(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Latents (N, latent_dim) on the CPU for the classes ``labels`` (N,), drawn from ``generator``."""
-        return torch.randn(labels.shape[0], self.latent_dim, generator=generator)
+        noise = torch.randn(labels.shape[0], self.latent_dim, generator=generator)
+        return self.latents_from_noise(labels, noise).cpu()
 
     @torch.no_grad()
     def sample(self, n: int, seed: int = 0, batch_size: int = 256,
