@@ -163,3 +163,11 @@ def test_threads_option_reaches_the_trainer(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--threads", "0", *TINY_ARGS])
     assert bad.exit_code == 2 and not (tmp_path / "bad").exists(), bad.output
     assert bad.stderr.strip() == "synthmed: error: --threads must be at least 1 (got 0)", bad.stderr
+
+
+def test_help_keeps_the_bracketed_defaults() -> None:
+    """Rich read "[default: 3000]" as a markup tag and dropped it from every --help (bug)."""
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "(generator iterations) [default: 3000]" in text
+    text = runner.invoke(app, ["experiment", "augmentation", "--help"], env={"COLUMNS": "200"}).output
+    assert "[default: the embedded BreastMNIST]" in " ".join(text.replace("│", " ").split())

@@ -346,6 +346,25 @@ def _recipe_named(argv: list[str]) -> str:
     return "unconditional"
 
 
+def _show_brackets_in_help(typer_app: typer.Typer) -> None:
+    """Help texts say "[default: 3000]"; rich would read the brackets as a markup tag and drop the text."""
+    import inspect
+
+    from typer.models import ArgumentInfo, OptionInfo
+
+    for command in typer_app.registered_commands:
+        for parameter in inspect.signature(command.callback).parameters.values():  # type: ignore[arg-type]
+            info = parameter.default
+            if isinstance(info, (OptionInfo, ArgumentInfo)) and info.help and "\\[" not in info.help:
+                info.help = info.help.replace("[", "\\[")
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _show_brackets_in_help(group.typer_instance)
+
+
+_show_brackets_in_help(app)
+
+
 def main() -> None:
     import warnings
 
