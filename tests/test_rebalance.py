@@ -241,3 +241,31 @@ def test_explore_walks_each_row_within_one_class(conditional_run: Path, tmp_path
     assert thirds[0] < thirds[1] < thirds[2]  # the painter's classes are dark, mid and bright
     columns = [part.mean() for part in np.array_split(grid[: grid.shape[0] // 3], 4, axis=1)]
     assert max(columns) - min(columns) < 40  # one class along the row
+
+
+def test_evaluate_reads_the_runs_data_with_its_split_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A folder without its own split is split by the run's split seed; evaluate must re-read it with that seed,
+    or its "test" images may be the run's training images (bug: the seed was dropped)."""
+    import importlib
+
+    from PIL import Image
+
+    evaluation = importlib.import_module("synthmed.metrics.evaluate")  # the module (the package exports a function)
+    rng = np.random.default_rng(0)
+    for k in range(2):
+        (tmp_path / "data" / f"c{k}").mkdir(parents=True)
+        for i in range(20):
+            pixels = (rng.random((8, 8)) * 60 + 120 * k).astype(np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "data" / f"c{k}" / f"{i}.png")
+    run = synthmed.train(tmp_path / "data", recipe="test-class-paint", out=tmp_path / "run", progress=False,
+                         split_seed=3, size=16, **TRAIN).run_dir
+    seeds: list[int] = []
+    real_load = evaluation.load_dataset
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seeds.append(int(kwargs.get("seed", 0)))  # type: ignore[arg-type]
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "load_dataset", spy)
+    evaluation.evaluate(None, run, features=("radiomics",), bootstrap=0, cas=False, progress=False)
+    assert seeds and set(seeds) == {3}
