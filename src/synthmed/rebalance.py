@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 import torch
 
 from synthmed.errors import ConfigError, SynthmedError
+from synthmed.io import write_folder_atomically
 
 FORMATS = ("folder", "npz")
 
@@ -139,21 +138,9 @@ def augment(run: str | Path, out: str | Path, *, to: str | None = None, per_clas
         "sampling": "one call of TrainedModel.sample(n, seed, labels) with labels in class order",
     }
     writer = _write_npz if fmt == "npz" else _write_folder
-    _staged(out, lambda staging: writer(staging, names, real_images, real_labels, fake, labels, provenance))
+    write_folder_atomically(
+        out, lambda staging: writer(staging, names, real_images, real_labels, fake, labels, provenance))
     return AugmentResult(out, tuple(names), tuple(real_counts), tuple(counts))
-
-
-def _staged(out: Path, write: Any) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
 
 
 def _manifest(staging: Path, names: Sequence[str], real_labels: torch.Tensor, fake_labels: torch.Tensor,

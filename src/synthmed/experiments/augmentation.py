@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +35,7 @@ from torch import nn
 
 from synthmed.data import ImageDataset, load_dataset
 from synthmed.errors import ConfigError, SynthmedError
-from synthmed.io import atomic_write_text
+from synthmed.io import atomic_write_text, write_folder_atomically
 from synthmed.metrics.classification import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_LEARNING_RATE,
@@ -579,21 +577,7 @@ def _write_outputs(out: Path, document: dict[str, Any], splits: Splits, plan: li
             target = staging / ("saliency.png" if i == 0 else f"saliency_{name}.png")
             plot_saliency(target, splits, pair, name, document["seeds"][0])
 
-    _staged(out, write)
-
-
-def _staged(out: Path, write: Callable[[Path], None]) -> None:
-    """``write`` into a hidden staging folder next to ``out``, then rename it to ``out`` (empty or absent)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(staging)
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_folder_atomically(out, write)
 
 
 # --- progress ------------------------------------------------------------------------------------------------
