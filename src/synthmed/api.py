@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from synthmed.data.dataset import DataInfo
 from synthmed.devices import select_device
 from synthmed.errors import ConfigError, SynthmedError
+from synthmed.io import write_folder_atomically
 from synthmed.ops import kernels
 from synthmed.recipes import ConditionalGenerativeRecipe, GenerativeRecipe, Recipe, build_recipe
 from synthmed.training import checkpoint as ckpt
@@ -136,9 +135,7 @@ class TrainedModel:
         elif isinstance(self.recipe, ConditionalGenerativeRecipe):
             labels = self.recipe.sample_labels(n)
         images = to_uint8(self.sample(n, seed=seed, labels=labels))
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-        try:
+        def write(staging: Path) -> None:
             if fmt == "npz":
                 squeezed = images[..., 0] if images.shape[-1] == 1 else images
                 extra = {} if labels is None else {"labels": labels.numpy(),
@@ -149,12 +146,8 @@ class TrainedModel:
                 width = max(5, len(str(n - 1)))
                 for i, img in enumerate(images):
                     array_to_image(img).save(staging / f"sample_{i:0{width}d}.png")
-            if out.exists():
-                out.rmdir()
-            staging.rename(out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+
+        write_folder_atomically(out, write)
         return out
 
     def explore(self, out: str | Path | None = None, walks: int = 6, steps: int = 10, seed: int = 0) -> Path:

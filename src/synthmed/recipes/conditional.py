@@ -22,6 +22,7 @@ interpolates between a real and a fake image have one class. The networks are th
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
@@ -191,11 +192,13 @@ class _ConditionalGAN(ConditionalGenerativeRecipe):
             raise ConfigError(f"the {self.name} critic must not use BatchNorm (the gradient penalty is per sample); "
                               "use d_norm='layer'")
 
+    @abc.abstractmethod
     def build_generator(self, channels: int, size: int) -> nn.Module:
-        raise NotImplementedError
+        """This recipe's class-conditional generator for ``channels``-channel images of ``size`` px."""
 
+    @abc.abstractmethod
     def build_discriminator(self, d_kwargs: dict[str, Any]) -> nn.Module:
-        raise NotImplementedError
+        """This recipe's discriminator (or critic) from the family's keyword arguments."""
 
     def _d_kwargs(self, channels: int, size: int) -> dict[str, Any]:
         cfg = self.config
