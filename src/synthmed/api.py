@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -230,3 +232,40 @@ def experiment_augmentation(data: str | Path | None, generators: list[str | Path
     if data_options:
         options["data_options"] = data_options
     return run_augmentation_experiment(data, generators, out, **options)
+
+
+def translate(run: str | Path, source: str | Path | None, out: str | Path, *, direction: str = "AtoB",
+              compare: str | Path | None = None, fov: str | Path | None = None, split: str | None = None,
+              tile: int | None = None, overlap: int | None = None, batch_size: int = 4,
+              checkpoint: str | Path | None = None, device: str = "auto", progress: bool = True) -> Any:
+    """Translate a file, a folder (``source``) or the run's held-out ``split`` with a pix2pix / CycleGAN run
+    (:mod:`synthmed.translate`); ``compare`` (a folder of targets) or ``split`` add paired metrics."""
+    from synthmed import translate as tr
+
+    if (source is None) == (split is None):
+        raise ConfigError("give INPUT (a file or folder to translate) or --split test (the run's held-out pairs), "
+                          "one of them")
+    model = load(run, checkpoint=checkpoint, device=device)
+    recipe = tr.check_translation_run(model.recipe, model.run_dir)
+    with _task_progress("translate", progress) as report, kernels(model.config.train.cpu_kernels):
+        if split is not None:
+            if compare is not None or fov is not None:
+                raise ConfigError("--compare and --fov go with INPUT files; --split scores the run's own pairs")
+            return tr.translate_split(recipe, model.config, out, split=split, direction=direction,
+                                      batch_size=batch_size, progress=report)
+        return tr.translate_files(recipe, source, out, direction=direction, compare=compare, fov=fov, tile=tile,
+                                  overlap=overlap, batch_size=batch_size, progress=report)
+
+
+@contextlib.contextmanager
+def _task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar with ETA for file-by-file work; yields its update function (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(), TextColumn("eta"),
+                  TimeRemainingColumn(), transient=True) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)

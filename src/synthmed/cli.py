@@ -24,6 +24,17 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _pair_of_numbers(flag: str, text: str | None) -> tuple[float, float] | None:
+    """``"LOW,HIGH"`` as two floats (a one-line error otherwise); ``None`` when not given."""
+    if text is None:
+        return None
+    try:
+        low, high = (float(part) for part in text.split(","))
+    except ValueError:
+        _fail(f"{flag} expects LOW,HIGH (two numbers, e.g. -160,240), got {text!r}")
+    return low, high
+
+
 def _parse_option(text: str) -> tuple[str, Any]:
     import yaml
 
@@ -45,6 +56,12 @@ def train(
                                "(--data-kind unpaired): domain B."),
     pair: str = typer.Option(None, help="Pairs from one source: image:mask (masks become targets) or A:B "
                              "(channel groups of one array, e.g. t1:t1ce)."),
+    fov: str = typer.Option(None, help="Paired folders: field-of-view masks matched to --data by file name (metrics "
+                            "count only pixels inside them)."),
+    match: str = typer.Option(None, help="Paired folders: a regular expression whose first group is the key an image "
+                              "and its target share (e.g. '^(\\d+)_')."),
+    intensity_range: str = typer.Option(None, help="LOW,HIGH of stored values (HU after DICOM rescale) mapped to "
+                                        "[-1, 1] for every image: a fixed window for DICOM, NIfTI and 16-bit data."),
     data_kind: str = typer.Option("auto", help="images, paired, unpaired, records or auto."),
     size: int = typer.Option(None, help="Resize images to SIZE x SIZE (centre-cropped to square first)."),
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
@@ -95,7 +112,8 @@ def train(
 
     given = {k: v for k, v in {
         "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes, "target": target,
-        "pair": pair, "batch_size": batch_size, "seed": seed, "device": device, "precision": precision,
+        "pair": pair, "fov": fov, "match": match, "batch_size": batch_size, "seed": seed, "device": device,
+        "precision": precision, "intensity_range": _pair_of_numbers("--intensity-range", intensity_range),
         "num_threads": threads, "cpu_kernels": cpu_kernels, "sample_every": sample_every,
         "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
         "eval_features": eval_features, "eval_samples": eval_samples, "labels": labels,
@@ -287,6 +305,43 @@ def evaluate(
                 f" +- {m.std:.3g}" if m.std is not None else "")
             print(f"{m.extractor:>10}  {m.name:<12} {m.value:.4g}{spread}")
     print(f"wrote {out / 'metrics.json'} and {out / 'report.md'}")
+
+
+@app.command()
+def translate(
+    run: str = typer.Argument(..., help="A pix2pix or CycleGAN run directory (or name under runs/)."),
+    source: str = typer.Argument(None, metavar="[INPUT]", help="A file or a folder to translate (PNG, TIFF, JPEG, "
+                                 "BMP, GIF, DICOM, NIfTI, npy)."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder: one output per input, same stem."),
+    direction: str = typer.Option("AtoB", help="AtoB, or BtoA (CycleGAN runs)."),
+    compare: str = typer.Option(None, help="A folder of targets matched to the inputs by name: input | output | "
+                                "target pictures and MAE/PSNR/SSIM (Dice/F1 for mask outputs)."),
+    fov: str = typer.Option(None, help="With --compare: field-of-view masks; metrics count pixels inside them."),
+    split: str = typer.Option(None, help="Instead of INPUT: translate and score this held-out split of the run's "
+                              "own pairs (test or val)."),
+    tile: int = typer.Option(None, help="Tile side for images larger than it [default: the training size]."),
+    overlap: int = typer.Option(None, help="Overlap of neighbouring tiles, blended [default: tile / 4]."),
+    batch_size: int = typer.Option(4, help="Tiles or slices per forward pass."),
+    checkpoint: str = typer.Option(None, help="'best' or a checkpoint JSON [default: latest]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Translate images with a trained pix2pix / CycleGAN run, in the input's units, bit depth and geometry."""
+    from synthmed import api
+
+    try:
+        result = api.translate(run, source, out, direction=direction, compare=compare, fov=fov, split=split,
+                               tile=tile, overlap=overlap, batch_size=batch_size, checkpoint=checkpoint,
+                               device=device, progress=not quiet)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    for name, value in result.metrics.items():
+        if isinstance(value, dict):
+            print(f"{name:<14} {value['mean']:.4g} +- {value['std']:.3g} (n={value['n']})")
+        elif name.startswith("pooled_"):
+            print(f"{name:<14} {value:.4g}")
+    count = f"{len(result.outputs)} file(s)" if result.outputs else "the split"
+    print(f"translated {count} into {result.out}")
 
 
 experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")

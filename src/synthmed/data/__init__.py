@@ -21,6 +21,7 @@ from synthmed.data._core import RawData, assemble
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, read_dicom
 from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_image_folder
+from synthmed.data.intensity import check_intensity_range
 from synthmed.data.labels import LabelSource, assign_labels, sample_names
 from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
 from synthmed.data.npz import read_npz
@@ -70,6 +71,7 @@ def load_dataset(
     label_column: str | None = None,
     label_map: str | Mapping[str, str] | None = None,
     label_key_column: str | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> ImageDataset:
     """Load any supported source as an :class:`ImageDataset`.
 
@@ -90,6 +92,11 @@ def load_dataset(
     folder; ``label_column`` (default: the second column) holds the class, ``label_map`` (``"0=other,1=other,
     2=melanoma"``) names and merges raw values, ``label_key_column`` (default: the first column) holds the
     names. Splits are then stratified by label, case folders kept whole (see :mod:`synthmed.data.labels`).
+    ``intensity_range=(low, high)``: the stored range mapped to [-1, 1], the same for every image: DICOM in
+    units after rescale (HU for CT) instead of the window / series range, NIfTI instead of the per-volume
+    percentiles, 16-bit and float image folders instead of 0..65535 / the folder's maximum / each image's range,
+    named-array npz files instead of their value range; refused for MedMNIST and 8-bit-only image folders.
+    Every source records its mapping in ``info.intensity`` (:mod:`synthmed.data.intensity`).
     Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
     """
     common = {
@@ -101,10 +108,15 @@ def load_dataset(
     }
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
+    intensity_range = check_intensity_range(intensity_range)
     text = "" if source is None else str(source)
     label_source = LabelSource.from_options(labels, label_column, label_map, label_key_column)
     if label_source is not None:
         _check_labelled_source(source)
+    if intensity_range is not None and (source is None or text.lower() == "breastmnist"
+                                        or text.lower().startswith("medmnist:")):
+        raise ConfigError(f"intensity_range={intensity_range!r} does not apply to MedMNIST (8-bit images, always "
+                          "scaled 0..255)")
     if (source is None or text.lower() == "breastmnist") and size in medmnist.SIZES and size != 28:
         # The official larger file (downloaded once, cached), not the 28 px images upsampled.
         return _load_medmnist("breastmnist", size, cache_dir, download, common)
@@ -124,7 +136,7 @@ def load_dataset(
     if not path.exists():
         raise DataError(path, "no such file or folder")
     if path.is_dir():
-        return _load_folder(path, size, common, folder_groups, label_source)
+        return _load_folder(path, size, common, folder_groups, label_source, intensity_range)
     name = path.name.lower()
     if name.endswith(".npz"):
         raw = read_npz(
@@ -135,12 +147,13 @@ def load_dataset(
             mask_key=mask_key,
             patient_key=patient_key,
             split_key=split_key,
+            intensity_range=intensity_range,
         )
         return assemble(raw, size=size, **common)
     if name.endswith(DICOM_SUFFIXES) or looks_like_dicom(path):
-        return load_dicom(path, size=size, **common)
+        return load_dicom(path, size=size, intensity_range=intensity_range, **common)
     if is_nifti(path):
-        return load_nifti(path, size=size, **common)
+        return load_nifti(path, size=size, intensity_range=intensity_range, **common)
     if path.suffix.lower() in IMAGE_FORMATS:
         raise DataError(path, "is a single image; point to the folder that holds the images")
     raise DataError(
@@ -193,7 +206,8 @@ def _label_by_table(raw: RawData, root: Path, label_source: LabelSource | None) 
 
 
 def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str = "auto",
-                 label_source: LabelSource | None = None) -> ImageDataset:
+                 label_source: LabelSource | None = None,
+                 intensity_range: tuple[float, float] | None = None) -> ImageDataset:
     """A folder holds images, DICOM or NIfTI files: exactly one kind."""
     files = list_files(root)
     images = [p for p in files if p.suffix.lower() in IMAGE_FORMATS]
@@ -213,16 +227,16 @@ def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str 
         raise DataError(root, f"mixes {counts} files; point to a folder that holds one kind")
     kind, found = next(iter(present.items()))
     if kind == "DICOM":
-        raw = _label_by_table(read_dicom(found, source=str(root), size=size, skip_non_image=True), root,
-                              label_source)
+        raw = _label_by_table(read_dicom(found, source=str(root), size=size, skip_non_image=True,
+                                         intensity_range=intensity_range), root, label_source)
     elif kind == "NIfTI":
         channels = common.pop("channels")  # NIfTI: channels pick 4D volumes while reading
-        raw = _label_by_table(read_nifti(found, source=str(root), size=size, channels=channels, root=root), root,
-                              label_source)
+        raw = _label_by_table(read_nifti(found, source=str(root), size=size, channels=channels, root=root,
+                                         intensity_range=intensity_range), root, label_source)
     else:
         split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
         raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, label_source=label_source,
-                                **split_args)
+                                intensity_range=intensity_range, **split_args)
     return assemble(raw, size=size, **common)
 
 
@@ -235,6 +249,9 @@ def load_training_set(
     kind: str = "auto",
     target: str | Path | None = None,
     pair: str | None = None,
+    fov: str | Path | None = None,
+    match: str | None = None,
+    target_masks: bool | None = None,
     **options: Any,
 ) -> TrainingSet:
     """Any training data as a set of named tensors (:mod:`synthmed.data.sets`), by ``kind``:
@@ -246,6 +263,10 @@ def load_training_set(
     * ``unpaired``: domain A from ``source`` and domain B from ``target`` (or ``pair="A:B"`` channel groups
       taken from disjoint patients), sampled independently;
     * ``records``: a CSV or parquet matrix of binary or count codes (:func:`synthmed.data.records.load_records`).
+
+    ``fov`` (a folder of field-of-view masks, batch key ``mask``), ``match`` (a regular expression for the key
+    shared by matched file names) and ``target_masks`` apply to paired folders (see
+    :func:`~synthmed.data.paired.load_paired`).
 
     ``auto`` is ``records`` for CSV/parquet files, ``paired`` when ``target`` or ``pair`` is given, else
     ``images``. Every kind is split by patient where patient ids exist.
@@ -259,10 +280,14 @@ def load_training_set(
         if target is not None or pair is not None:
             raise ConfigError("--target and --pair give paired or unpaired data, not images")
         return load_dataset(source, **options)
+    pairing = {k: v for k, v in {"fov": fov, "match": match, "target_masks": target_masks}.items() if v is not None}
+    if pairing and kind != "paired":
+        raise ConfigError(f"{', '.join(pairing)} appl{'ies' if len(pairing) == 1 else 'y'} to paired folders "
+                          f"(--target FOLDER), not to {kind} data")
     if kind == "paired":
         from synthmed.data.paired import load_paired
 
-        return load_paired(source, target=target, pair=pair, **options)
+        return load_paired(source, target=target, pair=pair, **pairing, **options)
     if kind == "unpaired":
         from synthmed.data.paired import load_unpaired
 

@@ -66,6 +66,9 @@ class RawData:
     #: Split patients stratified by label: only for labels from a CSV (synthmed.data.labels). Sources that had
     #: both before keep their plain patient split, so the test split of an existing run never moves.
     stratify_patients: bool = False
+    #: How stored values became [-1, 1] (:class:`synthmed.data.intensity.IntensityMapping` as a dict), for
+    #: ``DataInfo.intensity``; empty when the reader does not know.
+    intensity: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images) if isinstance(self.images, list) else int(self.images.shape[0])
@@ -309,6 +312,7 @@ def assemble(
         split=split_name,
         channel_names=channel_names,
         attribution=raw.attribution,
+        intensity=dict(raw.intensity),
     )
     patients = None if raw.patients is None else np.asarray(raw.patients).astype(str)
     return ImageDataset(

@@ -29,6 +29,10 @@ class DataInfo:
     ``records`` (``channels`` = the record width D, ``height`` = ``width`` = 1, ``columns`` = the vocabulary).
     ``target_source`` is the target folder or file when it is not ``source``. Configs written before these
     fields existed read back with their defaults (kind ``images``).
+    ``intensity`` / ``target_intensity`` say how the stored values of the images / targets were mapped to
+    [-1, 1] (:meth:`synthmed.data.intensity.IntensityMapping.to_dict`, plain JSON-able dicts), so a translation
+    tool can read a new file the same way and write its output back in the file's units; empty: unknown (runs
+    saved before they were recorded, or data made in memory). They take no part in hashing (dicts cannot).
     """
 
     source: str
@@ -47,6 +51,8 @@ class DataInfo:
     target_source: str = ""
     columns: tuple[str, ...] = ()
     sizes: tuple[int, ...] = ()
+    intensity: dict[str, Any] = field(default_factory=dict, hash=False)
+    target_intensity: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def image_size(self) -> int:
@@ -65,6 +71,8 @@ class DataInfo:
         for name in _TUPLE_FIELDS:
             if name in data:
                 data[name] = tuple(int(v) for v in data[name]) if name == "sizes" else tuple(data[name])
+        for name in ("intensity", "target_intensity"):  # absent in older configs; null in hand-edited ones
+            data[name] = dict(data.get(name) or {})
         return cls(**data)
 
 

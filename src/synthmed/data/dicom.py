@@ -6,7 +6,9 @@ WindowWidth (empty or invalid values count as absent), applied with the DICOM li
 C.11.2.1.2.1: [center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2]; the file's VOILUTFunction
 LINEAR_EXACT and SIGMOID are honoured). Without a window, the min..max over the whole series (same
 SeriesInstanceUID; files without one share the folder's range) is used, after rescale, so every slice of a
-series gets the same contrast. MONOCHROME1 (white = low values) is inverted so that high always means
+series gets the same contrast. ``intensity_range=(low, high)`` (units after rescale, HU for CT) replaces the
+window and the series range. The mapping used is recorded in ``DataInfo.intensity``
+(:mod:`synthmed.data.intensity`). MONOCHROME1 (white = low values) is inverted so that high always means
 bright. Multi-frame files give one sample per frame. Colour (RGB/YBR) images are converted to RGB and scaled
 by their bit depth; PALETTE COLOR images go through their colour lookup table (``apply_color_lut``) to RGB.
 Patient ids come from PatientID, so splits are by patient. Anonymised files without PatientID fall back to
@@ -72,6 +74,19 @@ def _file_window(ds: Any) -> tuple[float, float] | None:
     return center, width
 
 
+def window_limits(center: float, width: float, function: str = "LINEAR") -> tuple[float, float]:
+    """The values a VOI window maps to -1 and 1: LINEAR [center - 0.5 - (width - 1) / 2, center - 0.5 + (width
+    - 1) / 2] (PS3.3 C.11.2.1.2.1; width <= 1, a threshold at center - 0.5: [center - 1, center], which maps
+    whole-number values alike), LINEAR_EXACT and SIGMOID (not linear: its approximate range) center -+ width / 2.
+    """
+    function = str(function or "LINEAR").strip().upper()
+    if function in ("LINEAR_EXACT", "SIGMOID"):
+        return center - width / 2, center + width / 2
+    if width <= 1:
+        return center - 1.0, center
+    return center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2
+
+
 def voi_window(values: np.ndarray, center: float, width: float, function: str = "LINEAR") -> np.ndarray:
     """Apply a DICOM VOI window (PS3.3 C.11.2.1.2) and map its output range to [-1, 1] (float32).
 
@@ -83,11 +98,9 @@ def voi_window(values: np.ndarray, center: float, width: float, function: str = 
     if function == "SIGMOID":
         y = 1.0 / (1.0 + np.exp(-4.0 * (values.astype(np.float64) - center) / width))
         return (2.0 * y - 1.0).astype(np.float32)
-    if function == "LINEAR_EXACT":
-        return normalize(values, (center - width / 2, center + width / 2))
-    if width <= 1:
+    if function != "LINEAR_EXACT" and width <= 1:
         return np.where(values > center - 0.5, 1.0, -1.0).astype(np.float32)
-    return normalize(values, (center - 0.5 - (width - 1) / 2, center - 0.5 + (width - 1) / 2))
+    return normalize(values, window_limits(center, width, function))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -109,10 +122,12 @@ def _palette_rgb(path: Path, ds: Any, pixels: np.ndarray) -> np.ndarray:
     return np.moveaxis(normalize(rgb, (0.0, top)), -1, 1)
 
 
-def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> tuple[np.ndarray, tuple[float, float] | None]:
+def _frames(
+    path: Path, ds: Any, window: tuple[float, float] | None, value_range: tuple[float, float] | None = None
+) -> tuple[np.ndarray, tuple[float, float] | None]:
     """(F, C, H, W) float32 in [-1, 1] for one dataset, not yet inverted for MONOCHROME1, and the stored
-    (rescaled) range that was mapped to [-1, 1] when no window applied (``None`` otherwise): the caller
-    re-maps those to one range per series."""
+    (rescaled) range that was mapped to [-1, 1] when no window or ``value_range`` applied (``None`` otherwise):
+    the caller re-maps those to one range per series."""
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing codecs / corrupt data
@@ -132,6 +147,8 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> tuple[np
             getattr(ds, "RescaleIntercept", 0) or 0
         )
         refuse_non_finite(stored, path, "frame")  # before one NaN turns the whole series' range NaN
+        if value_range is not None:
+            return normalize(stored, value_range), None
         if window is not None:
             return voi_window(stored, *window), None
         file_window = _file_window(ds)
@@ -139,6 +156,8 @@ def _frames(path: Path, ds: Any, window: tuple[float, float] | None) -> tuple[np
             return voi_window(stored, *file_window, ds.get("VOILUTFunction", "LINEAR")), None
         lo, hi = float(stored.min()), float(stored.max())
         return normalize(stored, (lo, hi if hi > lo else lo + 1.0)), (lo, hi)
+    if value_range is not None:
+        raise DataError(path, "is a colour DICOM image; intensity_range applies to grey images (after rescale)")
     if photometric.startswith("YBR") and int(_pydicom(path).__version__.split(".")[0]) < 3:
         # pydicom >= 3 returns RGB from pixel_array already; 2.x returns the stored YCbCr.
         from pydicom.pixel_data_handlers.util import convert_color_space
@@ -215,10 +234,18 @@ def read_dicom(
     window: tuple[float, float] | None = None,
     size: int | None = None,
     skip_non_image: bool = False,
+    intensity_range: tuple[float, float] | None = None,
 ) -> RawData:
-    """Read DICOM files into per-frame samples (see the module docstring)."""
+    """Read DICOM files into per-frame samples (see the module docstring); ``intensity_range`` (in units after
+    rescale) replaces the window and the series range."""
+    from synthmed.data.intensity import check_intensity_range
+
     if window is not None and not (len(window) == 2 and float(window[1]) > 0):
         raise ConfigError(f"window={window!r}: expected (center, width) with width > 0")
+    intensity_range = check_intensity_range(intensity_range)
+    if window is not None and intensity_range is not None:
+        raise ConfigError(f"window={window!r} and intensity_range={intensity_range!r} both set the DICOM range; "
+                          "give one")
     pydicom = _pydicom(files[0])
     records: list[tuple[Path, Any]] = []
     for path in files:
@@ -252,7 +279,7 @@ def read_dicom(
     invert: list[bool] = []
     for i in order:
         path, ds = records[i]
-        frames, own = _frames(path, ds, window)
+        frames, own = _frames(path, ds, window, intensity_range)
         series = _uid(ds, "SeriesInstanceUID")
         if own is not None:
             lo, hi = series_range.get(series, own)
@@ -284,7 +311,34 @@ def read_dicom(
         patients=np.asarray(patients, dtype=str),
         meta=meta,
         channel_names=("red", "green", "blue") if channels == {3} else (),
+        intensity=_intensity([ds for _, ds in records], window, intensity_range),
     )
+
+
+def _intensity(datasets: list[Any], window: tuple[float, float] | None,
+               intensity_range: tuple[float, float] | None) -> dict:
+    """The series' :class:`~synthmed.data.intensity.IntensityMapping` as a dict: a stated range or the caller's
+    window (its LINEAR limits, as applied) -> fixed; files with windows -> ``file_window``; otherwise each
+    series' min..max -> ``image_range``. Colour images: fixed 0..2^BitsStored - 1. Units and dtype from the
+    first grey file ("HU" for CT)."""
+    from synthmed.data.intensity import IntensityMapping, _dicom_unit, dicom_stored_dtype
+
+    grey = [ds for ds in datasets if int(getattr(ds, "SamplesPerPixel", 1) or 1) == 1
+            and str(getattr(ds, "PhotometricInterpretation", "")).upper() != "PALETTE COLOR"]
+    if not grey:
+        first = datasets[0]
+        if str(getattr(first, "PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+            return IntensityMapping("fixed", 0.0, 65535.0, dtype="uint16").to_dict()  # 16-bit colour lookup tables
+        bits = int(getattr(first, "BitsStored", 8) or 8)
+        return IntensityMapping("fixed", 0.0, float(2**bits - 1), dtype=dicom_stored_dtype(first)).to_dict()
+    unit, dtype = _dicom_unit(grey[0]), dicom_stored_dtype(grey[0])
+    if intensity_range is not None:
+        return IntensityMapping("fixed", *intensity_range, dtype=dtype, unit=unit).to_dict()
+    if window is not None:
+        low, high = window_limits(float(window[0]), float(window[1]))
+        return IntensityMapping("fixed", low, high, dtype=dtype, unit=unit).to_dict()
+    kind = "file_window" if any(_file_window(ds) is not None for ds in grey) else "image_range"
+    return IntensityMapping(kind, dtype=dtype, unit=unit).to_dict()
 
 
 def load_dicom(
@@ -297,9 +351,11 @@ def load_dicom(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    intensity_range: tuple[float, float] | None = None,
 ) -> ImageDataset:
     """A DICOM file or folder as an :class:`ImageDataset`; ``window=(center, width)`` overrides the files'
-    (applied with the DICOM linear VOI function, see :func:`voi_window`)."""
+    (applied with the DICOM linear VOI function, see :func:`voi_window`); ``intensity_range=(low, high)`` in
+    units after rescale (HU for CT) replaces both the window and the series range."""
     path = Path(path).expanduser()
     if path.is_dir():
         from synthmed.data.folder import list_files
@@ -311,7 +367,8 @@ def load_dicom(
         files = [path]
     else:
         raise DataError(path, "no such file or folder")
-    raw = read_dicom(files, source=str(path), window=window, size=size, skip_non_image=path.is_dir())
+    raw = read_dicom(files, source=str(path), window=window, size=size, skip_non_image=path.is_dir(),
+                     intensity_range=intensity_range)
     return assemble(
         raw,
         size=size,

@@ -31,7 +31,10 @@ Layout rules (in this order):
   palettes are read as their palette indices (label maps).
 * **Pixels.** 8-bit images are scaled by 255, 16-bit by 65535 (their dtype range), float images by their
   own range. 16-bit grey images whose maximum over the whole folder is below 65535 / 4 (10/12/14-bit data,
-  e.g. 0..4095) are scaled by that maximum instead, with a warning. Grey stays 1 channel, colour becomes RGB
+  e.g. 0..4095) are scaled by that maximum instead, with a warning. ``intensity_range=(low, high)`` states
+  the range of 16-bit and float images instead (8-bit images keep 0..255; a folder of only 8-bit images
+  refuses it). The mapping used is recorded in ``DataInfo.intensity`` (:mod:`synthmed.data.intensity`).
+  Grey stays 1 channel, colour becomes RGB
   (alpha dropped; palette images become grey when the palette is grey, else RGB; multi-page files: first
   page). Mixed grey and colour files are all converted to the majority (ties -> RGB), with a warning: a
   data set must have one channel count.
@@ -163,39 +166,62 @@ def _is_16bit(img: Image.Image) -> bool:
     return img.mode.startswith("I;16") or img.mode == "I"
 
 
-def _pixels(path: Path, grey: bool, range16: tuple[float, float] = (0.0, 65535.0)) -> np.ndarray:
-    """Decode one image to float32 (C, H, W) in [-1, 1] with 1 (grey) or 3 (RGB) channels; 16-bit grey
-    images map ``range16`` (the folder's, see the module docstring) to [-1, 1]."""
+def _decode(path: Path) -> tuple[np.ndarray, str]:
+    """One image's stored values and PIL mode: (H, W) grey in its own dtype (``L``, ``I;16*``, ``I``, ``F``), or
+    (H, W) uint8 (mode ``L``) / (H, W, 3) uint8 (mode ``RGB``) for palette, 1-bit, alpha and colour images."""
     img = _open(path)
     try:
         with img:
             img.load()
             img = ImageOps.exif_transpose(img)  # phone / dermoscope JPEGs store rotation in EXIF
             if _is_grey(img) and img.mode not in ("P", "PA", "1", "LA", "La"):
-                array = np.asarray(img)
+                array, mode = np.asarray(img), img.mode
                 if array.ndim == 3:
                     array = array[..., 0]
-                if img.mode.startswith("I;16"):
-                    lo_hi = range16  # 16-bit: scale by the dtype's range (or the folder's), not by 255
-                elif img.mode == "I":  # PIL's 32-bit container, used for 16-bit PNG/TIFF
-                    in_16 = array.min() >= 0 and array.max() <= 65535
-                    lo_hi = range16 if in_16 else (float(array.min()), float(array.max()) or 1.0)
-                elif img.mode == "F":
-                    lo, hi = float(array.min()), float(array.max())
-                    lo_hi = (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi if hi > lo else lo + 1)
-                else:
-                    lo_hi = (0.0, 255.0)
-                out = normalize(array, lo_hi)[None]
             else:
-                converted = img.convert("L" if _is_grey(img) else "RGB")
-                out = normalize(np.asarray(converted), (0.0, 255.0))
-                out = out[None] if out.ndim == 2 else np.moveaxis(out, -1, 0)
+                mode = "L" if _is_grey(img) else "RGB"
+                array = np.asarray(img.convert(mode))
     except DataError:
         raise
     except Image.DecompressionBombError as exc:  # a frame or layer larger than the header said (GIF, ICO)
         raise _too_large(path, None, exc) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated / corrupt payloads surface on load()
         raise DataError(path, f"corrupt or truncated image ({' '.join(str(exc).split())})") from exc
+    return array, mode
+
+
+def _grey_range(
+    mode: str, array: np.ndarray, range16: tuple[float, float], float_range: tuple[float, float] | None = None
+) -> tuple[float, float]:
+    """The stored range a grey image of PIL ``mode`` maps to [-1, 1]: ``range16`` for 16-bit images, 0..255 for
+    8-bit, ``float_range`` (else 0..1 within [0, 1], else the image's own min..max) for float images."""
+    if mode.startswith("I;16"):
+        return range16  # 16-bit: scale by the dtype's range (or the folder's), not by 255
+    if mode == "I":  # PIL's 32-bit container, used for 16-bit PNG/TIFF
+        in_16 = array.min() >= 0 and array.max() <= 65535
+        return range16 if in_16 else (float(array.min()), float(array.max()) or 1.0)
+    if mode == "F":
+        if float_range is not None:
+            return float_range
+        lo, hi = float(array.min()), float(array.max())
+        return (0.0, 1.0) if lo >= 0 and hi <= 1 else (lo, hi if hi > lo else lo + 1)
+    return (0.0, 255.0)
+
+
+def _pixels(
+    path: Path,
+    grey: bool,
+    range16: tuple[float, float] = (0.0, 65535.0),
+    float_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Decode one image to float32 (C, H, W) in [-1, 1] with 1 (grey) or 3 (RGB) channels; 16-bit grey
+    images map ``range16`` (the folder's, see the module docstring) to [-1, 1], float images ``float_range``
+    when given (a stated ``intensity_range``)."""
+    array, mode = _decode(path)
+    if array.ndim == 2:
+        out = normalize(array, _grey_range(mode, array, range16, float_range))[None]
+    else:
+        out = np.moveaxis(normalize(array, (0.0, 255.0)), -1, 0)
     if grey and out.shape[0] == 3:
         out = (0.299 * out[0] + 0.587 * out[1] + 0.114 * out[2])[None].astype(np.float32)  # ITU-R 601 luma
     elif not grey and out.shape[0] == 1:
@@ -282,6 +308,33 @@ def _sixteen_bit_range(root: Path, paths: list[Path]) -> tuple[float, float]:
     return uint16_range(peak, str(root))
 
 
+def folder_scaling(
+    root: Path,
+    count: int,
+    sixteen: list[Path],
+    floats: int,
+    grey: bool,
+    intensity_range: tuple[float, float] | None = None,
+) -> tuple[tuple[float, float], dict]:
+    """The range of a folder's 16-bit grey images (the stated ``intensity_range``, else :func:`_sixteen_bit_range`)
+    and the folder's mapping (:func:`folder_intensity`).
+
+    Args:
+        root: the folder.
+        count: its number of images.
+        sixteen: its 16-bit grey files.
+        floats: its number of float images.
+        grey: the images are read as grey.
+        intensity_range: the stated range of 16-bit and float images, or ``None``.
+    """
+    if intensity_range is not None:
+        range16 = intensity_range
+    else:
+        range16 = _sixteen_bit_range(root, sixteen) if sixteen else (0.0, 65535.0)
+    counts = (count - len(sixteen) - floats, len(sixteen), floats)
+    return range16, folder_intensity(root, counts, grey, range16, intensity_range)
+
+
 def list_files(root: Path) -> list[Path]:
     """Every non-hidden file under ``root``, sorted (deterministic order = deterministic splits)."""
     return sorted(
@@ -345,18 +398,52 @@ def _table_labels(
     return labels, class_names, patients
 
 
-def _scan_headers(images: list[_Entry]) -> tuple[list[tuple[int, int]], int, list[Path]]:
+def _scan_headers(images: list[_Entry]) -> tuple[list[tuple[int, int]], int, list[Path], int]:
     """Header-only scan of every file (cheap): finds corrupt and oversized files up front, and gives what fixes
     one channel count and one size for all splits alike: (height, width) per image, the number of grey images,
-    and the 16-bit grey files."""
-    shapes, grey_votes, sixteen = [], 0, []
+    the 16-bit grey files and the number of float images."""
+    shapes, grey_votes, sixteen, floats = [], 0, [], 0
     for entry in images:
         with _open(entry.path) as img:
             shapes.append((img.height, img.width))
             grey_votes += _is_grey(img)
+            floats += img.mode == "F"
             if _is_16bit(img):
                 sixteen.append(entry.path)
-    return shapes, grey_votes, sixteen
+    return shapes, grey_votes, sixteen, floats
+
+
+def folder_intensity(
+    root: Path,
+    counts: tuple[int, int, int],
+    grey: bool,
+    range16: tuple[float, float],
+    intensity_range: tuple[float, float] | None = None,
+) -> dict:
+    """The folder's :class:`~synthmed.data.intensity.IntensityMapping` as a dict, for ``DataInfo.intensity``:
+    fixed 0..255 uint8 (8-bit and colour images), fixed ``range16`` uint16 (16-bit grey), float32 images by
+    their own range (``image_range``) or the stated ``intensity_range``; mixed folders record the majority.
+
+    Args:
+        root: the folder, for the error message.
+        counts: the numbers of 8-bit, 16-bit and float images.
+        grey: the images are read as grey (else RGB: always 8-bit).
+        range16: the range 16-bit images map to [-1, 1].
+        intensity_range: the stated range of 16-bit and float images; refused for 8-bit-only folders.
+    """
+    from synthmed.data.intensity import IntensityMapping
+
+    eight, sixteen, floats = counts
+    if intensity_range is not None and not (sixteen or floats):
+        raise ConfigError(f"intensity_range={intensity_range!r} applies to 16-bit and float images; {root} holds "
+                          "8-bit images (always scaled 0..255)")
+    if not grey or eight > max(sixteen, floats):
+        return IntensityMapping("fixed", 0.0, 255.0, dtype="uint8").to_dict()
+    if sixteen >= floats:
+        return IntensityMapping("fixed", *range16, dtype="uint16").to_dict()
+    if intensity_range is not None:
+        return IntensityMapping("fixed", *intensity_range, dtype="float32").to_dict()
+    return IntensityMapping("image_range", dtype="float32").to_dict()
 
 
 def read_image_folder(
@@ -370,10 +457,13 @@ def read_image_folder(
     test_fraction: float = 0.2,
     folder_groups: str = "auto",
     label_source: LabelSource | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> RawData:
     """Read the image files ``files`` (found under ``root``) following the module's layout rules;
     ``folder_groups`` (``"auto"``, ``"class"``, ``"patient"``) says what sub-folders are; ``label_source``
-    (a CSV, :mod:`synthmed.data.labels`) gives the labels, its sub-folders then being cases."""
+    (a CSV, :mod:`synthmed.data.labels`) gives the labels, its sub-folders then being cases;
+    ``intensity_range`` replaces the range of 16-bit and float grey images (8-bit images keep 0..255; a
+    folder of 8-bit images only refuses it)."""
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     rels = [f.relative_to(root).parts for f in files]
@@ -412,7 +502,7 @@ def read_image_folder(
 
     labels, class_names, patients = _labels_and_patients(root, images, folder_groups, label_source)
 
-    shapes, grey_votes, sixteen = _scan_headers(images)
+    shapes, grey_votes, sixteen, floats = _scan_headers(images)
     grey = grey_votes > len(images) - grey_votes
     if 0 < grey_votes < len(images):
         target = "grey" if grey else "RGB"
@@ -422,7 +512,7 @@ def read_image_folder(
             stacklevel=2,
         )
     side = size or common_side(shapes)
-    range16 = _sixteen_bit_range(root, sixteen) if sixteen else (0.0, 65535.0)
+    range16, intensity = folder_scaling(root, len(images), sixteen, floats, grey, intensity_range)
 
     idx = split_indices(
         len(images),
@@ -443,7 +533,7 @@ def read_image_folder(
     out_images, out_masks, meta = [], [], []
     for i in selected:
         entry = images[i]
-        pixels = _pixels(entry.path, grey, range16)
+        pixels = _pixels(entry.path, grey, range16, intensity_range)
         out_images.append(fit_square(pixels, side))
         info = {"path": str(entry.path)}
         if entry.mask is not None:
@@ -476,4 +566,5 @@ def read_image_folder(
         num_classes=len(class_names),
         channel_names=() if grey else ("red", "green", "blue"),
         split_name=split,
+        intensity=intensity,
     )

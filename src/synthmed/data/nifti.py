@@ -3,7 +3,9 @@
 Each volume is reoriented to RAS (``nibabel.as_closest_canonical``) and cut into 2D slices along ``axis``
 (a spatial axis, default the last: axial for RAS), each rotated so anterior / superior is up. Intensities are
 clipped to the ``percentiles`` (default 0.5-99.5) of the whole volume, which removes scanner outliers without
-per-slice contrast jumps, then scaled to [-1, 1]. All-zero slices (outside the head / body) are skipped
+per-slice contrast jumps, then scaled to [-1, 1]
+(``intensity_range=(low, high)``: that range instead, the same for every volume; the mapping is recorded in
+``DataInfo.intensity``, :mod:`synthmed.data.intensity`). All-zero slices (outside the head / body) are skipped
 unless ``skip_empty=False``. 4D files (X, Y, Z, T): the first volume, or with ``channels`` the chosen volumes
 as channels (e.g. co-registered modalities).
 
@@ -106,6 +108,17 @@ def _one_line(exc: BaseException) -> str:
 
 def _volume(path: Path) -> np.ndarray:
     """(X, Y, Z, T) float32 data in RAS orientation."""
+    return _canonical(path)[1]
+
+
+def _original_shape(path: Path) -> tuple[int, ...]:
+    """The file's array shape as stored (before reorientation), from its header."""
+    return tuple(int(s) for s in _nibabel(path).load(path).shape)
+
+
+def _canonical(path: Path) -> tuple[Any, np.ndarray]:
+    """The image reoriented to RAS (``nibabel.as_closest_canonical``: its affine, header and stored dtype) and
+    its (X, Y, Z, T) float32 data."""
     nib = _nibabel(path)
     if path.stat().st_size == 0:
         raise DataError(path, "not a NIfTI file (empty file, 0 bytes)")
@@ -120,7 +133,7 @@ def _volume(path: Path) -> np.ndarray:
         data = data[..., None]
     if data.ndim != 4:
         raise DataError(path, f"has {data.ndim} dimensions {data.shape}; expected a 2D, 3D or 4D image")
-    return data
+    return img, data
 
 
 def read_nifti(
@@ -133,9 +146,14 @@ def read_nifti(
     channels: Any = None,
     size: int | None = None,
     root: Path | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> RawData:
     """Read NIfTI files into 2D slices (see the module docstring). ``channels`` selects 4D volumes; ``root``
-    is the folder the files were found in (``None``: files given directly, label volumes not skipped)."""
+    is the folder the files were found in (``None``: files given directly, label volumes not skipped);
+    ``intensity_range=(low, high)`` maps that range of every volume to [-1, 1] instead of its percentiles."""
+    from synthmed.data.intensity import IntensityMapping, check_intensity_range
+
+    intensity_range = check_intensity_range(intensity_range)
     if axis not in (-3, -2, -1, 0, 1, 2):
         raise ConfigError(f"axis must be a spatial axis (0, 1, 2 or -1, -2, -3), got {axis}")
     if root is not None:
@@ -153,9 +171,10 @@ def read_nifti(
             )
     ids = patient_ids(files, root)
     images, patients, meta = [], [], []
-    volume_count = None
+    volume_count, dtype = None, None
     for path, patient in zip(files, ids, strict=True):
-        data = _volume(path)
+        img, data = _canonical(path)
+        dtype = dtype or img.get_data_dtype().name
         picked = parse_channels(channels, data.shape[-1]) if channels is not None else [0]
         if volume_count is not None and len(picked) != volume_count:
             raise DataError(path, "has a different number of volumes than the other files")
@@ -165,7 +184,7 @@ def read_nifti(
         refuse_non_finite(np.moveaxis(raw, spatial, 0), path, "slice")  # before the volume's percentiles
         scaled = np.empty_like(raw)
         for c in range(raw.shape[-1]):
-            lo, hi = np.percentile(raw[..., c], percentiles)
+            lo, hi = intensity_range or np.percentile(raw[..., c], percentiles)
             scaled[..., c] = normalize(raw[..., c], (float(lo), float(hi) if hi > lo else float(lo) + 1.0))
         for k in range(raw.shape[spatial]):
             if skip_empty and not np.any(np.take(raw, k, axis=spatial)):
@@ -177,7 +196,12 @@ def read_nifti(
             meta.append({"path": str(path), "slice": k, "axis": spatial})
     if not images:
         raise DataError(source, "has no non-empty slices" + (" (skip_empty=True)" if skip_empty else ""))
-    return RawData(source=source, images=images, patients=np.asarray(patients, dtype=str), meta=meta)
+    if intensity_range is not None:
+        intensity = IntensityMapping("fixed", *intensity_range, dtype=str(dtype))
+    else:
+        intensity = IntensityMapping("volume_percentiles", percentiles=tuple(percentiles), dtype=str(dtype))
+    return RawData(source=source, images=images, patients=np.asarray(patients, dtype=str), meta=meta,
+                   intensity=intensity.to_dict())
 
 
 def load_nifti(
@@ -192,8 +216,10 @@ def load_nifti(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    intensity_range: tuple[float, float] | None = None,
 ) -> ImageDataset:
-    """A NIfTI file or folder of them as an :class:`ImageDataset` of 2D slices."""
+    """A NIfTI file or folder of them as an :class:`ImageDataset` of 2D slices; ``intensity_range=(low, high)``
+    replaces the per-volume ``percentiles``."""
     path = Path(path).expanduser()
     if path.is_dir():
         from synthmed.data.folder import list_files
@@ -215,6 +241,7 @@ def load_nifti(
         channels=channels,
         size=size,
         root=path if path.is_dir() else None,
+        intensity_range=intensity_range,
     )
     return assemble(
         raw, size=size, split=split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction

@@ -7,10 +7,10 @@ Multi-label files (ChestMNIST, labels (N, 14)): the **first column** is kept as 
 
 Named arrays: ``image_key`` (default ``images``) holds (N, H, W), (N, H, W, C) or (N, C, H, W) images of
 uint8 / uint16 / bool / float / int (scaled as :func:`~synthmed.data.transforms.value_range` says; uint16
-data below 65535 / 4, e.g. 12-bit, by the file's maximum); optional labels, masks, patient ids and a
-per-row split are read from the given keys or, when not given, from keys called ``labels``, ``masks``,
-``patient``, ``split`` (and a few spellings). String labels become sorted class names. A ``channel_names``
-key, or a known file family (``lgg_mri_*``), names the channels.
+data below 65535 / 4, e.g. 12-bit, by the file's maximum; ``intensity_range=(low, high)`` states the range
+instead); optional labels, masks, patient ids and a per-row split are read from the given keys or, when not
+given, from keys called ``labels``, ``masks``, ``patient``, ``split`` (and a few spellings). String labels
+become sorted class names. A ``channel_names`` key, or a known file family (``lgg_mri_*``), names the channels.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from synthmed.data._core import RawData
+from synthmed.data.intensity import IntensityMapping, check_intensity_range
 from synthmed.data.transforms import value_range
-from synthmed.errors import DataError
+from synthmed.errors import ConfigError, DataError
 
 MEDMNIST_SPLITS = ("train", "val", "test")
 
@@ -166,6 +167,11 @@ def _channel_names(path: Path, arrays: NpzArrays, num_channels: int) -> tuple[st
     return names if len(names) == num_channels else ()
 
 
+def _intensity(images: np.ndarray, scale: tuple[float, float]) -> dict:
+    """The file's mapping for ``DataInfo.intensity``: one range for every image (``fixed``), its array's dtype."""
+    return IntensityMapping("fixed", *scale, dtype=images.dtype.name).to_dict()
+
+
 def read_npz(
     path: Path,
     *,
@@ -178,11 +184,18 @@ def read_npz(
     class_names: tuple[str, ...] = (),
     attribution: str = "",
     source: str | None = None,
+    intensity_range: tuple[float, float] | None = None,
 ) -> RawData:
-    """Read an .npz in MedMNIST layout or as named arrays (see the module docstring)."""
+    """Read an .npz in MedMNIST layout or as named arrays (see the module docstring); ``intensity_range``
+    states the range mapped to [-1, 1] instead of :func:`~synthmed.data.transforms.value_range`'s (named arrays
+    only: refused for MedMNIST files, whose 8-bit images are always scaled 0..255)."""
+    intensity_range = check_intensity_range(intensity_range)
     arrays = open_npz(path)
     keys = list(arrays.keys())
     if is_medmnist_layout(keys) and image_key == "images" and "images" not in keys:
+        if intensity_range is not None:
+            raise ConfigError(f"intensity_range={intensity_range!r} does not apply to {source or path}: MedMNIST "
+                              "images are scaled by their dtype (8-bit: 0..255)")
         return _read_medmnist(path, arrays, keys, split, class_names, attribution, source)
 
     if image_key not in keys:
@@ -214,11 +227,13 @@ def read_npz(
     _, patients = per_row("patient", patient_key)
     _, splits = per_row("split", split_key)
     num_channels = images.shape[-1] if channels_last else images.shape[1]
+    # Over the whole file, so every split is scaled the same way.
+    scale = intensity_range or value_range(images, source=str(path))
     return RawData(
         source=source or str(path),
         images=images,
-        # Over the whole file, so every split is scaled the same way.
-        value_range=value_range(images, source=str(path)),
+        value_range=scale,
+        intensity=_intensity(images, scale),
         channels_last=channels_last,
         labels=labels,
         masks=masks,
@@ -269,10 +284,12 @@ def _read_medmnist(
         labels = np.concatenate(label_parts).astype(np.int64)
         everything = np.concatenate([labels, *all_labels]) if all_labels else labels
         num_classes = len(class_names) or int(everything.max()) + 1
+    scale = value_range(images, peak=peak, source=str(path))
     return RawData(
         source=source or str(path),
         images=images,
-        value_range=value_range(images, peak=peak, source=str(path)),
+        value_range=scale,
+        intensity=_intensity(images, scale),
         channels_last=channels_last,
         labels=labels,
         meta=meta,

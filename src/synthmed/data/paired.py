@@ -25,6 +25,10 @@ An image and its target always get the same crop and resize, and the split is ma
 patient where ids exist (npz ``patient_key``, folders whose first-level sub-folders are patients), so an image
 and its target never land in different splits.
 
+Intensities: ``info.intensity`` records how the images' stored values became [-1, 1] and ``info.target_intensity``
+the targets' (kind ``mask`` for mask targets and for the mask input of ``"mask:image"``; with ``pair="A:B"`` both
+sides share the source's mapping), see :mod:`synthmed.data.intensity`.
+
 Unpaired data (CycleGAN) are an :class:`~synthmed.data.sets.UnpairedSet`: domain A (``image``) from ``source``
 and domain B (``target``) from ``target``, each split by patient where ids exist, of any sizes, sampled
 independently; or both from one source with ``pair="A:B"`` (or ``"image:mask"``), where the patients of the
@@ -39,7 +43,7 @@ import re
 import warnings
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +62,10 @@ from synthmed.data.folder import (
     _mask_pixels,
     _open,
     _pixels,
-    _sixteen_bit_range,
+    folder_scaling,
     list_files,
 )
+from synthmed.data.intensity import IntensityMapping, check_intensity_range
 from synthmed.data.sets import TensorSet, UnpairedSet
 from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, parse_channels
 from synthmed.errors import ConfigError, DataError
@@ -72,6 +77,7 @@ _SEPARATORS = "_-. "
 _IMAGE_WORDS = ("image", "images")
 _MASK_WORDS = ("mask", "masks")
 MASK_SAMPLE = 8  # target files read to decide "masks or images" (spread over the sorted folder)
+MASK_INTENSITY = IntensityMapping("mask", 0.0, 1.0, dtype="uint8").to_dict()  # {0, 1} masks, written as 0 / 255
 
 
 def image_option_defaults() -> dict[str, Any]:
@@ -129,6 +135,7 @@ class _Side:
     tensor: torch.Tensor
     names: tuple[str, ...]
     is_mask: bool = False
+    intensity: dict[str, Any] = field(default_factory=dict)  # how its values came from the stored ones
 
 
 def _sides(ds: ImageDataset, pair: str, source: Any) -> tuple[_Side, _Side, bool]:
@@ -144,12 +151,12 @@ def _sides(ds: ImageDataset, pair: str, source: Any) -> tuple[_Side, _Side, bool
                 f"has no masks for pair={pair!r} (npz: an array named 'masks' or mask_key=...; image folders: "
                 "NAME_mask.png files beside the images)",
             )
-        image = _Side(ds.images, ds.info.channel_names)
-        mask = _Side(ds.masks, ("mask",), is_mask=True)
+        image = _Side(ds.images, ds.info.channel_names, intensity=dict(ds.info.intensity))
+        mask = _Side(ds.masks, ("mask",), is_mask=True, intensity=dict(MASK_INTENSITY))
         if roles[0] == "image":
             return image, mask, True
         # Mask -> image: the input is scaled to {-1, 1}, as every ``image`` lies in [-1, 1].
-        return _Side(ds.masks * 2.0 - 1.0, ("mask",)), image, True
+        return _Side(ds.masks * 2.0 - 1.0, ("mask",), intensity=dict(MASK_INTENSITY)), image, True
     names = ds.info.channel_names
     count = int(ds.images.shape[1])
     pick_a = parse_channels(a, count, names) or []
@@ -160,7 +167,8 @@ def _sides(ds: ImageDataset, pair: str, source: Any) -> tuple[_Side, _Side, bool
 
     def side(picked: list[int]) -> _Side:
         index = torch.as_tensor(picked, dtype=torch.int64)
-        return _Side(ds.images.index_select(1, index), tuple(names[i] for i in picked) if names else ())
+        return _Side(ds.images.index_select(1, index), tuple(names[i] for i in picked) if names else (),
+                     intensity=dict(ds.info.intensity))  # one source: both sides were read one way
 
     return side(pick_a), side(pick_b), False
 
@@ -169,7 +177,7 @@ def _paired_info(info: DataInfo, image: _Side, target: _Side, **extra: Any) -> D
     return replace(
         info, channels=int(image.tensor.shape[1]), channel_names=image.names, kind="paired",
         target_channels=int(target.tensor.shape[1]), target_names=target.names, target_is_mask=target.is_mask,
-        **extra,
+        intensity=dict(image.intensity), target_intensity=dict(target.intensity), **extra,
     )
 
 
@@ -291,16 +299,17 @@ def _image_files(root: Path) -> list[Path]:
     return files
 
 
-def _scan(paths: list[Path]) -> tuple[list[tuple[int, int]], bool, list[Path]]:
-    """Header-only scan: every size, grey or colour (the majority), the 16-bit files."""
-    shapes, grey_votes, sixteen = [], 0, []
+def _scan(paths: list[Path]) -> tuple[list[tuple[int, int]], bool, list[Path], int]:
+    """Header-only scan: every size, grey or colour (the majority), the 16-bit files, the number of float files."""
+    shapes, grey_votes, sixteen, floats = [], 0, [], 0
     for path in paths:
         with _open(path) as img:
             shapes.append((img.height, img.width))
             grey_votes += _is_grey(img)
+            floats += img.mode == "F"
             if _is_16bit(img):
                 sixteen.append(path)
-    return shapes, grey_votes > len(paths) - grey_votes, sixteen
+    return shapes, grey_votes > len(paths) - grey_votes, sixteen, floats
 
 
 def _looks_like_masks(paths: list[Path]) -> bool:
@@ -316,8 +325,9 @@ def _looks_like_masks(paths: list[Path]) -> bool:
     return True
 
 
-def _read_image(path: Path, grey: bool, range16: tuple[float, float], side: int) -> np.ndarray:
-    pixels = _pixels(path, grey, range16)
+def _read_image(path: Path, grey: bool, range16: tuple[float, float], side: int,
+                float_range: tuple[float, float] | None = None) -> np.ndarray:
+    pixels = _pixels(path, grey, range16, float_range)
     if not np.isfinite(pixels).all():  # float TIFFs: a NaN would spread through the resize
         raise DataError(path, non_finite_problem("the image", pixels))
     return fit_square(pixels, side)
@@ -337,6 +347,37 @@ def _check_shapes(images: list[Path], shapes: list[tuple[int, int]], others: lis
         if found != shape:
             raise DataError(other, f"is {found[1]}x{found[0]} px but its image {image.name} is "
                                    f"{shape[1]}x{shape[0]} px; a {role} must be the size of its image")
+
+
+@dataclass
+class _Scaling:
+    """How one folder's images are read: grey or RGB, the 16-bit range, the float range, the mapping."""
+
+    grey: bool
+    range16: tuple[float, float]
+    float_range: tuple[float, float] | None
+    intensity: dict[str, Any]
+
+
+def _scalings(image_root: Path, target_root: Path, images: tuple[int, bool, list[Path], int],
+              targets: tuple[int, bool, list[Path], int] | None, stated: Any) -> tuple[_Scaling, _Scaling]:
+    """Both sides' scaling from their scans (count, grey, 16-bit files, float count; ``targets`` ``None`` for
+    masks). A stated ``intensity_range`` applies to each side's 16-bit and float images; an 8-bit side keeps
+    0..255, and the range is refused when neither side can use it."""
+    stated = check_intensity_range(stated)
+    sides = []
+    for root, scan in ((image_root, images), (target_root, targets)):
+        if scan is None:
+            sides.append(_Scaling(True, (0.0, 65535.0), None, dict(MASK_INTENSITY)))
+            continue
+        count, grey, sixteen, floats = scan
+        uses = stated if (sixteen or floats) else None
+        range16, intensity = folder_scaling(root, count, sixteen, floats, grey, uses)
+        sides.append(_Scaling(grey, range16, uses, intensity))
+    if stated is not None and sides[0].float_range is None and sides[1].float_range is None:
+        raise ConfigError(f"intensity_range={stated!r} applies to 16-bit and float images; {image_root} and "
+                          f"{target_root} hold 8-bit images (always scaled 0..255) or masks")
+    return sides[0], sides[1]
 
 
 def _paired_folders(
@@ -373,18 +414,17 @@ def _paired_folders(
         # Paired folders with sub-folders hold one folder per case (segmentation data): patients by default.
         patients = np.asarray([g or p.stem for g, p in zip(groups, images, strict=True)], dtype=str)
 
-    shapes, grey, sixteen = _scan(images)
+    shapes, *image_scan = _scan(images)
     _check_shapes(images, shapes, targets, "target")
     if fovs is not None:
         _check_shapes(images, shapes, fovs, "field-of-view mask")
     as_masks = _looks_like_masks(targets) if target_masks is None else bool(target_masks)
-    target_grey, target_sixteen = True, []
-    if not as_masks:
-        _, target_grey, target_sixteen = _scan(targets)
+    target_scan = None if as_masks else (len(targets), *_scan(targets)[1:])
+    scale, target_scale = _scalings(image_root, target_root, (len(images), *image_scan), target_scan,
+                                    opts["intensity_range"])
+    grey = scale.grey
     size = opts["size"]
     side = int(size) if size else common_side(shapes)
-    range16 = _sixteen_bit_range(image_root, sixteen) if sixteen else (0.0, 65535.0)
-    target_range16 = _sixteen_bit_range(target_root, target_sixteen) if target_sixteen else (0.0, 65535.0)
 
     split = opts["split"]
     idx = split_indices(
@@ -399,11 +439,12 @@ def _paired_folders(
 
     image_out, target_out, fov_out, meta = [], [], [], []
     for i in selected:
-        image_out.append(_read_image(images[i], grey, range16, side))
+        image_out.append(_read_image(images[i], grey, scale.range16, side, scale.float_range))
         if as_masks:
             target_out.append(fit_mask(_mask_pixels(targets[i]), side))
         else:
-            target_out.append(_read_image(targets[i], target_grey, target_range16, side))
+            target_out.append(_read_image(targets[i], target_scale.grey, target_scale.range16, side,
+                                          target_scale.float_range))
         info = {"path": str(images[i]), "target_path": str(targets[i])}
         if fovs is not None:
             fov_out.append(fit_mask(_mask_pixels(fovs[i]), side))
@@ -423,13 +464,13 @@ def _paired_folders(
         target_names: tuple[str, ...] = ("mask",)
     else:
         target_tensor = torch.from_numpy(np.stack(target_out))
-        target_names = () if target_grey else RGB
+        target_names = () if target_scale.grey else RGB
     fov_tensor = None if fovs is None else _binarised(fov_out, [fovs[i] for i in rest])
     info = DataInfo(
         source=str(image_root), channels=int(image_tensor.shape[1]), height=side, width=side,
         num_classes=len(class_names), class_names=class_names, split=split, channel_names=names, kind="paired",
         target_channels=int(target_tensor.shape[1]), target_names=target_names, target_is_mask=as_masks,
-        target_source=str(target_root),
+        target_source=str(target_root), intensity=scale.intensity, target_intensity=target_scale.intensity,
     )
     return ImageDataset(
         images=image_tensor, info=info, targets=target_tensor, masks=fov_tensor,
@@ -479,7 +520,8 @@ def load_paired(
             (``False``), or decide (``None``: grey files with at most two values are masks).
         options: image options of :func:`~synthmed.data.load_dataset` (``size``, ``split``, ``channels``,
             ``seed``, ...). With ``target``, ``channels`` picks the image's channels and the npz / download
-            options do not apply; with ``pair="A:B"`` the pair picks the channels.
+            options do not apply; with ``pair="A:B"`` the pair picks the channels. ``intensity_range`` applies to
+            the 16-bit and float images of both folders (an 8-bit side keeps 0..255; mask targets are masks).
 
     Raises:
         ConfigError: neither or both of ``target`` and ``pair``; options that do not apply.
@@ -493,7 +535,8 @@ def load_paired(
     if target is not None:
         if source is None:
             raise ConfigError("paired folders need a source folder of images beside target=")
-        allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups"}
+        allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups",
+                   "intensity_range"}
         refuse_options(options, allowed, "paired image folders")
         return _paired_folders(source, target, fov, match, target_masks, options)
     if match is not None or fov is not None or target_masks is not None:
@@ -575,6 +618,7 @@ def load_unpaired(
         b = load_dataset(target, **{**options, "size": options.get("size") or a.info.height})
         domain_a, domain_b = _domain(a, a.images, "image"), _domain(b, b.images, "target")
         names_a, names_b, mask_b = a.info.channel_names, b.info.channel_names, False
+        intensity_a, intensity_b = dict(a.info.intensity), dict(b.info.intensity)
         target_source = str(target)
         base = a.info
     else:
@@ -584,12 +628,13 @@ def load_unpaired(
         domain_a, domain_b = _domain(ds, image.tensor, "image", idx_a), _domain(ds, target_side.tensor, "target",
                                                                                  idx_b)
         names_a, names_b, mask_b = image.names, target_side.names, target_side.is_mask
+        intensity_a, intensity_b = dict(image.intensity), dict(target_side.intensity)
         target_source = ""
         base = ds.info
     info = replace(
         base, channels=int(domain_a.tensors["image"].shape[1]), channel_names=names_a, num_classes=0,
         class_names=(), kind="unpaired", target_channels=int(domain_b.tensors["target"].shape[1]),
         target_names=names_b, target_is_mask=mask_b, target_source=target_source,
-        sizes=(len(domain_a), len(domain_b)),
+        sizes=(len(domain_a), len(domain_b)), intensity=intensity_a, target_intensity=intensity_b,
     )
     return UnpairedSet(domain_a=domain_a, domain_b=domain_b, info=info)

@@ -15,6 +15,17 @@ from synthmed.nn.registry import (
     register_family,
 )
 from synthmed.nn.resnet import DiscriminatorBlock, GeneratorBlock, ResNetDiscriminator, ResNetGenerator
+from synthmed.nn.translation import (
+    MultiScalePatchDiscriminator,
+    PatchDiscriminator,
+    PixelDiscriminator,
+    ResnetGenerator,
+    UNetGenerator,
+    build_patch_discriminator,
+    build_translation_generator,
+    init_translation_weights,
+    unet_depth,
+)
 
 __all__ = [
     "DISCRIMINATORS",
@@ -34,4 +45,13 @@ __all__ = [
     "get_family",
     "init_dcgan_weights",
     "register_family",
+    "MultiScalePatchDiscriminator",
+    "PatchDiscriminator",
+    "PixelDiscriminator",
+    "ResnetGenerator",
+    "UNetGenerator",
+    "build_patch_discriminator",
+    "build_translation_generator",
+    "init_translation_weights",
+    "unet_depth",
 ]

@@ -13,6 +13,7 @@ from synthmed.recipes.base import (
     Phase,
     Preview,
     Recipe,
+    TranslationRecipe,
     config_to_dict,
     get_recipe,
     make_config,
@@ -20,6 +21,7 @@ from synthmed.recipes.base import (
 )
 from synthmed.recipes.conditional import ACGAN, ConditionalGAN, ConditionalWGANGP  # noqa: F401 (registers them)
 from synthmed.recipes.step import StepContext, frozen
+from synthmed.recipes.translation import CycleGAN, Pix2Pix  # noqa: F401 (registers pix2pix and cyclegan)
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
 
 
@@ -40,6 +42,7 @@ __all__ = [
     "Preview",
     "Recipe",
     "StepContext",
+    "TranslationRecipe",
     "UnconditionalConfig",
     "UnconditionalGAN",
     "build_recipe",

@@ -268,6 +268,64 @@ class ConditionalGenerativeRecipe(GenerativeRecipe):
                        names=self.class_names)
 
 
+DIRECTIONS = ("AtoB", "BtoA")
+
+
+class TranslationRecipe(Recipe):
+    """A recipe whose trained model maps an image of one domain to another (``synthmed translate``).
+
+    Domain A is the data's ``image`` side, domain B its ``target`` side (``DataInfo.intensity`` and
+    ``target_intensity`` say how each side's stored values became [-1, 1], so outputs can be written back in
+    their units). Paired recipes translate ``AtoB`` only; unpaired ones (CycleGAN) both ways.
+    """
+
+    #: The directions :meth:`translate` accepts.
+    directions: ClassVar[tuple[str, ...]] = ("AtoB",)
+
+    def check_direction(self, direction: str) -> str:
+        """``direction`` if this recipe translates that way; a one-line :class:`ConfigError` otherwise."""
+        if direction not in DIRECTIONS:
+            raise ConfigError(f"direction {direction!r}: use AtoB or BtoA")
+        if direction not in self.directions:
+            raise ConfigError(f"recipe {self.name!r} translates {' and '.join(self.directions)} only (a paired model "
+                              "learns one direction); for the other, train a run with image and target swapped")
+        return direction
+
+    def input_channels(self, direction: str = "AtoB") -> int:
+        """Channels of the images :meth:`translate` takes in ``direction``."""
+        info = self.data_info
+        return info.channels if self.check_direction(direction) == "AtoB" else info.target_channels
+
+    def output_channels(self, direction: str = "AtoB") -> int:
+        """Channels of the images :meth:`translate` returns in ``direction``."""
+        info = self.data_info
+        return info.target_channels if self.check_direction(direction) == "AtoB" else info.channels
+
+    def output_is_mask(self, direction: str = "AtoB") -> bool:
+        """True when the output is a mask probability in [0, 1] (a mask target), not an image in [-1, 1]."""
+        return self.check_direction(direction) == "AtoB" and self.data_info.target_is_mask
+
+    def input_is_mask(self, direction: str = "AtoB") -> bool:
+        """True when the input side is a {0, 1} mask (e.g. a vessel tree -> retina run)."""
+        mapping = self.data_info.intensity if self.check_direction(direction) == "AtoB" else \
+            self.data_info.target_intensity
+        return bool(mapping) and mapping.get("kind") == "mask"
+
+    @property
+    def training_size(self) -> int:
+        """Side of the images (or random crops) the networks were trained on: the tile size for large inputs."""
+        return self.data_info.image_size
+
+    def size_multiple(self, direction: str = "AtoB") -> int:
+        """Input sides must be multiples of this (the generator's total down-sampling). Default: 1."""
+        return 1
+
+    @abc.abstractmethod
+    def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        """Outputs for ``images`` (N, C, H, W) in [-1, 1] on the recipe's device, sides multiples of
+        :meth:`size_multiple`: images in [-1, 1], or mask probabilities in [0, 1] (:meth:`output_is_mask`)."""
+
+
 RECIPES: dict[str, type[Recipe]] = {}
 
 

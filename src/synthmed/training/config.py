@@ -35,6 +35,15 @@ class DataConfig:
     target: str | None = None
     #: One source's pairing: "image:mask" (masks become targets) or "A:B" (channel groups of one array).
     pair: str | None = None
+    #: Paired folders: a folder of field-of-view masks matched like the targets (DRIVE's mask/); batch key "mask".
+    fov: str | None = None
+    #: Paired folders: a regular expression whose first group is the key an image and its target share.
+    match: str | None = None
+    #: Paired folders: read targets as {0, 1} masks (True), as images (False) or decide (None).
+    target_masks: bool | None = None
+    #: (low, high) of stored values (after DICOM rescale, e.g. HU) mapped to [-1, 1] for every image: a fixed
+    #: window instead of per-series / per-volume ranges, so translation outputs can be written back in units.
+    intensity_range: tuple[float, float] | None = None
     #: Folders of images, DICOM or NIfTI files: a CSV naming each image's class by file name or case folder.
     labels: str | None = None
     #: The labels CSV's class column (default: its second column).
