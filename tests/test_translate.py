@@ -160,3 +160,23 @@ def test_runs_without_recorded_mappings_read_eight_bit_data() -> None:
     recipe = build_recipe("pix2pix", dict(TINY), info)
     assert side_mappings(recipe, "AtoB") == (IntensityMapping(kind="fixed", low=0.0, high=255.0),
                                              IntensityMapping(kind="mask"))
+
+
+def test_training_scale_resizes_in_and_back_out(sixteen_bit_run, tmp_path: Path) -> None:
+    from synthmed.translate import _at_scale
+
+    seen = []
+
+    def record(x: torch.Tensor) -> torch.Tensor:
+        seen.append(tuple(x.shape[-2:]))
+        return x
+
+    ramp = torch.linspace(-1, 1, 60).repeat(1, 1, 40, 1)  # (1, 1, 40, 60), smooth
+    out = _at_scale(ramp, 20, record)
+    assert seen == [(20, 30)] and out.shape == ramp.shape  # shorter side to 20, then back to 40 x 60
+    assert float((out - ramp).abs().max()) < 0.05
+    assert _at_scale(ramp, None, record) is ramp
+    run, root = sixteen_bit_run
+    code, output = _cli(run.as_posix(), (root / "a").as_posix(), "--out", (tmp_path / "o").as_posix(),
+                        "--training-scale", "-q")
+    assert code == 2 and "no --size" in output and not (tmp_path / "o").exists()

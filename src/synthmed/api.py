@@ -237,9 +237,12 @@ def experiment_augmentation(data: str | Path | None, generators: list[str | Path
 def translate(run: str | Path, source: str | Path | None, out: str | Path, *, direction: str = "AtoB",
               compare: str | Path | None = None, fov: str | Path | None = None, split: str | None = None,
               tile: int | None = None, overlap: int | None = None, batch_size: int = 4,
-              checkpoint: str | Path | None = None, device: str = "auto", progress: bool = True) -> Any:
+              training_scale: bool = False, checkpoint: str | Path | None = None, device: str = "auto",
+              progress: bool = True) -> Any:
     """Translate a file, a folder (``source``) or the run's held-out ``split`` with a pix2pix / CycleGAN run
-    (:mod:`synthmed.translate`); ``compare`` (a folder of targets) or ``split`` add paired metrics."""
+    (:mod:`synthmed.translate`); ``compare`` (a folder of targets) or ``split`` add paired metrics.
+    ``training_scale``: a run trained with ``--size`` translates each file resized as its training images were
+    (shorter side to that size), its output resized back to the file's size."""
     from synthmed import translate as tr
 
     if (source is None) == (split is None):
@@ -247,6 +250,10 @@ def translate(run: str | Path, source: str | Path | None, out: str | Path, *, di
                           "one of them")
     model = load(run, checkpoint=checkpoint, device=device)
     recipe = tr.check_translation_run(model.recipe, model.run_dir)
+    training_side = model.config.data.size if training_scale else None
+    if training_scale and training_side is None:
+        raise ConfigError(f"{model.run_dir}: the run trained at its images' own size (no --size); drop "
+                          "--training-scale")
     with _task_progress("translate", progress) as report, kernels(model.config.train.cpu_kernels):
         if split is not None:
             if compare is not None or fov is not None:
@@ -254,7 +261,8 @@ def translate(run: str | Path, source: str | Path | None, out: str | Path, *, di
             return tr.translate_split(recipe, model.config, out, split=split, direction=direction,
                                       batch_size=batch_size, progress=report)
         return tr.translate_files(recipe, source, out, direction=direction, compare=compare, fov=fov, tile=tile,
-                                  overlap=overlap, batch_size=batch_size, progress=report)
+                                  overlap=overlap, batch_size=batch_size, training_side=training_side,
+                                  progress=report)
 
 
 @contextlib.contextmanager

@@ -322,6 +322,9 @@ def translate(
     tile: int = typer.Option(None, help="Tile side for images larger than it [default: the training size]."),
     overlap: int = typer.Option(None, help="Overlap of neighbouring tiles, blended [default: tile / 4]."),
     batch_size: int = typer.Option(4, help="Tiles or slices per forward pass."),
+    training_scale: bool = typer.Option(False, "--training-scale", help="For a run trained with --size: resize each "
+                                        "input as the training images were (shorter side to that size) and the "
+                                        "output back to the input's size."),
     checkpoint: str = typer.Option(None, help="'best' or a checkpoint JSON [default: latest]."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
@@ -331,7 +334,8 @@ def translate(
 
     try:
         result = api.translate(run, source, out, direction=direction, compare=compare, fov=fov, split=split,
-                               tile=tile, overlap=overlap, batch_size=batch_size, checkpoint=checkpoint,
+                               tile=tile, overlap=overlap, batch_size=batch_size, training_scale=training_scale,
+                               checkpoint=checkpoint,
                                device=device, progress=not quiet)
     except SynthmedError as exc:
         _fail(str(exc))

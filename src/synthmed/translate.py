@@ -256,7 +256,7 @@ def _same_size(file: ImageFile, other: ImageFile) -> None:
 
 def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Path, *, direction: str = "AtoB",
                     compare: str | Path | None = None, fov: str | Path | None = None, tile: int | None = None,
-                    overlap: int | None = None, batch_size: int = 4,
+                    overlap: int | None = None, batch_size: int = 4, training_side: int | None = None,
                     progress: Callable[[int, int], None] | None = None) -> TranslationResult:
     """Translate a file or a folder; see the module docstring.
 
@@ -270,6 +270,9 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
         tile: tile side (default: the training size or crop).
         overlap: tile overlap (default: a quarter of the tile).
         batch_size: tiles (or slices) per forward pass.
+        training_side: translate at the training scale: the run resized its (centre-cropped, square) images to
+            this side, so each input is resized by ``training_side / min(H, W)`` before translation and its output
+            resized back to the input's size. ``None``: inputs as they are (the run trained at native scale).
         progress: called with (done, total) after each file.
 
     Raises:
@@ -294,8 +297,8 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
     def write(staging: Path) -> None:
         pictures, pooled_out, pooled_target, pooled_fov = [], [], [], []
         for done, job in enumerate(jobs, 1):
-            output = translate_images(recipe, job.file.images, direction, tile=tile, overlap=overlap,
-                                      batch_size=batch_size)
+            output = _at_scale(job.file.images, training_side, lambda x: translate_images(
+                recipe, x, direction, tile=tile, overlap=overlap, batch_size=batch_size))
             units = _unit_output(output, out_map, job.file, out_is_mask)
             relative = job.file.path.relative_to(base).with_name(_stem(job.file.path))
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -322,11 +325,28 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
                 pooled = pm.pixel_scores(_flat(pooled_out), _flat(pooled_target), mask=_flat(pooled_fov))
             result.metrics = _aggregate([{k: v for k, v in r.items()} for r in result.per_image], pooled)
             _save_comparison(staging / "comparison.png", pictures)
-            _write_report(staging, result, _header(recipe, direction, out_map, out_is_mask, compare, fov, tile,
-                                                   overlap))
+            header = _header(recipe, direction, out_map, out_is_mask, compare, fov, tile, overlap)
+            _write_report(staging, result, {**header, "training_side": training_side})
 
     write_folder_atomically(out, write)
     return result
+
+
+def _at_scale(images: torch.Tensor, training_side: int | None,
+              translate: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``translate(images)`` at the scale the run trained at: the shorter side resized to ``training_side`` (as the
+    loaders' centre crop + resize did), the output resized back to the input's size."""
+    import torch.nn.functional as F
+
+    height, width = int(images.shape[-2]), int(images.shape[-1])
+    if training_side is None or training_side == min(height, width):
+        return translate(images)
+    factor = training_side / min(height, width)
+    size = (max(1, round(height * factor)), max(1, round(width * factor)))
+    scaled = F.interpolate(images.float(), size=size, mode="bilinear", align_corners=False, antialias=factor < 1)
+    output = translate(scaled)
+    return F.interpolate(output, size=(height, width), mode="bilinear", align_corners=False,
+                         antialias=factor > 1)
 
 
 def _flat(parts: list[np.ndarray]) -> np.ndarray:
