@@ -180,3 +180,28 @@ def test_training_scale_resizes_in_and_back_out(sixteen_bit_run, tmp_path: Path)
     code, output = _cli(run.as_posix(), (root / "a").as_posix(), "--out", (tmp_path / "o").as_posix(),
                         "--training-scale", "-q")
     assert code == 2 and "no --size" in output and not (tmp_path / "o").exists()
+
+
+def test_mr_to_ct_cyclegan_keeps_each_domains_range_and_writes_hu_as_float(tmp_path: Path) -> None:
+    """Domain A: 16-bit TIFF 'MR' (0..1000); domain B: CT DICOM in HU with its own fixed range. Each side records
+    its own mapping; CT out of an MR picture is written as float32 TIFF in HU (a uint16 PNG cannot hold -1000)."""
+    from test_intensity import _write_dicom
+
+    mr, ct = tmp_path / "mr", tmp_path / "ct"
+    mr.mkdir()
+    ct.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        _tiff16(mr / f"mr{i}.tif", rng.integers(0, 1000, (16, 16)))
+        _write_dicom(ct / f"ct{i}.dcm", rng.integers(0, 2048, (16, 16)), RescaleSlope=1, RescaleIntercept=-1024,
+                     PatientID=f"P{i}")
+    run = synthmed.train(mr, target=str(ct), kind="unpaired", recipe="cyclegan", split="all", out=tmp_path / "run",
+                         intensity_range=(0, 1000), target_intensity_range=(-1000, 1000), **TRAIN,
+                         **{**TINY, "d_layers": 1}).run_dir
+    recipe = synthmed.load(run).recipe
+    a, b = side_mappings(recipe, "AtoB")
+    assert (a.low, a.high, a.unit) == (0.0, 1000.0, "") and (b.low, b.high, b.unit) == (-1000.0, 1000.0, "HU")
+    out = synthmed.api.translate(run, mr / "mr0.tif", tmp_path / "ct-out", progress=False, device="cpu")
+    written = Image.open(out.outputs[0])
+    assert out.outputs[0].suffix == ".tif" and written.mode == "F"
+    assert -1000.0 <= float(np.asarray(written).min()) and float(np.asarray(written).max()) <= 1000.0

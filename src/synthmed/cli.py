@@ -62,6 +62,8 @@ def train(
                               "and its target share (e.g. '^(\\d+)_')."),
     intensity_range: str = typer.Option(None, help="LOW,HIGH of stored values (HU after DICOM rescale) mapped to "
                                         "[-1, 1] for every image: a fixed window for DICOM, NIfTI and 16-bit data."),
+    target_intensity_range: str = typer.Option(None, help="LOW,HIGH of the target side (domain B) when it differs "
+                                               "(CT in HU beside MR) [default: --intensity-range]."),
     data_kind: str = typer.Option("auto", help="images, paired, unpaired, records or auto."),
     size: int = typer.Option(None, help="Resize images to SIZE x SIZE (centre-cropped to square first)."),
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
@@ -114,6 +116,7 @@ def train(
         "size": size, "channels": channels, "steps": steps, "max_minutes": max_minutes, "target": target,
         "pair": pair, "fov": fov, "match": match, "batch_size": batch_size, "seed": seed, "device": device,
         "precision": precision, "intensity_range": _pair_of_numbers("--intensity-range", intensity_range),
+        "target_intensity_range": _pair_of_numbers("--target-intensity-range", target_intensity_range),
         "num_threads": threads, "cpu_kernels": cpu_kernels, "sample_every": sample_every,
         "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
         "eval_features": eval_features, "eval_samples": eval_samples, "labels": labels,

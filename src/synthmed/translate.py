@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -302,7 +302,8 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
             units = _unit_output(output, out_map, job.file, out_is_mask)
             relative = job.file.path.relative_to(base).with_name(_stem(job.file.path))
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
-            written = write_image_file(staging / relative, units, job.file, is_mask_probability=out_is_mask)
+            like, dtype = _output_like(job.file, out_map, out_is_mask)
+            written = write_image_file(staging / relative, units, like, dtype=dtype, is_mask_probability=out_is_mask)
             result.outputs.append(out / written.relative_to(staging))
             if job.target is not None:
                 row = _score(job, units, out_map, out_is_mask)
@@ -330,6 +331,17 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
 
     write_folder_atomically(out, write)
     return result
+
+
+def _output_like(file: ImageFile, out_map: IntensityMapping, out_is_mask: bool) -> tuple[ImageFile, str | None]:
+    """Where the output's unit differs from the input's (HU out of an MR picture, MR out of a CT DICOM), the
+    input's storage cannot hold it (negative HU in a uint16 PNG, a sidecar decoding to HU): a float32 TIFF in the
+    output's units instead (NIfTI inputs: a float32 NIfTI). Otherwise the input's format and bit depth."""
+    if out_is_mask or (out_map.unit or "") == (file.unit or ""):
+        return file, None
+    if file.format in ("nifti", "npy"):
+        return file, "float32"
+    return replace(file, format="tiff"), "float32"
 
 
 def _at_scale(images: torch.Tensor, training_side: int | None,

@@ -252,6 +252,7 @@ def load_training_set(
     fov: str | Path | None = None,
     match: str | None = None,
     target_masks: bool | None = None,
+    target_intensity_range: tuple[float, float] | None = None,
     **options: Any,
 ) -> TrainingSet:
     """Any training data as a set of named tensors (:mod:`synthmed.data.sets`), by ``kind``:
@@ -266,7 +267,8 @@ def load_training_set(
 
     ``fov`` (a folder of field-of-view masks, batch key ``mask``), ``match`` (a regular expression for the key
     shared by matched file names) and ``target_masks`` apply to paired folders (see
-    :func:`~synthmed.data.paired.load_paired`).
+    :func:`~synthmed.data.paired.load_paired`); ``target_intensity_range`` is the target side's own fixed range
+    (paired folders, unpaired sources).
 
     ``auto`` is ``records`` for CSV/parquet files, ``paired`` when ``target`` or ``pair`` is given, else
     ``images``. Every kind is split by patient where patient ids exist.
@@ -281,7 +283,12 @@ def load_training_set(
             raise ConfigError("--target and --pair give paired or unpaired data, not images")
         return load_dataset(source, **options)
     pairing = {k: v for k, v in {"fov": fov, "match": match, "target_masks": target_masks}.items() if v is not None}
-    if pairing and kind != "paired":
+    if target_intensity_range is not None:
+        if kind not in ("paired", "unpaired"):
+            raise ConfigError(f"target_intensity_range applies to paired or unpaired data (a target side), not to "
+                              f"{kind}")
+        pairing["target_intensity_range"] = target_intensity_range
+    if pairing and kind != "paired" and set(pairing) != {"target_intensity_range"}:
         raise ConfigError(f"{', '.join(pairing)} appl{'ies' if len(pairing) == 1 else 'y'} to paired folders "
                           f"(--target FOLDER), not to {kind} data")
     if kind == "paired":
@@ -291,7 +298,8 @@ def load_training_set(
     if kind == "unpaired":
         from synthmed.data.paired import load_unpaired
 
-        return load_unpaired(source, target=target, pair=pair, **options)
+        return load_unpaired(source, target=target, pair=pair, target_intensity_range=target_intensity_range,
+                             **options)
     if kind == "records":
         from synthmed.data.records import load_records
 

@@ -360,21 +360,24 @@ class _Scaling:
 
 
 def _scalings(image_root: Path, target_root: Path, images: tuple[int, bool, list[Path], int],
-              targets: tuple[int, bool, list[Path], int] | None, stated: Any) -> tuple[_Scaling, _Scaling]:
+              targets: tuple[int, bool, list[Path], int] | None, stated: Any,
+              stated_target: Any = None) -> tuple[_Scaling, _Scaling]:
     """Both sides' scaling from their scans (count, grey, 16-bit files, float count; ``targets`` ``None`` for
     masks). A stated ``intensity_range`` applies to each side's 16-bit and float images; an 8-bit side keeps
     0..255, and the range is refused when neither side can use it."""
     stated = check_intensity_range(stated)
+    per_side = (stated, check_intensity_range(stated_target) or stated)
     sides = []
-    for root, scan in ((image_root, images), (target_root, targets)):
+    for root, scan, side_range in ((image_root, images, per_side[0]), (target_root, targets, per_side[1])):
         if scan is None:
             sides.append(_Scaling(True, (0.0, 65535.0), None, dict(MASK_INTENSITY)))
             continue
         count, grey, sixteen, floats = scan
-        uses = stated if (sixteen or floats) else None
+        uses = side_range if (sixteen or floats) else None
         range16, intensity = folder_scaling(root, count, sixteen, floats, grey, uses)
         sides.append(_Scaling(grey, range16, uses, intensity))
-    if stated is not None and sides[0].float_range is None and sides[1].float_range is None:
+    if (stated is not None or stated_target is not None) and sides[0].float_range is None and \
+            sides[1].float_range is None:
         raise ConfigError(f"intensity_range={stated!r} applies to 16-bit and float images; {image_root} and "
                           f"{target_root} hold 8-bit images (always scaled 0..255) or masks")
     return sides[0], sides[1]
@@ -382,7 +385,7 @@ def _scalings(image_root: Path, target_root: Path, images: tuple[int, bool, list
 
 def _paired_folders(
     source: str | Path, target: str | Path, fov: str | Path | None, match: str | None,
-    target_masks: bool | None, options: dict[str, Any],
+    target_masks: bool | None, options: dict[str, Any], target_intensity_range: Any = None,
 ) -> ImageDataset:
     opts = {**image_option_defaults(), **options}
     folder_groups = opts["folder_groups"]
@@ -421,7 +424,7 @@ def _paired_folders(
     as_masks = _looks_like_masks(targets) if target_masks is None else bool(target_masks)
     target_scan = None if as_masks else (len(targets), *_scan(targets)[1:])
     scale, target_scale = _scalings(image_root, target_root, (len(images), *image_scan), target_scan,
-                                    opts["intensity_range"])
+                                    opts["intensity_range"], target_intensity_range)
     grey = scale.grey
     size = opts["size"]
     side = int(size) if size else common_side(shapes)
@@ -500,6 +503,7 @@ def load_paired(
     match: str | None = None,
     fov: str | Path | None = None,
     target_masks: bool | None = None,
+    target_intensity_range: tuple[float, float] | None = None,
     **options: Any,
 ) -> ImageDataset:
     """Paired data: batches hold ``image`` -> ``target`` (+ ``mask``, ``label`` where present).
@@ -522,6 +526,8 @@ def load_paired(
             ``seed``, ...). With ``target``, ``channels`` picks the image's channels and the npz / download
             options do not apply; with ``pair="A:B"`` the pair picks the channels. ``intensity_range`` applies to
             the 16-bit and float images of both folders (an 8-bit side keeps 0..255; mask targets are masks).
+        target_intensity_range: with ``target``: the target folder's own ``intensity_range`` (e.g. CT in HU
+            beside MR in scanner units); default: ``intensity_range``.
 
     Raises:
         ConfigError: neither or both of ``target`` and ``pair``; options that do not apply.
@@ -538,9 +544,10 @@ def load_paired(
         allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups",
                    "intensity_range"}
         refuse_options(options, allowed, "paired image folders")
-        return _paired_folders(source, target, fov, match, target_masks, options)
-    if match is not None or fov is not None or target_masks is not None:
-        raise ConfigError("match=, fov= and target_masks= apply to a target folder, not to pair=")
+        return _paired_folders(source, target, fov, match, target_masks, options, target_intensity_range)
+    if match is not None or fov is not None or target_masks is not None or target_intensity_range is not None:
+        raise ConfigError("match=, fov=, target_masks= and target_intensity_range= apply to a target folder, not to "
+                          "pair= (one source has one intensity mapping)")
     ds = _one_source(source, str(pair), options)
     image, target_side, used_masks = _sides(ds, str(pair), source)
     return ImageDataset(
@@ -584,6 +591,7 @@ def load_unpaired(
     *,
     target: str | Path | None = None,
     pair: str | None = None,
+    target_intensity_range: tuple[float, float] | None = None,
     **options: Any,
 ) -> UnpairedSet:
     """Unpaired data (CycleGAN): domain A as ``image``, domain B as ``target``, drawn independently.
@@ -615,7 +623,9 @@ def load_unpaired(
                           f"disjoint patients), one of them (got {'both' if target is not None else 'neither'})")
     if target is not None:
         a = load_dataset(source, **options)
-        b = load_dataset(target, **{**options, "size": options.get("size") or a.info.height})
+        b_range = options.get("intensity_range") if target_intensity_range is None else target_intensity_range
+        b = load_dataset(target, **{**options, "size": options.get("size") or a.info.height,
+                                    "intensity_range": b_range})
         domain_a, domain_b = _domain(a, a.images, "image"), _domain(b, b.images, "target")
         names_a, names_b, mask_b = a.info.channel_names, b.info.channel_names, False
         intensity_a, intensity_b = dict(a.info.intensity), dict(b.info.intensity)

@@ -44,6 +44,8 @@ class DataConfig:
     #: (low, high) of stored values (after DICOM rescale, e.g. HU) mapped to [-1, 1] for every image: a fixed
     #: window instead of per-series / per-volume ranges, so translation outputs can be written back in units.
     intensity_range: tuple[float, float] | None = None
+    #: The target side's (domain B's) own intensity_range (e.g. CT in HU beside MR); default: intensity_range.
+    target_intensity_range: tuple[float, float] | None = None
     #: Folders of images, DICOM or NIfTI files: a CSV naming each image's class by file name or case folder.
     labels: str | None = None
     #: The labels CSV's class column (default: its second column).
