@@ -54,9 +54,8 @@ Where this implementation deviates, and why:
 from __future__ import annotations
 
 import abc
-import contextlib
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +78,7 @@ from synthmed.nn.batchnorm import recalibrate_batchnorm
 from synthmed.nn.dcgan import DCGANGenerator
 from synthmed.optim import adam
 from synthmed.recipes.base import ConditionalGenerativeRecipe, Phase, Preview, register_recipe
-from synthmed.recipes.step import StepContext, frozen
+from synthmed.recipes.step import StepContext, evaluating, frozen
 
 AUTOENCODER, GAN = "autoencoder", "gan"
 
@@ -180,19 +179,6 @@ def _check_options(config: BaganConfig | BaganGPConfig) -> None:
             raise ConfigError(message)
 
 
-@contextlib.contextmanager
-def _evaluating(*modules: nn.Module) -> Iterator[None]:
-    """The modules in eval mode inside the block (no dropout, BatchNorm's running statistics), then as before."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
-
-
 class _BalancingGAN(ConditionalGenerativeRecipe):
     """What BAGAN and BAGAN-GP share: the autoencoder phase, the class Gaussians and the weight transfer at the
     start of the GAN phase, latents, EMA sampling and previews. Subclasses build the networks and the GAN step."""
@@ -283,7 +269,7 @@ class _BalancingGAN(ConditionalGenerativeRecipe):
     def _encode(self, images: torch.Tensor) -> torch.Tensor:
         """E's codes (N, latent_dim) of ``images``, in eval mode (no dropout), in batches on the recipe's device."""
         E = self.networks["E"]
-        with _evaluating(E):
+        with evaluating(E):
             chunks = [E(images[i:i + self.encode_batch_size].to(self.device)).float()
                       for i in range(0, images.shape[0], self.encode_batch_size)]
         return torch.cat(chunks)
@@ -339,7 +325,7 @@ class _BalancingGAN(ConditionalGenerativeRecipe):
     @torch.no_grad()
     def generate(self, z: torch.Tensor, **conditions: torch.Tensor) -> torch.Tensor:
         G = self._sampling_generator()
-        with _evaluating(G):
+        with evaluating(G):
             images = self._run_generator(G, z.to(self.device), conditions.get("label"))
         return images.float().clamp(-1, 1)
 
@@ -384,7 +370,7 @@ class _BalancingGAN(ConditionalGenerativeRecipe):
         """Autoencoder phase: image | reconstruction; GAN phase: a grid with one row per class."""
         if not bool(self.networks["class_latents"].fitted) and "examples" in inputs:
             images = inputs["examples"].to(self.device)
-            with _evaluating(self.networks["E"], self.networks["decoder"]):
+            with evaluating(self.networks["E"], self.networks["decoder"]):
                 reconstruction = self._reconstruct(images, inputs["example_labels"].to(self.device))
             return Preview(columns={"image": images, "reconstruction": reconstruction.float().clamp(-1, 1)})
         latents = self.latents_from_noise(inputs["label"], inputs["noise"])

@@ -69,7 +69,9 @@ def type_name(annotation: Any) -> str:
 
 def describe_options(config_cls: type) -> list[OptionHelp]:
     """Every field of ``config_cls`` with its type, default and help text (ValueError if one is undocumented)."""
-    helps = args_section(config_cls.__doc__)
+    helps: dict[str, str] = {}
+    for klass in reversed(config_cls.__mro__):  # a config may inherit documented fields from a shared base
+        helps.update(args_section(klass.__doc__))
     hints = typing.get_type_hints(config_cls)
     out = []
     for f in dataclasses.fields(config_cls):

@@ -26,6 +26,19 @@ def frozen(module: nn.Module) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def evaluating(*modules: nn.Module) -> Iterator[None]:
+    """The modules in eval mode inside the block (no dropout, batch norm's running statistics), then as before."""
+    modes = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, mode in zip(modules, modes, strict=True):
+            m.train(mode)
+
+
 def _no_batches() -> dict[str, torch.Tensor]:
     raise RuntimeError("this StepContext has no data: pass draw_batch")
 

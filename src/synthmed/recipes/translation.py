@@ -30,9 +30,8 @@ Deviations from the reference code (junyanz/pytorch-CycleGAN-and-pix2pix), each 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -51,7 +50,7 @@ from synthmed.nn.translation import (
 )
 from synthmed.optim import adam
 from synthmed.recipes.base import Preview, TranslationRecipe, register_recipe
-from synthmed.recipes.step import StepContext, frozen
+from synthmed.recipes.step import StepContext, evaluating, frozen
 
 Logits = torch.Tensor | list[torch.Tensor]
 
@@ -94,6 +93,24 @@ def generator_loss(name: str, fake: Logits) -> torch.Tensor:
     """The generator's adversarial loss ``name`` summed over the discriminator's scales."""
     g_loss = TRANSLATION_LOSSES[name][1]
     return sum((g_loss(f) for f in _scales(fake)), torch.zeros((), device=_scales(fake)[0].device))
+
+
+RECONSTRUCTIONS = ("l1", "bce_dice")
+
+
+def mask_bce_dice(probability: torch.Tensor, mask: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Binary cross-entropy + soft Dice loss (1 - 2 sum(p m) / (sum p + sum m)) of a probability map against a
+    {0, 1} mask, the usual pair for thin structures such as vessels (the Dice term ignores the background's size).
+
+    Args:
+        probability: (N, 1, H, W) in [0, 1].
+        mask: (N, 1, H, W) in {0, 1}.
+        eps: keeps the logarithms and the ratio finite.
+    """
+    p = probability.clamp(eps, 1.0 - eps)
+    bce = F.binary_cross_entropy(p, mask)
+    dice = 1.0 - (2.0 * (p * mask).sum() + eps) / (p.sum() + mask.sum() + eps)
+    return bce + dice
 
 
 # -------------------------------------------------------------------------------------- schedule, jitter
@@ -149,19 +166,6 @@ def random_jitter(tensors: dict[str, torch.Tensor], *, crop: int, jitter: float,
             parts.append(part.flip(-1) if mirror[i] else part)
         out[name] = torch.cat(parts).contiguous()
     return out
-
-
-@contextlib.contextmanager
-def eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Modules in eval mode inside the block (running batch-norm statistics, no dropout), as they were after."""
-    modes = [m.training for m in modules]
-    for m in modules:
-        m.eval()
-    try:
-        yield
-    finally:
-        for m, mode in zip(modules, modes, strict=True):
-            m.train(mode)
 
 
 # ------------------------------------------------------------------------------------------------ image pool
@@ -298,7 +302,7 @@ class _Translation(TranslationRecipe):
     @torch.no_grad()
     def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
         generator = self.networks[self._generator_name(self.check_direction(direction))]
-        with eval_mode(generator):
+        with evaluating(generator):
             out = generator(images.to(self.device))
         return (out.float() + 1.0) / 2.0 if self.output_is_mask(direction) else out.float()
 
@@ -307,48 +311,61 @@ class _Translation(TranslationRecipe):
 
 
 @dataclass
-class Pix2PixConfig:
-    """Options of ``--recipe pix2pix``.
+class TranslationOptions:
+    """Options pix2pix and CycleGAN share.
 
     Args:
-        generator: unet (depth so the bottleneck is 1x1 at the training size), unet128, unet256, resnet6, resnet9.
         base_channels: Generator width (ngf).
-        norm: Normalisation of both networks' hidden layers: batch, instance or none.
-        dropout: Dropout in the U-Net's three innermost decoder blocks (the paper's noise); 0 turns it off.
         discriminator: patch (PatchGAN; 70x70 with d_layers 3), pixel (1x1 PixelGAN) or multiscale (pix2pixHD).
         d_base_channels: Discriminator width (ndf).
         d_layers: Stride-2 layers of the PatchGAN: 3 gives 70x70 patches, 2 34x34, 1 16x16.
-        d_norm: Discriminator normalisation: batch, instance or none.
         num_scales: Scales of the multiscale discriminator.
-        loss: Adversarial loss: vanilla (the paper's cross-entropy), lsgan or hinge.
-        l1_weight: Weight of L1(output, target) (lambda, 100 in the paper).
-        adversarial_weight: Weight of the adversarial term; 0 trains a plain U-Net by L1 alone (no discriminator).
-        lr: Adam learning rate of both networks.
+        lr: Adam learning rate of all networks.
         betas: Adam betas.
         lr_decay_start: Fraction of the run after which the learning rate decays linearly to 0 (needs --steps).
         crop: Train on random crops of this side (px) from the loaded images; 0 = whole images.
-        jitter: Upscale factor before the random crop (286/256 in the paper); 1 turns jitter off.
-        flip: Mirror training pairs left-right at random.
+        jitter: Upscale factor before the random crop (286/256 in the papers); 1 turns jitter off.
+        flip: Mirror training images left-right at random.
     """
 
-    generator: str = "unet"
     base_channels: int = 64
-    norm: str = "batch"
-    dropout: float = 0.5
     discriminator: str = "patch"
     d_base_channels: int = 64
     d_layers: int = 3
-    d_norm: str = "batch"
     num_scales: int = 2
-    loss: str = "vanilla"
-    l1_weight: float = 100.0
-    adversarial_weight: float = 1.0
     lr: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     lr_decay_start: float = 0.5
     crop: int = 0
     jitter: float = 1.117
     flip: bool = True
+
+
+@dataclass
+class Pix2PixConfig(TranslationOptions):
+    """Options of ``--recipe pix2pix`` (and those of :class:`TranslationOptions`).
+
+    Args:
+        generator: unet (depth so the bottleneck is 1x1 at the training size), unet128, unet256, resnet6, resnet9.
+        norm: Normalisation of the generator's hidden layers: batch, instance or none.
+        dropout: Dropout in the U-Net's three innermost decoder blocks (the paper's noise); 0 turns it off.
+        d_norm: Discriminator normalisation: batch, instance or none.
+        loss: Adversarial loss: vanilla (the paper's cross-entropy), lsgan or hinge.
+        l1_weight: Weight of the reconstruction term (lambda, 100 in the paper).
+        reconstruction: The reconstruction term: l1 (the paper's), or bce_dice for mask targets (cross-entropy +
+            soft Dice on the output read as a probability): L1 on a thin-structure mask pulls every pixel towards
+            the majority value (its median), so without the adversarial term it predicts background everywhere.
+        adversarial_weight: Weight of the adversarial term; 0 trains a plain U-Net alone (no discriminator).
+    """
+
+    generator: str = "unet"
+    norm: str = "batch"
+    dropout: float = 0.5
+    d_norm: str = "batch"
+    loss: str = "vanilla"
+    l1_weight: float = 100.0
+    reconstruction: str = "l1"
+    adversarial_weight: float = 1.0
 
 
 @register_recipe
@@ -367,6 +384,9 @@ class Pix2Pix(_Translation):
         self._check_common(config)
         if config.adversarial_weight < 0 or config.l1_weight < 0:
             raise ConfigError("l1_weight and adversarial_weight must be at least 0")
+        _check_choice("reconstruction", config.reconstruction, RECONSTRUCTIONS)
+        if config.reconstruction == "bce_dice" and not data_info.target_is_mask:
+            raise ConfigError("reconstruction=bce_dice needs mask targets ({0, 1}); these targets are images: use l1")
         c_in, c_out = data_info.channels, data_info.target_channels
         self.networks["G"] = self._generator(c_in, c_out)
         if config.adversarial_weight > 0:
@@ -406,7 +426,10 @@ class Pix2Pix(_Translation):
             with frozen(D), ctx.autocast():
                 adversarial = generator_loss(cfg.loss, D(torch.cat([real_a, fake_b], 1)))
         with ctx.autocast():
-            l1 = L.l1_loss(fake_b.float(), real_b)
+            if cfg.reconstruction == "bce_dice":
+                l1 = mask_bce_dice((fake_b.float() + 1.0) / 2.0, pair["target"])
+            else:
+                l1 = L.l1_loss(fake_b.float(), real_b)
             loss_g = cfg.adversarial_weight * adversarial + cfg.l1_weight * l1
         ctx.optimize("G", loss_g)
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "adversarial": adversarial.detach(),
@@ -433,51 +456,29 @@ class Pix2Pix(_Translation):
 
 
 @dataclass
-class CycleGANConfig:
-    """Options of ``--recipe cyclegan``.
+class CycleGANConfig(TranslationOptions):
+    """Options of ``--recipe cyclegan`` (and those of :class:`TranslationOptions`).
 
     Args:
         generator: resnet9, resnet6 or auto (9 blocks from 256 px, 6 below, as the paper), or a U-Net (unet, ...).
-        base_channels: Generator width (ngf).
         norm: Normalisation of the generators: instance, batch or none.
         dropout: Dropout in the generators (U-Net: innermost decoder blocks); 0 in the paper.
-        discriminator: patch (70x70 PatchGAN), pixel or multiscale.
-        d_base_channels: Discriminator width (ndf).
-        d_layers: Stride-2 layers of the PatchGAN (3: 70x70 patches).
         d_norm: Discriminator normalisation.
-        num_scales: Scales of the multiscale discriminator.
         loss: Adversarial loss: lsgan (the paper's), vanilla or hinge.
         cycle_weight: Weight of each cycle-consistency loss (lambda_A = lambda_B, 10 in the paper).
         identity_weight: Identity loss weight as a fraction of cycle_weight (0.5 in the paper); it needs equal
             channel counts in both domains, so it is 0 when they differ.
         pool_size: Past fakes kept per domain for the discriminators (50); 0 disables the pools.
-        lr: Adam learning rate of all networks.
-        betas: Adam betas.
-        lr_decay_start: Fraction of the run after which the learning rate decays linearly to 0 (needs --steps).
-        crop: Train on random crops of this side (px); 0 = whole images.
-        jitter: Upscale factor before the random crop; 1 turns jitter off.
-        flip: Mirror training images left-right at random.
     """
 
     generator: str = "auto"
-    base_channels: int = 64
     norm: str = "instance"
     dropout: float = 0.0
-    discriminator: str = "patch"
-    d_base_channels: int = 64
-    d_layers: int = 3
     d_norm: str = "instance"
-    num_scales: int = 2
     loss: str = "lsgan"
     cycle_weight: float = 10.0
     identity_weight: float = 0.5
     pool_size: int = 50
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    lr_decay_start: float = 0.5
-    crop: int = 0
-    jitter: float = 1.117
-    flip: bool = True
 
 
 @register_recipe
@@ -578,7 +579,7 @@ class CycleGAN(_Translation):
         a = inputs["image"][:rows].to(self.device)
         b = self._domain_b(inputs["target"][:rows]).to(self.device)
         n = self.networks
-        with eval_mode(n["G_AB"], n["G_BA"]):
+        with evaluating(n["G_AB"], n["G_BA"]):
             ab, ba = n["G_AB"](a), n["G_BA"](b)
             aba, bab = n["G_BA"](ab), n["G_AB"](ba)
         columns = {"A": a, "A->B": ab, "A->B->A": aba, "B": b, "B->A": ba, "B->A->B": bab}
