@@ -5,6 +5,9 @@
     python benchmarks/training_speed.py --experiments none        # only the synthmed-vs-plain comparison
     python benchmarks/training_speed.py --experiments compile     # add the (slow to compile) torch.compile variant
     python benchmarks/training_speed.py --experiments conditional # class-conditional recipes vs the unconditional step
+    python benchmarks/training_speed.py --configs pix2pix128,pix2pix256b1,pix2pix256b8,cyclegan128 \
+        --experiments none --seconds 120 --max-minutes 30 \
+        --out benchmarks/results/training_speed_cpu_translation.json  # about 10-13 minutes on 2 cores
 
 Everything is measured in ONE process and every speed is reported as a ratio against a reference timed in the
 same run: timings on the shared 2-core machines vary +-30% between runs.
@@ -28,6 +31,19 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
      channels_last, bf16 autocast, one thread, the native 7-14-28 layout, PyTorch's kernels instead of the
      GEMM-lowered layers, GEMMs instead of Winograd, torch.compile), and the class-conditional recipes (conditional,
      acgan, cwgan-gp with 10 random classes) against the unconditional step of the same config.
+   Translation configs (``pix2pix128``, ``pix2pix256b1``, ``pix2pix256b8``, ``cyclegan128``; not in the default
+   --configs, each has its own batch size; ngf = ndf = 64, the papers' widths; grey 1 -> 1 channel pairs):
+   * ``synthmed``: the pix2pix / CycleGAN recipe's ``train_step`` through a ``StepContext`` as the trainer runs it
+     (channels_last when the recipe prefers it, synthmed.ops CPU kernels, the recipe's jitter and mirroring on the
+     batch, the paired set's / unpaired set's batch stream, losses read every 25 steps).
+   * ``plain``: the same networks (the synthmed.nn.translation builders with the recipe's resolved options, the same
+     initial weights: ``same_initial_weights`` in the JSON) trained as junyanz/pytorch-CycleGAN-and-pix2pix trains
+     them: a DataLoader (no workers) whose Dataset resizes, crops and mirrors each sample, NCHW, PyTorch's kernels,
+     ``optimize_parameters`` of ``pix2pix_model.py`` / ``cycle_gan_model.py`` line by line (forward,
+     set_requires_grad, backward_D with 0.5 * (fake + real), backward_G: GAN + 100 L1, or GAN + 10 cycle + 5
+     identity), ``networks.GANLoss``, ``util/image_pool.py``'s pool of 50 (python ``random``), default Adam, losses
+     read every 100 images (``print_freq``).
+   * experiments: ``nchw`` and ``gemm_conv`` also run on these configs.
    Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
 3. Model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step on PyTorch's
    convolution kernels: every forward, backward and double backward; convolutions and matrix products; a layer
@@ -43,8 +59,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -86,7 +104,35 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "size": 64, "options": {"loss": "wgan-gp", "g_channels": 32, "d_channels": 32}, "plain": "wgan-gp",
         "channels": 32,
     },
+    # Image-to-image translation (synthmed/recipes/translation.py) at the papers' widths (ngf = ndf = 64) and their
+    # defaults otherwise: grey 1 -> 1 channel images, random in [-1, 1]; "batch" replaces --batch for these.
+    "pix2pix128": {
+        "label": "pix2pix 128 px (U-Net depth 7 = unet128, 70x70 PatchGAN, batch norm, dropout 0.5, ngf/ndf 64, "
+                 "1 -> 1 ch), batch 8",
+        "kind": "translation", "recipe": "pix2pix", "size": 128, "batch": 8, "channels": (1, 1),
+        "options": {"generator": "unet", "base_channels": 64, "d_base_channels": 64},
+    },
+    "pix2pix256b1": {
+        "label": "pix2pix 256 px (U-Net depth 8 = unet256, 70x70 PatchGAN, batch norm, dropout 0.5, ngf/ndf 64, "
+                 "1 -> 1 ch), batch 1 (the paper's)",
+        "kind": "translation", "recipe": "pix2pix", "size": 256, "batch": 1, "channels": (1, 1),
+        "options": {"generator": "unet", "base_channels": 64, "d_base_channels": 64},
+    },
+    "pix2pix256b8": {
+        "label": "pix2pix 256 px (U-Net depth 8 = unet256, 70x70 PatchGAN, batch norm, dropout 0.5, ngf/ndf 64, "
+                 "1 -> 1 ch), batch 8",
+        "kind": "translation", "recipe": "pix2pix", "size": 256, "batch": 8, "channels": (1, 1),
+        "options": {"generator": "unet", "base_channels": 64, "d_base_channels": 64},
+    },
+    "cyclegan128": {
+        "label": "CycleGAN 128 px (2 x resnet6, 2 x 70x70 PatchGAN, instance norm, LSGAN, cycle 10, identity 5, "
+                 "pools of 50, ngf/ndf 64, 1 <-> 1 ch), batch 1 (the paper's)",
+        "kind": "translation", "recipe": "cyclegan", "size": 128, "batch": 1, "channels": (1, 1),
+        "options": {"generator": "resnet6", "base_channels": 64, "d_base_channels": 64},
+    },
 }
+TRANSLATION_CONFIGS = [name for name, cfg in CONFIGS.items() if cfg.get("kind") == "translation"]
+TRANSLATION_IMAGES = 4  # random training pairs held per config: 4 batches (an epoch of the sampler / DataLoader)
 # The conditional experiment's runners per DCGAN config: (runner name, description, recipe, recipe options).
 CONDITIONAL_RUNNERS = [
     ("conditional_cbn_bce", "recipe conditional: cBN generator, projection D, loss bce (as the config)", "conditional",
@@ -103,6 +149,8 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
         ("dcgan28", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
         ("dcgan64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
         ("wgangp64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
+        *[(c, "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False})
+          for c in TRANSLATION_CONFIGS],
     ],
     "bf16": [("dcgan64", "synthmed_bf16", "synthmed step with precision='bf16' (autocast)", {"precision": "bf16"})],
     "threads1": [("dcgan28", "synthmed_1thread", "synthmed step with torch.set_num_threads(1)", {"threads": 1})],
@@ -116,7 +164,7 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     # synthmed.ops.cpu_conv lowers the image-side, latent and 4x4-input layers to GEMM; this runs oneDNN everywhere.
     "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
                    "(synthmed.ops.cpu_conv.native_convolutions)", {"native_conv": True})
-                  for c in ("dcgan28", "dcgan64", "wgangp64")],
+                  for c in ("dcgan28", "dcgan64", "wgangp64", *TRANSLATION_CONFIGS)],
     # Winograd F(2x2)/F(4x4) on the 4x4 stride-2 layers of small maps (synthmed.ops.winograd); this runs them without.
     "winograd": [(c, "synthmed_no_winograd", "synthmed step without Winograd: the stride-2 layers of <= 16x16 maps on "
                   "the GEMM route or oneDNN as before (synthmed.ops.cpu_conv.without_winograd)", {"no_winograd": True})
@@ -152,6 +200,15 @@ class Runner:
     threads: int | None = None
     networks: dict[str, nn.Module] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name (``/proc/cpuinfo``; ``_common.machine`` records the architecture only)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            return next((line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")), None)
+    except OSError:
+        return None
 
 
 def random_images(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -463,6 +520,332 @@ def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, 
                   extra={"run_steps": run_steps, "not_same_network": True})
 
 
+# --- 2b. translation runners (pix2pix, CycleGAN) ----------------------------------------------------------------
+def _translation_info(cfg: dict[str, Any]) -> DataInfo:
+    c_in, c_out = cfg["channels"]
+    return DataInfo(source="random", channels=c_in, height=cfg["size"], width=cfg["size"], split="train",
+                    kind="paired" if cfg["recipe"] == "pix2pix" else "unpaired", target_channels=c_out)
+
+
+def translation_data(cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random domain A and domain B images in [-1, 1], ``TRANSLATION_IMAGES`` x batch of each, held in memory."""
+    n, size = TRANSLATION_IMAGES * cfg["batch"], cfg["size"]
+    c_in, c_out = cfg["channels"]
+    a = torch.rand(n, c_in, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    b = torch.rand(n, c_out, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    return a, b
+
+
+def make_translation_synthmed(cfg: dict[str, Any], device: torch.device, name: str = "synthmed",
+                              description: str = "synthmed recipe + StepContext + batch stream, as the trainer runs "
+                                                 "it (channels_last, synthmed.ops CPU kernels, jitter and mirroring "
+                                                 "on the batch, losses read every 25 steps)",
+                              channels_last: bool | None = None, precision: str = "fp32", threads: int | None = None,
+                              native_conv: bool = False, no_winograd: bool = False) -> Runner:
+    """The pix2pix / CycleGAN recipe's ``train_step`` as ``synthmed train`` runs it (see :func:`make_synthmed`)."""
+    from synthmed.data.sets import TensorSet, UnpairedSet
+
+    info = _translation_info(cfg)
+    a, b = translation_data(cfg)
+    torch.manual_seed(0)
+    recipe = build_recipe(cfg["recipe"], dict(cfg["options"]), info, ema_beta=EMA_BETA)
+    cl = recipe.prefers_channels_last if channels_last is None else channels_last
+    recipe.to(device, channels_last=cl)
+    if info.kind == "paired":
+        data: Any = TensorSet({"image": a, "target": b}, info, kind="paired")
+    else:
+        data = UnpairedSet(TensorSet({"image": a}, info, kind="unpaired"),
+                           TensorSet({"target": b}, info, kind="unpaired"), info)
+    data = recipe.prepare_data(data)
+    if cl:
+        data = data.map_tensors(lambda _, x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
+    data = data.to(device)
+    optimizers = recipe.configure_optimizers()
+    stream = data.batches(cfg["batch"], seed=0)
+    ctx = StepContext(device=device, optimizers=optimizers, precision=precision, draw_batch=stream.next)
+    ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]  # none: no EMA sources
+    state = {"step": 0}
+    pending: list[dict[str, torch.Tensor]] = []
+
+    def flush() -> None:
+        if pending:
+            torch.cat([torch.stack([v.float().reshape(()) for v in vals.values()]) for vals in pending]).tolist()
+            pending.clear()
+
+    def train_one() -> None:
+        s = state["step"]
+        ctx.step = s
+        losses = recipe.train_step(stream.next(), ctx)
+        for source, shadow in ema_pairs:
+            update_ema(shadow, source, ema_beta(s, EMA_BETA))
+        state["step"] = s + 1
+        pending.append(losses)
+        if state["step"] % LOG_EVERY == 0:
+            flush()
+
+    def step() -> None:
+        with native_convolutions() if native_conv else without_winograd() if no_winograd else nullcontext():
+            train_one()
+
+    def finish() -> None:
+        flush()
+        sync(device)
+
+    return Runner(name, description, step, finish, device, threads, networks=dict(recipe.networks.items()),
+                  extra={"channels_last": cl, "precision": precision, "recipe": recipe, "own_flops": name == "synthmed",
+                         "train_size": cfg["size"], "options": dataclasses.asdict(recipe.config)})
+
+
+class _ReferenceGANLoss(nn.Module):
+    """``networks.GANLoss`` of the reference: label buffers expanded to the prediction, BCE-with-logits or MSE."""
+
+    def __init__(self, gan_mode: str, target_real_label: float = 1.0, target_fake_label: float = 0.0) -> None:
+        super().__init__()
+        self.register_buffer("real_label", torch.tensor(target_real_label))
+        self.register_buffer("fake_label", torch.tensor(target_fake_label))
+        self.loss = nn.MSELoss() if gan_mode == "lsgan" else nn.BCEWithLogitsLoss()
+
+    def __call__(self, prediction: torch.Tensor, target_is_real: bool) -> torch.Tensor:  # type: ignore[override]
+        target = self.real_label if target_is_real else self.fake_label
+        return self.loss(prediction, target.expand_as(prediction))
+
+
+class _ReferenceImagePool:
+    """``util/image_pool.py`` of the reference: a list of past fakes, python ``random`` for the 50/50 swap."""
+
+    def __init__(self, pool_size: int) -> None:
+        self.pool_size = pool_size
+        self.num_imgs = 0
+        self.images: list[torch.Tensor] = []
+
+    def query(self, images: torch.Tensor) -> torch.Tensor:
+        if self.pool_size == 0:
+            return images
+        return_images = []
+        for image in images:
+            image = torch.unsqueeze(image.data, 0)
+            if self.num_imgs < self.pool_size:
+                self.num_imgs = self.num_imgs + 1
+                self.images.append(image)
+                return_images.append(image)
+            elif random.uniform(0, 1) > 0.5:
+                random_id = random.randint(0, self.pool_size - 1)
+                tmp = self.images[random_id].clone()
+                self.images[random_id] = image
+                return_images.append(tmp)
+            else:
+                return_images.append(image)
+        return torch.cat(return_images, 0)
+
+
+def _set_requires_grad(nets: list[nn.Module], requires_grad: bool) -> None:
+    """``BaseModel.set_requires_grad`` of the reference."""
+    for net in nets:
+        for param in net.parameters():
+            param.requires_grad = requires_grad
+
+
+class _ReferenceTranslationData(torch.utils.data.Dataset):
+    """The reference's aligned / unaligned dataset on tensors held in memory: per sample, resize to the load size
+    (``round(size * jitter)``, 143 / 286 px), a random crop back to ``size`` and a random left-right flip
+    (python ``random``, as its ``get_params``); aligned: the same geometry for A and B; unaligned: B drawn at a
+    random index (``serial_batches`` off) and transformed on its own. Bilinear, as the recipe (the reference resizes
+    decoded PIL images bicubically)."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor, load: int, aligned: bool) -> None:
+        self.a, self.b, self.load, self.aligned = a, b, load, aligned
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def _params(self, size: int) -> tuple[int, int, bool]:
+        x = random.randint(0, max(0, self.load - size))
+        y = random.randint(0, max(0, self.load - size))
+        return x, y, random.random() > 0.5
+
+    def _transform(self, image: torch.Tensor, params: tuple[int, int, bool]) -> torch.Tensor:
+        size = image.shape[-1]
+        x, y, flip = params
+        image = F.interpolate(image[None], size=(self.load, self.load), mode="bilinear", align_corners=False)[0]
+        image = image[:, y:y + size, x:x + size]
+        return image.flip(-1) if flip else image
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        a = self.a[index]
+        if self.aligned:
+            params = self._params(a.shape[-1])
+            return {"A": self._transform(a, params), "B": self._transform(self.b[index], params)}
+        b = self.b[random.randint(0, len(self.b) - 1)]
+        return {"A": self._transform(a, self._params(a.shape[-1])), "B": self._transform(b, self._params(b.shape[-1]))}
+
+
+def make_translation_plain(cfg: dict[str, Any], device: torch.device, options: dict[str, Any]) -> Runner:
+    """The same networks (synthmed.nn.translation builders, the recipe's resolved options, the same initial weights)
+    trained as junyanz/pytorch-CycleGAN-and-pix2pix trains them: its DataLoader of per-sample jitter, NCHW, PyTorch's
+    convolution kernels, ``optimize_parameters`` of ``pix2pix_model.py`` / ``cycle_gan_model.py`` line by line,
+    ``networks.GANLoss``, ``torch.optim.Adam`` with its default implementation, losses read every ``print_freq``
+    (100) images."""
+    from synthmed.nn.translation import build_patch_discriminator, build_translation_generator
+
+    o, size, batch = options, cfg["size"], cfg["batch"]
+    c_in, c_out = cfg["channels"]
+
+    def generator(i: int, j: int) -> nn.Module:
+        return build_translation_generator(o["generator"], i, j, image_size=size, base_channels=o["base_channels"],
+                                           norm=o["norm"], dropout=o["dropout"]).to(device)
+
+    def discriminator(i: int) -> nn.Module:
+        net = build_patch_discriminator(o["discriminator"], i, base_channels=o["d_base_channels"],
+                                        n_layers=o["d_layers"], norm=o["d_norm"], num_scales=o["num_scales"])
+        return net.to(device)
+
+    a, b = translation_data(cfg)
+    load = max(size, round(size * o["jitter"]))
+    loader = torch.utils.data.DataLoader(_ReferenceTranslationData(a, b, load, aligned=cfg["recipe"] == "pix2pix"),
+                                         batch_size=batch, shuffle=True, num_workers=0)
+    batches = iter(loader)
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        nonlocal batches
+        try:
+            return next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            return next(batches)
+
+    criterion_gan = _ReferenceGANLoss(o["loss"]).to(device)
+    criterion_l1 = torch.nn.L1Loss()
+    betas = (o["betas"][0], o["betas"][1])
+    counter = {"total_iters": 0}
+    current: dict[str, torch.Tensor] = {}
+
+    def read_losses() -> None:
+        # train.py: ``if total_iters % opt.print_freq == 0: losses = model.get_current_losses()`` (float() each)
+        counter["total_iters"] += batch
+        if counter["total_iters"] % 100 == 0:
+            [float(v) for v in current.values()]
+
+    torch.manual_seed(0)  # the recipe's construction order: the same initial weights
+    if cfg["recipe"] == "pix2pix":
+        netG = generator(c_in, c_out)
+        netD = discriminator(c_in + c_out)
+        optimizer_G = torch.optim.Adam(netG.parameters(), lr=o["lr"], betas=betas)
+        optimizer_D = torch.optim.Adam(netD.parameters(), lr=o["lr"], betas=betas)
+        lambda_l1 = o["l1_weight"]
+        networks = {"G": netG, "D": netD}
+
+        def step() -> None:
+            data = next_batch()
+            real_A, real_B = data["A"].to(device), data["B"].to(device)  # noqa: N806 (the reference's names)
+            fake_B = netG(real_A)  # noqa: N806
+            _set_requires_grad([netD], True)
+            optimizer_D.zero_grad()
+            fake_AB = torch.cat((real_A, fake_B), 1)  # noqa: N806 (pool_size 0: query returns its input)
+            pred_fake = netD(fake_AB.detach())
+            loss_D_fake = criterion_gan(pred_fake, False)  # noqa: N806
+            real_AB = torch.cat((real_A, real_B), 1)  # noqa: N806
+            pred_real = netD(real_AB)
+            loss_D_real = criterion_gan(pred_real, True)  # noqa: N806
+            loss_D = (loss_D_fake + loss_D_real) * 0.5  # noqa: N806
+            loss_D.backward()
+            optimizer_D.step()
+            _set_requires_grad([netD], False)
+            optimizer_G.zero_grad()
+            fake_AB = torch.cat((real_A, fake_B), 1)  # noqa: N806
+            pred_fake = netD(fake_AB)
+            loss_G_GAN = criterion_gan(pred_fake, True)  # noqa: N806
+            loss_G_L1 = criterion_l1(fake_B, real_B) * lambda_l1  # noqa: N806
+            loss_G = loss_G_GAN + loss_G_L1  # noqa: N806
+            loss_G.backward()
+            optimizer_G.step()
+            current.update(G_GAN=loss_G_GAN, G_L1=loss_G_L1, D_real=loss_D_real, D_fake=loss_D_fake)
+            read_losses()
+
+        desc = ("junyanz pix2pix_model.optimize_parameters: DataLoader with per-sample resize-crop-flip, NCHW, "
+                "PyTorch kernels, D grads toggled by set_requires_grad, D loss 0.5*(fake+real), GAN + 100*L1, "
+                "default Adam, losses read every 100 images")
+    else:
+        # Reference names: netG_A = G_AB, netG_B = G_BA, netD_A judges domain B (synthmed's D_B), netD_B domain A.
+        netG_A = generator(c_in, c_out)  # noqa: N806
+        netG_B = generator(c_out, c_in)  # noqa: N806
+        netD_B = discriminator(c_in)  # noqa: N806 (built in the recipe's order: D_A (domain A) first)
+        netD_A = discriminator(c_out)  # noqa: N806
+        optimizer_G = torch.optim.Adam(itertools.chain(netG_A.parameters(), netG_B.parameters()), lr=o["lr"],
+                                       betas=betas)
+        optimizer_D = torch.optim.Adam(itertools.chain(netD_A.parameters(), netD_B.parameters()), lr=o["lr"],
+                                       betas=betas)
+        fake_A_pool, fake_B_pool = _ReferenceImagePool(o["pool_size"]), _ReferenceImagePool(o["pool_size"])  # noqa: N806
+        lambda_A = lambda_B = o["cycle_weight"]  # noqa: N806
+        lambda_idt = o["identity_weight"] if c_in == c_out else 0.0
+        networks = {"G_AB": netG_A, "G_BA": netG_B, "D_A": netD_B, "D_B": netD_A}
+
+        def backward_D_basic(netD: nn.Module, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:  # noqa: N802,N803
+            pred_real = netD(real)
+            loss_D_real = criterion_gan(pred_real, True)  # noqa: N806
+            pred_fake = netD(fake.detach())
+            loss_D_fake = criterion_gan(pred_fake, False)  # noqa: N806
+            loss_D = (loss_D_real + loss_D_fake) * 0.5  # noqa: N806
+            loss_D.backward()
+            return loss_D
+
+        def step() -> None:
+            data = next_batch()
+            real_A, real_B = data["A"].to(device), data["B"].to(device)  # noqa: N806
+            # forward()
+            fake_B = netG_A(real_A)  # noqa: N806
+            rec_A = netG_B(fake_B)  # noqa: N806
+            fake_A = netG_B(real_B)  # noqa: N806
+            rec_B = netG_A(fake_A)  # noqa: N806
+            # G_A and G_B
+            _set_requires_grad([netD_A, netD_B], False)
+            optimizer_G.zero_grad()
+            if lambda_idt > 0:
+                idt_A = netG_A(real_B)  # noqa: N806
+                loss_idt_A = criterion_l1(idt_A, real_B) * lambda_B * lambda_idt  # noqa: N806
+                idt_B = netG_B(real_A)  # noqa: N806
+                loss_idt_B = criterion_l1(idt_B, real_A) * lambda_A * lambda_idt  # noqa: N806
+            else:
+                loss_idt_A = loss_idt_B = torch.zeros((), device=device)  # noqa: N806
+            loss_G_A = criterion_gan(netD_A(fake_B), True)  # noqa: N806
+            loss_G_B = criterion_gan(netD_B(fake_A), True)  # noqa: N806
+            loss_cycle_A = criterion_l1(rec_A, real_A) * lambda_A  # noqa: N806
+            loss_cycle_B = criterion_l1(rec_B, real_B) * lambda_B  # noqa: N806
+            loss_G = loss_G_A + loss_G_B + loss_cycle_A + loss_cycle_B + loss_idt_A + loss_idt_B  # noqa: N806
+            loss_G.backward()
+            optimizer_G.step()
+            # D_A and D_B
+            _set_requires_grad([netD_A, netD_B], True)
+            optimizer_D.zero_grad()
+            loss_D_A = backward_D_basic(netD_A, real_B, fake_B_pool.query(fake_B))  # noqa: N806
+            loss_D_B = backward_D_basic(netD_B, real_A, fake_A_pool.query(fake_A))  # noqa: N806
+            optimizer_D.step()
+            current.update(D_A=loss_D_A, G_A=loss_G_A, cycle_A=loss_cycle_A, idt_A=loss_idt_A, D_B=loss_D_B,
+                           G_B=loss_G_B, cycle_B=loss_cycle_B, idt_B=loss_idt_B)
+            read_losses()
+
+        desc = ("junyanz cycle_gan_model.optimize_parameters: DataLoader with per-sample resize-crop-flip (B "
+                "unaligned), NCHW, PyTorch kernels, 4 G forwards + 2 identity forwards, G step with D frozen by "
+                "set_requires_grad, then backward_D_basic per domain on ImagePool(50) fakes (python random), "
+                "default Adam, losses read every 100 images")
+
+    def native_step() -> None:
+        with native_convolutions():  # plain PyTorch: oneDNN for every layer, as nn.Conv2d would
+            step()
+
+    return Runner("plain", desc, native_step, lambda: sync(device), device, networks=networks)
+
+
+def same_initial_weights(a: Runner, b: Runner) -> bool:
+    """True when two runners' networks have the same names, shapes and values (checked before any step)."""
+    if set(a.networks) != set(b.networks):
+        return False
+    for key, net in a.networks.items():
+        pa, pb = list(net.state_dict().values()), list(b.networks[key].state_dict().values())
+        if len(pa) != len(pb) or any(x.shape != y.shape or not torch.equal(x, y) for x, y in zip(pa, pb, strict=True)):
+            return False
+    return True
+
+
 # --- timing --------------------------------------------------------------------------------------------------
 GEMM_PROBES: list[float] = []
 
@@ -706,7 +1089,8 @@ def adam_and_ema_micro(networks: dict[str, nn.Module], device: torch.device, ste
 def main() -> None:
     global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64", help=f"comma list of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64",
+                        help=f"comma list of {', '.join(CONFIGS)} (the translation configs are not in the default)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per timed block (default: sized so each config takes --seconds)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed blocks per runner (median)")
@@ -714,11 +1098,13 @@ def main() -> None:
     parser.add_argument("--experiments", default=DEFAULT_EXPERIMENTS,
                         help=f"comma list of {', '.join(EXPERIMENTS)}, or 'none'")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch", type=int, default=64, help="batch size of every runner (GPU target: 256)")
+    parser.add_argument("--batch", type=int, default=64,
+                        help="batch size of every runner of the DCGAN / WGAN-GP configs (GPU target: 256); the "
+                             "translation configs keep their own")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", default="dcgan28,dcgan64,wgangp64",
-                        help="configs whose synthmed step is profiled (DCGAN 64 also profiles the plain loop); "
-                             "'none' to skip")
+                        help="configs whose synthmed step is profiled (DCGAN 64 and the translation configs also "
+                             "profile the plain loop); 'none' to skip")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--max-minutes", type=float, default=6.0,
                         help="overall limit: budgets shrink to fit, configs that no longer fit are skipped")
@@ -742,7 +1128,8 @@ def main() -> None:
     doc: dict[str, Any] = {
         "benchmark": "training/speed",
         "command": "python " + " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
-        "machine": machine(device), "source": source_state(), "load_average_start": load_average(),
+        "machine": {**machine(device), "cpu_model": cpu_model()}, "source": source_state(),
+        "load_average_start": load_average(),
         "data": "random images uniform in [-1, 1] (N=2048, 1 channel), held in memory; speed does not depend on "
                 "pixel values in fp32",
         "batch_size": BATCH,
@@ -770,15 +1157,25 @@ def main() -> None:
             skipped[name] = "--max-minutes reached"
             print(f"\n== {name}: skipped, --max-minutes reached", flush=True)
             continue
-        images = random_images(2048, cfg["size"])
-        main = make_synthmed(cfg, device, images)
-        train_size = main.extra["train_size"]
-        g_forwards = g_forwards_per_step(main)
-        label = f"{cfg['label']}, networks at {train_size} px, {g_forwards} G forward(s) per step"
-        runners = [main, make_plain(cfg, device, images, train_size)]
-        monai_runner = make_monai(cfg, device, images, train_size)
-        if monai_runner is not None:
-            runners.append(monai_runner)
+        translation = cfg.get("kind") == "translation"
+        batch = cfg["batch"] if translation else BATCH
+        same_weights = None
+        if translation:
+            images = torch.empty(0)
+            main = make_translation_synthmed(cfg, device)
+            train_size, g_forwards, label = cfg["size"], None, cfg["label"]
+            runners = [main, make_translation_plain(cfg, device, main.extra["options"])]
+            same_weights = same_initial_weights(runners[0], runners[1])  # before any step
+        else:
+            images = random_images(2048, cfg["size"])
+            main = make_synthmed(cfg, device, images)
+            train_size = main.extra["train_size"]
+            g_forwards = g_forwards_per_step(main)
+            label = f"{cfg['label']}, networks at {train_size} px, {g_forwards} G forward(s) per step"
+            runners = [main, make_plain(cfg, device, images, train_size)]
+            monai_runner = make_monai(cfg, device, images, train_size)
+            if monai_runner is not None:
+                runners.append(monai_runner)
         exp_desc = {}
         for exp in exps:
             for c, rname, desc, kw in EXPERIMENTS[exp]:
@@ -799,7 +1196,10 @@ def main() -> None:
                         rname, kw = "synthmed_two_g_forwards", {"patch": "two_g_forwards"}
                         desc = ("synthmed step as committed before the reuse change: no-grad G forward for the D "
                                 "step, a second G forward (fresh latents) for the G step")
-                runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
+                if translation:
+                    runners.append(make_translation_synthmed(cfg, device, name=rname, description=desc, **kw))
+                else:
+                    runners.append(make_synthmed(cfg, device, images, name=rname, description=desc, **kw))
                 exp_desc[rname] = desc
         # Each experiment adds a quarter of --seconds, so the main comparison keeps most of its share.
         budget = min(args.seconds + args.seconds / 4 * len(exp_desc), 0.6 * allowance)
@@ -810,11 +1210,19 @@ def main() -> None:
                          default_threads=default_threads)
         entry: dict[str, Any] = {"label": label, "options": cfg["options"], "train_size": train_size,
                                  "g_forwards_per_step": g_forwards, "runners": {}}
+        if translation:
+            entry.update(
+                recipe=cfg["recipe"], batch_size=batch, channels=list(cfg["channels"]),
+                recipe_config=main.extra["options"], same_initial_weights=same_weights,
+                data=f"{TRANSLATION_IMAGES * batch} random {cfg['size']} px image pairs per side, uniform in [-1, 1], "
+                     "held in memory; both runners jitter them (upscale by the recipe's jitter, random crop back, "
+                     "random mirror): synthmed on the batch, the plain loop per sample in its Dataset",
+            )
         for r in runners:
             t = timing[r.name]
             entry["runners"][r.name] = {
                 "description": r.description, **t,
-                "images_per_s": t["steps_per_s"] * BATCH,
+                "images_per_s": t["steps_per_s"] * batch,
                 **{k: v for k, v in r.extra.items() if k in ("channels_last", "precision", "train_size")},
             }
         phase_t["timing"] = time.perf_counter() - t_phase
@@ -829,12 +1237,14 @@ def main() -> None:
             rv["ratio_vs_synthmed"] = rv["steps_per_s"] / base
         phase_t["flops"] = time.perf_counter() - t_phase
         t_phase = time.perf_counter()
-        entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
+        if not translation:  # (translation recipes keep no EMA copy)
+            entry["adam_and_ema_ms"] = adam_and_ema_micro(runners[0].networks, device)
         phase_t["adam_ema_micro"] = time.perf_counter() - t_phase
         t_phase = time.perf_counter()
         if name in profiled and time.perf_counter() - t_cfg < allowance:
-            to_profile = runners[:2] if name == "dcgan64" else runners[:1]
-            steps = 3 if timing["synthmed"]["warmup_step_seconds"] > 0.3 else 20
+            to_profile = runners[:2] if name == "dcgan64" or translation else runners[:1]
+            warm = timing["synthmed"]["warmup_step_seconds"]
+            steps = 2 if warm > 2 else 3 if warm > 0.3 else 20
             entry["profile"] = {r.name: profile_runner(r, steps, default_threads) for r in to_profile}
         if name == "dcgan64":
             G = runners[1].networks["G"]
@@ -853,6 +1263,8 @@ def main() -> None:
         for rname, rv in entry["runners"].items():
             print(f"  {rname:22s} {rv['steps_per_s']:7.3f} steps/s  x{rv['ratio_vs_plain']:.2f} vs plain "
                   f"(paired x{rv['paired_ratio_vs_plain']:.2f})  blocks {rv['steps_per_s_blocks']}", flush=True)
+        if same_weights is False:
+            print("  WARNING: synthmed and plain networks differ before training (not the same networks)", flush=True)
         del runners
         write_results(doc, results, peak_start, None, started, out, final=False)
 
@@ -918,7 +1330,7 @@ def print_table(doc: dict[str, Any]) -> None:
     g = doc["gemm_peak_gflop_s"]
     print(f"\nGEMM peak: {g['used']} GFLOP/s (start {g['start']}, end {g['end']}; 2048^2 fp32 probes before "
           f"timed blocks: median {g['probes_median']}, min {g['probes_min']})")
-    head = f"{'config':9s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
+    head = f"{'config':12s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
            f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s} {'MFU*':>6s} {'+MB':>6s}"
     print(head)
     print("-" * len(head))
@@ -926,7 +1338,7 @@ def print_table(doc: dict[str, Any]) -> None:
         for rname, rv in entry["runners"].items():
             flops = rv.get("flops_per_step", {}).get("total")
             mem = rv.get("peak_memory", {}).get("above_start_mb")
-            print(f"{cname:9s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.0f} "
+            print(f"{cname:12s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.1f} "
                   f"{rv['ratio_vs_plain']:8.2f} {rv['paired_ratio_vs_plain']:7.2f} "
                   f"{(flops / 1e9 if flops else float('nan')):10.1f} "
                   f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%} "

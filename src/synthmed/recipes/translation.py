@@ -164,7 +164,9 @@ def random_jitter(tensors: dict[str, torch.Tensor], *, crop: int, jitter: float,
         for i in range(n):
             part = t[i:i + 1, :, tops[i]:tops[i] + out_h, lefts[i]:lefts[i] + out_w]
             parts.append(part.flip(-1) if mirror[i] else part)
-        out[name] = torch.cat(parts).contiguous()
+        layout = torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and \
+            not t.is_contiguous() else torch.contiguous_format
+        out[name] = torch.cat(parts).contiguous(memory_format=layout)  # keep the trainer's NHWC batches NHWC
     return out
 
 
@@ -242,7 +244,14 @@ class _Translation(TranslationRecipe):
     prefers_channels_last = True
     preview_rows = 4
 
+    def _prefer_layout(self) -> None:
+        """NHWC only where measured faster on CPU: U-Nets with batch norm (1.28x); ResNet generators and instance
+        norm convert NHWC back to NCHW inside every block (1.12-1.24x slower, benchmarks/training_speed.py)."""
+        cfg = self.config
+        self.prefers_channels_last = cfg.generator.startswith("unet") and cfg.norm != "instance"
+
     def _check_common(self, config) -> None:  # type: ignore[no-untyped-def]
+        self._prefer_layout()
         _check_loss(config.loss)
         _check_choice("generator", config.generator, GENERATOR_NAMES)
         if config.crop < 0:
