@@ -22,6 +22,7 @@ from synthmed.data.intensity import (
 )
 from synthmed.data.paired import load_paired, load_unpaired
 from synthmed.errors import ConfigError, DataError
+from test_data import write_dicom
 
 RNG = np.random.default_rng(7)
 
@@ -195,30 +196,8 @@ def test_mask_mapping_reads_binary_and_writes_0_255(tmp_path: Path) -> None:
 
 
 def _write_dicom(path: Path, stored: np.ndarray, **attributes: object) -> Path:
-    """A one-frame 16-bit grey DICOM file (as tests/test_data.py writes them)."""
-    pydicom = pytest.importorskip("pydicom")
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientID, ds.Modality = "P1", "CT"
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    for key, value in attributes.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    try:
-        pydicom.dcmwrite(path, ds, enforce_file_format=True)
-    except TypeError:  # pydicom < 3
-        pydicom.dcmwrite(path, ds, write_like_original=False)
-    return path
+    """A one-frame 16-bit grey CT DICOM file (tests/test_data.py's writer with Modality CT)."""
+    return write_dicom(path, stored, **{"Modality": "CT", **attributes})
 
 
 def test_dicom_window_in_hu_round_trips_through_png_and_sidecar(tmp_path: Path) -> None:

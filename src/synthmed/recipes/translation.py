@@ -30,6 +30,7 @@ Deviations from the reference code (junyanz/pytorch-CycleGAN-and-pix2pix), each 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -291,8 +292,9 @@ class _Translation(TranslationRecipe):
         generator = self.networks[self._generator_name(direction)]
         return int(getattr(generator, "multiple", 1))
 
+    @abc.abstractmethod
     def _generator_name(self, direction: str) -> str:
-        raise NotImplementedError  # each recipe names its generators
+        """The name (in ``networks``) of the generator that translates in ``direction``."""
 
     def _adam(self, *names: str) -> torch.optim.Optimizer:
         params = [p for name in names for p in self.networks[name].parameters()]
