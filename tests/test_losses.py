@@ -187,6 +187,19 @@ def test_multiscale_l1() -> None:
         losses.multiscale_l1_loss([], [])
 
 
+def test_soft_dice_pools_the_batch() -> None:
+    # Two images, one class. Image 1: p = (1, 0.5), t = (1, 1); image 2: p = (0.5, 0), t = (0, 0) (no foreground).
+    # Pooled: overlap 1.5, sum p 2, sum t 2 -> Dice 0.75, loss 0.25 (a per-image Dice would be 0/0 on image 2).
+    p = torch.tensor([[[1.0, 0.5]], [[0.5, 0.0]]])
+    y = torch.tensor([[[1.0, 1.0]], [[0.0, 0.0]]])
+    close(losses.soft_dice_loss(p, y, eps=0.0), 0.25)
+    # Two classes averaged: class 0 as above (0.75), class 1 perfect on an empty truth and prediction (eps) -> 1.
+    p2, y2 = torch.cat([p, torch.zeros_like(p)], 1), torch.cat([y, torch.zeros_like(y)], 1)
+    assert losses.soft_dice_loss(p2, y2).item() == pytest.approx(1.0 - (0.75 + 1.0) / 2, abs=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        losses.soft_dice_loss(p, y[:1])
+
+
 def test_feature_matching() -> None:
     real = t(1.0, 2.0, 3.0, 4.0).view(2, 2).requires_grad_(True)
     fake = t(0.0, 0.0, 2.0, 2.0).view(2, 2).requires_grad_(True)

@@ -155,6 +155,25 @@ def multiscale_l1_loss(
     return torch.stack([l1_loss(a, b) for a, b in zip(features_a, features_b, strict=True)]).mean()
 
 
+def soft_dice_loss(probabilities: torch.Tensor, one_hot: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 - mean_c 2 sum(p_c t_c) / (sum p_c + sum t_c), each class's sums over the whole batch (batch Dice).
+
+    Pooling the batch keeps the loss defined on images without foreground (most LGG slices show no tumour),
+    where a per-image Dice is 0/0; ``eps`` makes a class absent from both terms count as perfect (loss 0).
+
+    Args:
+        probabilities: (N, C, *spatial) in [0, 1], one channel per scored class.
+        one_hot: the truth, same shape, in {0, 1}.
+        eps: added to numerator and denominator.
+    """
+    if probabilities.shape != one_hot.shape:
+        raise ValueError(f"probabilities {tuple(probabilities.shape)} and truth {tuple(one_hot.shape)} differ")
+    dims = [0, *range(2, probabilities.dim())]
+    overlap = (probabilities * one_hot).sum(dims)
+    total = probabilities.sum(dims) + one_hot.sum(dims)
+    return 1.0 - ((2.0 * overlap + eps) / (total + eps)).mean()
+
+
 def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
     """Salimans et al. 2016: mean_k (E_real f_k - E_fake f_k)^2, batch means of flattened features.
 

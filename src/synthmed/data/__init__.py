@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from synthmed.data import medmnist
-from synthmed.data._core import RawData, assemble
+from synthmed.data._core import RawData, assemble, reading_mask_targets
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.dicom import DICOM_SUFFIXES, load_dicom, looks_like_dicom, read_dicom
 from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_image_folder
@@ -27,7 +27,7 @@ from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
 from synthmed.data.npz import read_npz
 from synthmed.data.sets import DataSpec, TensorSet, TrainingSet, UnpairedSet
 from synthmed.data.splits import patient_split, random_split, stratified_patient_split, stratified_split
-from synthmed.data.transforms import pad_to, to_uint8
+from synthmed.data.transforms import check_mask_values, pad_to, to_uint8
 from synthmed.errors import ConfigError, DataError
 
 __all__ = [
@@ -72,6 +72,7 @@ def load_dataset(
     label_map: str | Mapping[str, str] | None = None,
     label_key_column: str | None = None,
     intensity_range: tuple[float, float] | None = None,
+    mask_values: str = "binary",
 ) -> ImageDataset:
     """Load any supported source as an :class:`ImageDataset`.
 
@@ -97,6 +98,10 @@ def load_dataset(
     percentiles, 16-bit and float image folders instead of 0..65535 / the folder's maximum / each image's range,
     named-array npz files instead of their value range; refused for MedMNIST and 8-bit-only image folders.
     Every source records its mapping in ``info.intensity`` (:mod:`synthmed.data.intensity`).
+    ``mask_values`` (npz masks, ``_mask`` files of image folders): ``"binary"`` masks become {0, 1};
+    ``"labels"``: label maps, whose whole values are class indices (0 = background), kept as float32 class
+    indices, with ``info.mask_classes`` = largest label over every row or file (every split) + 1, at least 2
+    (for segmentation targets: ``pair="image:mask"``, see :mod:`synthmed.data.paired`).
     Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
     """
     common = {
@@ -109,6 +114,7 @@ def load_dataset(
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     intensity_range = check_intensity_range(intensity_range)
+    masks = {"mask_values": check_mask_values(mask_values), "refuse_label_maps": reading_mask_targets()}
     text = "" if source is None else str(source)
     label_source = LabelSource.from_options(labels, label_column, label_map, label_key_column)
     if label_source is not None:
@@ -136,7 +142,7 @@ def load_dataset(
     if not path.exists():
         raise DataError(path, "no such file or folder")
     if path.is_dir():
-        return _load_folder(path, size, common, folder_groups, label_source, intensity_range)
+        return _load_folder(path, size, common, folder_groups, label_source, intensity_range, masks)
     name = path.name.lower()
     if name.endswith(".npz"):
         raw = read_npz(
@@ -148,6 +154,7 @@ def load_dataset(
             patient_key=patient_key,
             split_key=split_key,
             intensity_range=intensity_range,
+            **masks,
         )
         return assemble(raw, size=size, **common)
     if name.endswith(DICOM_SUFFIXES) or looks_like_dicom(path):
@@ -207,8 +214,10 @@ def _label_by_table(raw: RawData, root: Path, label_source: LabelSource | None) 
 
 def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str = "auto",
                  label_source: LabelSource | None = None,
-                 intensity_range: tuple[float, float] | None = None) -> ImageDataset:
-    """A folder holds images, DICOM or NIfTI files: exactly one kind."""
+                 intensity_range: tuple[float, float] | None = None,
+                 masks: dict[str, Any] | None = None) -> ImageDataset:
+    """A folder holds images, DICOM or NIfTI files: exactly one kind; ``masks`` are the mask options of image
+    folders (``mask_values``, ``refuse_label_maps``; DICOM and NIfTI folders have no masks)."""
     files = list_files(root)
     images = [p for p in files if p.suffix.lower() in IMAGE_FORMATS]
     niftis = [p for p in files if is_nifti(p)]
@@ -236,7 +245,7 @@ def _load_folder(root: Path, size: int | None, common: dict, folder_groups: str 
     else:
         split_args = {k: common[k] for k in ("split", "seed", "val_fraction", "test_fraction")}
         raw = read_image_folder(root, found, size=size, folder_groups=folder_groups, label_source=label_source,
-                                intensity_range=intensity_range, **split_args)
+                                intensity_range=intensity_range, **split_args, **(masks or {}))
     return assemble(raw, size=size, **common)
 
 
@@ -271,7 +280,8 @@ def load_training_set(
     (paired folders, unpaired sources).
 
     ``auto`` is ``records`` for CSV/parquet files, ``paired`` when ``target`` or ``pair`` is given, else
-    ``images``. Every kind is split by patient where patient ids exist.
+    ``images``. Every kind is split by patient where patient ids exist. ``mask_values="labels"`` (label-map
+    targets, class indices) applies to mask targets: paired folders and ``pair="image:mask"``.
     """
     if kind == "auto":
         if source is not None and str(source).lower().endswith(RECORD_SUFFIXES):
@@ -281,6 +291,10 @@ def load_training_set(
     if kind == "images":
         if target is not None or pair is not None:
             raise ConfigError("--target and --pair give paired or unpaired data, not images")
+        if check_mask_values(options.get("mask_values", "binary")) != "binary":
+            # Image batches carry masks as {0, 1} conditions; class indices are for segmentation targets.
+            raise ConfigError(f"mask_values={options['mask_values']!r} applies to mask targets (a target folder of "
+                              "label maps, or pair='image:mask'), not to images")
         return load_dataset(source, **options)
     pairing = {k: v for k, v in {"fov": fov, "match": match, "target_masks": target_masks}.items() if v is not None}
     if target_intensity_range is not None:

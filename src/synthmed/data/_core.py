@@ -9,6 +9,9 @@ from __future__ import annotations
 import numbers
 import warnings
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,28 @@ SPLIT_ALIASES = {
 }
 
 
+# True while a pair reads a source's masks as its targets (see mask_targets).
+_MASK_TARGETS: ContextVar[bool] = ContextVar("synthmed_mask_targets", default=False)
+
+
+@contextmanager
+def mask_targets() -> Iterator[None]:
+    """Within it, loaders read masks as training targets: binary masks (``mask_values="binary"``) that are a
+    multi-class label map are refused rather than binarised, since a segmentation target must not silently
+    lose its classes. Masks of plain image data keep their documented rule (any label > 0 is foreground).
+    A context rather than an option, so the user-facing options of ``load_dataset`` stay as they are."""
+    token = _MASK_TARGETS.set(True)
+    try:
+        yield
+    finally:
+        _MASK_TARGETS.reset(token)
+
+
+def reading_mask_targets() -> bool:
+    """Whether masks are being read as targets (inside :func:`mask_targets`)."""
+    return _MASK_TARGETS.get()
+
+
 @dataclass
 class RawData:
     """Arrays as a reader found them, before the shared preprocessing.
@@ -69,6 +94,9 @@ class RawData:
     #: How stored values became [-1, 1] (:class:`synthmed.data.intensity.IntensityMapping` as a dict), for
     #: ``DataInfo.intensity``; empty when the reader does not know.
     intensity: dict[str, Any] = field(default_factory=dict)
+    #: Label-map masks (data option ``mask_values="labels"``): the class count over every row (every split), and
+    #: ``masks`` hold class indices, kept as they are; 0: binary masks, {0, 1} (or still to be binarised).
+    mask_classes: int = 0
 
     def __len__(self) -> int:
         return len(self.images) if isinstance(self.images, list) else int(self.images.shape[0])
@@ -296,10 +324,11 @@ def assemble(
     side = images.shape[-1]
 
     masks = None
+    labels_kept = raw.mask_classes > 0  # label maps keep their class indices; binary masks are thresholded
     if isinstance(raw.masks, list):
-        masks = torch.cat([preprocess_masks(m[None], side) for m in raw.masks])
+        masks = torch.cat([preprocess_masks(m[None], side, labels=labels_kept) for m in raw.masks])
     elif raw.masks is not None:
-        masks = preprocess_masks(raw.masks, side, rows=rows)
+        masks = preprocess_masks(raw.masks, side, rows=rows, labels=labels_kept)
 
     labels = None if raw.labels is None else torch.as_tensor(raw.labels.astype(np.int64))
     info = DataInfo(
@@ -313,6 +342,7 @@ def assemble(
         channel_names=channel_names,
         attribution=raw.attribution,
         intensity=dict(raw.intensity),
+        mask_classes=raw.mask_classes if masks is not None else 0,
     )
     patients = None if raw.patients is None else np.asarray(raw.patients).astype(str)
     return ImageDataset(

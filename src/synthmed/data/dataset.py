@@ -33,6 +33,9 @@ class DataInfo:
     [-1, 1] (:meth:`synthmed.data.intensity.IntensityMapping.to_dict`, plain JSON-able dicts), so a translation
     tool can read a new file the same way and write its output back in the file's units; empty: unknown (runs
     saved before they were recorded, or data made in memory). They take no part in hashing (dicts cannot).
+    ``mask_classes``: for label-map mask targets (data option ``mask_values="labels"``), the number of classes
+    (largest label + 1, background 0 included; >= 2), the ``target`` holding class indices as float32 values;
+    0 for binary {0, 1} masks.
     """
 
     source: str
@@ -53,6 +56,7 @@ class DataInfo:
     sizes: tuple[int, ...] = ()
     intensity: dict[str, Any] = field(default_factory=dict, hash=False)
     target_intensity: dict[str, Any] = field(default_factory=dict, hash=False)
+    mask_classes: int = 0
 
     @property
     def image_size(self) -> int:

@@ -28,7 +28,10 @@ Layout rules (in this order):
   read as "no tumour"). Foreground follows the masks' value convention, decided over the whole folder
   (every split), never per image: see :func:`~synthmed.data.transforms.mask_threshold` (label maps: any
   label > 0; 8-bit black/white: > 127, which also reads JPEG-noisy masks right). Palette masks with colour
-  palettes are read as their palette indices (label maps).
+  palettes are read as their palette indices (label maps). With ``mask_values="labels"`` the masks are label
+  maps instead: their whole values are class indices (0 = background), kept as they are (nearest-neighbour
+  resize), and ``DataInfo.mask_classes`` is the largest label over every mask file (every split) + 1, at
+  least 2; colour, non-integer or negative masks, and masks of only 0 / 255 (binary), are refused.
 * **Pixels.** 8-bit images are scaled by 255, 16-bit by 65535 (their dtype range), float images by their
   own range. 16-bit grey images whose maximum over the whole folder is below 65535 / 4 (10/12/14-bit data,
   e.g. 0..4095) are scaled by that maximum instead, with a warning. ``intensity_range=(low, high)`` states
@@ -50,7 +53,7 @@ from __future__ import annotations
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -58,7 +61,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from synthmed.data._core import SPLIT_ALIASES, RawData, common_side, split_indices
 from synthmed.data.labels import LabelSource, SampleName, assign_labels
-from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, normalize, uint16_range
+from synthmed.data.transforms import (
+    check_mask_values,
+    distinct_levels,
+    fit_mask,
+    fit_square,
+    label_map_levels,
+    label_map_message,
+    label_problem,
+    mask_threshold,
+    normalize,
+    uint16_range,
+)
 from synthmed.errors import ConfigError, DataError
 
 IMAGE_FORMATS = {
@@ -258,6 +272,76 @@ def _mask_pixels(path: Path) -> np.ndarray:
     return array[..., 0] if array.ndim == 3 else array
 
 
+def _label_pixels(path: Path) -> np.ndarray:
+    """One label-map mask as stored: (H, W) class indices (grey values, colour-palette indices; 1-bit as 0 / 1),
+    refused with a :class:`DataError` naming the file when it is colour or holds no class indices."""
+    with _open(path) as img:
+        mode, colour = img.mode, not _is_grey(img) and img.mode != "P"
+    if colour:
+        raise DataError(path, f"is a colour ({mode}) image; a label map holds class indices in one grey channel "
+                              "(or as palette indices)")
+    array = _mask_pixels(path)
+    if mode == "1":
+        array = (array > 0).astype(np.uint8)  # _mask_pixels writes 1-bit masks as 0 / 255
+    problem = label_problem(array)
+    if problem is not None:
+        raise DataError(path, f"holds {problem}")
+    return array
+
+
+def label_classes(found: dict[Path, np.ndarray], others: list[Path]) -> int:
+    """The class count of label-map mask files (largest label + 1, at least 2) over the whole set, so it does
+    not depend on the split: the distinct values ``found`` in the files already read, and every other file,
+    read and checked here.
+
+    Args:
+        found: the distinct values (:func:`~synthmed.data.transforms.distinct_levels`) of each file read.
+        others: the set's other mask files (the other splits).
+
+    Raises:
+        DataError: a file that is no label map, or masks of only 0 and 255 (binary masks, naming one of them).
+    """
+    levels = dict(found)
+    for path in others:
+        levels[path] = distinct_levels(_label_pixels(path))
+    union = set().union(*(v.tolist() for v in levels.values())) if levels else set()
+    if 255 in union and union <= {0, 255}:  # the usual binary mask read with the wrong option
+        example = next(p for p, v in levels.items() if 255 in v)
+        raise DataError(example, "holds only the values 0 and 255, as do all the masks of its set: binary masks, not a "
+                                 "label map; load them with mask_values='binary'")
+    return max(int(max(union, default=0)) + 1, 2)
+
+
+@dataclass
+class _LabelMapCheck:
+    """Binary mode for mask targets: gathers mask values while every mask so far could be part of a label map
+    (:func:`~synthmed.data.transforms.label_map_levels`), to refuse the set when it is one."""
+
+    values: set[int] = field(default_factory=set)
+    open: bool = True
+    example: Path | None = None  # the file with the most distinct values
+    example_levels: np.ndarray | None = None
+
+    def add(self, mask: np.ndarray, path: Path) -> None:
+        if not self.open:
+            return
+        levels = label_map_levels(mask)
+        if levels is None:
+            self.open = False  # 0/255, grey levels, probabilities: binarised as always
+            return
+        self.values.update(levels.tolist())
+        if self.example_levels is None or levels.size > self.example_levels.size:
+            self.example, self.example_levels = path, levels
+
+    def refuse(self) -> None:
+        if not self.open or len(self.values) <= 2 or self.example is None:
+            return
+        if self.example_levels is not None and self.example_levels.size > 2:
+            raise DataError(self.example, label_map_message(self.example_levels))
+        # No file holds three values, but together they do (one file 0/1, another 0/2): still a label map.
+        raise DataError(self.example, "with the other masks of its set " + label_map_message(sorted(self.values)))
+
+
 def _mask_dtype(path: Path) -> np.dtype:
     """The dtype :func:`_mask_pixels` gives, from the header only."""
     with _open(path) as img:
@@ -274,18 +358,35 @@ def _peak_settled(dtype: np.dtype, peak: float) -> bool:
     return peak > {np.dtype(np.uint8): 10, np.dtype(np.uint16): 255}.get(dtype, 65535)
 
 
-def _mask_peaks(read: list[np.ndarray], others: list[Path]) -> dict[np.dtype, float]:
+def _mask_peaks(
+    read: list[np.ndarray], others: list[Path], read_paths: list[Path] | None = None
+) -> dict[np.dtype, float]:
     """Maximum per mask dtype over the whole folder: the masks already ``read`` (the selected split), and
-    of ``others`` only as many as can still change the threshold (label maps: all; 0/255 masks: none)."""
+    of ``others`` only as many as can still change the threshold (label maps: all; 0/255 masks: none).
+
+    Args:
+        read: the masks read (the selected split).
+        others: the set's other mask files.
+        read_paths: the files of ``read``, given for mask targets: a set that is a multi-class label map (whole
+            values below :data:`~synthmed.data.transforms.LABEL_MAP_LIMIT`, more than two in all) is then
+            refused with a :class:`DataError` instead of binarised.
+    """
     peaks: dict[np.dtype, float] = {}
-    for mask in read:
+    check = None if read_paths is None else _LabelMapCheck()
+    for i, mask in enumerate(read):
         peaks[mask.dtype] = max(peaks.get(mask.dtype, 0.0), float(mask.max(initial=0)))
+        if check is not None and read_paths is not None:
+            check.add(mask, read_paths[i])
     for path in others:
         dtype = _mask_dtype(path)
-        if _peak_settled(dtype, peaks.get(dtype, 0.0)):
+        if _peak_settled(dtype, peaks.get(dtype, 0.0)) and (check is None or not check.open):
             continue
         mask = _mask_pixels(path)
         peaks[mask.dtype] = max(peaks.get(mask.dtype, 0.0), float(mask.max(initial=0)))
+        if check is not None:
+            check.add(mask, path)
+    if check is not None:
+        check.refuse()
     return peaks
 
 
@@ -446,6 +547,27 @@ def folder_intensity(
     return IntensityMapping("image_range", dtype="float32").to_dict()
 
 
+def _entry_mask(entry: _Entry, shape: tuple[int, ...], side: int, found: dict[Path, np.ndarray] | None) -> np.ndarray:
+    """The mask of ``entry``, checked against its image's ``shape`` and fitted to ``side`` with its values kept
+    (binary masks are binarised later, one rule for the set).
+
+    Args:
+        entry: an image with a mask file.
+        shape: its image's (H, W).
+        side: the output side.
+        found: label maps: where to record the file's distinct values (full size); ``None``: binary masks.
+    """
+    path = entry.mask
+    assert path is not None
+    mask = _mask_pixels(path) if found is None else _label_pixels(path)
+    if found is not None:
+        found[path] = distinct_levels(mask)
+    if mask.shape != tuple(shape):
+        raise DataError(path, f"is {mask.shape[1]}x{mask.shape[0]} px but its image {entry.path.name} is "
+                              f"{shape[1]}x{shape[0]} px")
+    return fit_mask(mask, side)
+
+
 def read_image_folder(
     root: Path,
     files: list[Path],
@@ -458,12 +580,17 @@ def read_image_folder(
     folder_groups: str = "auto",
     label_source: LabelSource | None = None,
     intensity_range: tuple[float, float] | None = None,
+    mask_values: str = "binary",
+    refuse_label_maps: bool = False,
 ) -> RawData:
     """Read the image files ``files`` (found under ``root``) following the module's layout rules;
     ``folder_groups`` (``"auto"``, ``"class"``, ``"patient"``) says what sub-folders are; ``label_source``
     (a CSV, :mod:`synthmed.data.labels`) gives the labels, its sub-folders then being cases;
     ``intensity_range`` replaces the range of 16-bit and float grey images (8-bit images keep 0..255; a
-    folder of 8-bit images only refuses it)."""
+    folder of 8-bit images only refuses it); ``mask_values`` reads ``_mask`` files as ``"binary"`` masks or as
+    ``"labels"`` (label maps, see the module docstring); ``refuse_label_maps`` (masks read as targets) refuses
+    binary masks that are a multi-class label map instead of binarising them."""
+    labels_kept = check_mask_values(mask_values) == "labels"
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")
     rels = [f.relative_to(root).parts for f in files]
@@ -531,29 +658,28 @@ def read_image_folder(
         raise DataError(root, f"split '{split}' is empty ({len(images)} images in all); use split='all'")
 
     out_images, out_masks, meta = [], [], []
+    found: dict[Path, np.ndarray] = {}  # label maps: each file's distinct values, at full size
     for i in selected:
         entry = images[i]
         pixels = _pixels(entry.path, grey, range16, intensity_range)
         out_images.append(fit_square(pixels, side))
         info = {"path": str(entry.path)}
         if entry.mask is not None:
-            mask = _mask_pixels(entry.mask)
-            if mask.shape != pixels.shape[1:]:
-                raise DataError(
-                    entry.mask,
-                    f"is {mask.shape[1]}x{mask.shape[0]} px but its image {entry.path.name} "
-                    f"is {pixels.shape[2]}x{pixels.shape[1]} px",
-                )
-            out_masks.append(fit_mask(mask, side))  # values kept: binarised below, one rule for the set
+            out_masks.append(_entry_mask(entry, pixels.shape[1:], side, found if labels_kept else None))
             info["mask_path"] = str(entry.mask)
         if entry.split:
             info["split"] = entry.split
         meta.append(info)
+    mask_classes = 0
     if out_masks:
         chosen = set(selected)
         others = [e.mask for i, e in enumerate(images) if i not in chosen and e.mask is not None]
-        peaks = _mask_peaks(out_masks, others)
-        out_masks = [m > mask_threshold(m[:0], peak=peaks[m.dtype]) for m in out_masks]
+        if labels_kept:
+            mask_classes = label_classes(found, others)  # every split's files: one class count for all
+        else:
+            read_paths = [images[i].mask for i in selected] if refuse_label_maps else None
+            peaks = _mask_peaks(out_masks, others, read_paths)  # type: ignore[arg-type]
+            out_masks = [m > mask_threshold(m[:0], peak=peaks[m.dtype]) for m in out_masks]
 
     return RawData(
         source=str(root),
@@ -567,4 +693,5 @@ def read_image_folder(
         channel_names=() if grey else ("red", "green", "blue"),
         split_name=split,
         intensity=intensity,
+        mask_classes=mask_classes,
     )

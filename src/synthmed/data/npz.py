@@ -10,7 +10,9 @@ uint8 / uint16 / bool / float / int (scaled as :func:`~synthmed.data.transforms.
 data below 65535 / 4, e.g. 12-bit, by the file's maximum; ``intensity_range=(low, high)`` states the range
 instead); optional labels, masks, patient ids and a per-row split are read from the given keys or, when not
 given, from keys called ``labels``, ``masks``, ``patient``, ``split`` (and a few spellings). String labels
-become sorted class names. A ``channel_names`` key, or a known file family (``lgg_mri_*``), names the channels.
+become sorted class names. Masks are binarised later (``mask_values="binary"``), or are label maps of class
+indices (``mask_values="labels"``: whole values >= 0, classes counted over every row).
+A ``channel_names`` key, or a known file family (``lgg_mri_*``), names the channels.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import numpy as np
 
 from synthmed.data._core import RawData
 from synthmed.data.intensity import IntensityMapping, check_intensity_range
-from synthmed.data.transforms import value_range
+from synthmed.data.transforms import (
+    check_mask_values,
+    distinct_levels,
+    label_map_levels,
+    label_map_message,
+    label_problem,
+    value_range,
+)
 from synthmed.errors import ConfigError, DataError
 
 MEDMNIST_SPLITS = ("train", "val", "test")
@@ -151,6 +160,33 @@ def _masks(path: Path, key: str, masks: np.ndarray, n: int, hw: tuple[int, ...])
     return masks
 
 
+def _mask_classes(path: Path, key: str, masks: np.ndarray, mask_values: str, refuse_label_maps: bool) -> int:
+    """The class count of label-map masks over every row (largest label + 1, at least 2), their values checked;
+    0 for binary masks, refused when ``refuse_label_maps`` (mask targets) and they are a multi-class label map.
+
+    Args:
+        path: the file, for messages.
+        key: the masks' array name.
+        masks: the (N, H, W) masks as stored.
+        mask_values: ``"binary"`` or ``"labels"``.
+        refuse_label_maps: the masks become targets: binary mode refuses a label map instead of binarising it.
+    """
+    if mask_values == "labels":
+        problem = label_problem(masks)
+        if problem is not None:
+            raise DataError(path, f"array '{key}' holds {problem}")
+        levels = distinct_levels(masks)
+        if 255 in levels and set(levels.tolist()) <= {0, 255}:
+            raise DataError(path, f"array '{key}' holds only the values 0 and 255: binary masks, not a label map; "
+                                  "load them with mask_values='binary'")
+        return max(int(levels.max(initial=0)) + 1, 2)
+    if refuse_label_maps:
+        levels_found = label_map_levels(masks)
+        if levels_found is not None and levels_found.size > 2:
+            raise DataError(path, f"array '{key}' " + label_map_message(levels_found))
+    return 0
+
+
 def _find(keys: list[str], role: str, given: str | None, path: Path) -> str | None:
     if given is not None:
         if given not in keys:
@@ -185,11 +221,16 @@ def read_npz(
     attribution: str = "",
     source: str | None = None,
     intensity_range: tuple[float, float] | None = None,
+    mask_values: str = "binary",
+    refuse_label_maps: bool = False,
 ) -> RawData:
     """Read an .npz in MedMNIST layout or as named arrays (see the module docstring); ``intensity_range``
     states the range mapped to [-1, 1] instead of :func:`~synthmed.data.transforms.value_range`'s (named arrays
-    only: refused for MedMNIST files, whose 8-bit images are always scaled 0..255)."""
+    only: refused for MedMNIST files, whose 8-bit images are always scaled 0..255); ``mask_values`` reads the
+    masks as ``"binary"`` or as ``"labels"`` (label maps); ``refuse_label_maps`` (masks read as targets)
+    refuses binary masks that are a multi-class label map."""
     intensity_range = check_intensity_range(intensity_range)
+    check_mask_values(mask_values)
     arrays = open_npz(path)
     keys = list(arrays.keys())
     if is_medmnist_layout(keys) and image_key == "images" and "images" not in keys:
@@ -222,8 +263,10 @@ def read_npz(
     if labels is not None:
         labels, names = _int_labels(path, str(label_name), labels)
     mask_name, masks = per_row("mask", mask_key)
+    mask_classes = 0
     if masks is not None:
         masks = _masks(path, str(mask_name), masks, n, hw)
+        mask_classes = _mask_classes(path, str(mask_name), masks, mask_values, refuse_label_maps)
     _, patients = per_row("patient", patient_key)
     _, splits = per_row("split", split_key)
     num_channels = images.shape[-1] if channels_last else images.shape[1]
@@ -243,6 +286,7 @@ def read_npz(
         class_names=names or class_names,
         channel_names=_channel_names(path, arrays, num_channels),
         attribution=attribution,
+        mask_classes=mask_classes,
     )
 
 

@@ -12,7 +12,7 @@ filled (its spec is kind ``paired``):
   optional ``fov=`` folder (DRIVE's field-of-view masks), matched the same way, becomes ``mask``.
   A target folder of grey images with at most two values each (``0``/``255`` vessel trees, lesion masks) is read
   as masks (``target_masks=None``: decided on up to 8 files spread over the folder; force it with ``True`` /
-  ``False``).
+  ``False``); with ``mask_values="labels"`` it is always read as label maps.
 * **One source, its masks as targets**: ``pair="image:mask"`` (an npz with masks, a folder with ``_mask`` files);
   ``"mask:image"`` turns it round (the mask, scaled to {-1, 1}, is the input image).
 * **Channels of one array**: ``pair="A:B"``, each side channel names or indices, or comma lists of them
@@ -21,6 +21,18 @@ filled (its spec is kind ``paired``):
 Values: ``image`` is float32 (N, C, H, W) in [-1, 1]; ``target`` too, except a **mask target**, which stays as
 masks are everywhere in the package: float32 (N, 1, H, W) in {0, 1} (``DataInfo.target_is_mask``, target name
 ``mask``). ``mask`` (fov or the source's masks) is {0, 1}; ``label`` int64 where the source has labels.
+
+**Label maps** (multi-class segmentation, data option ``mask_values="labels"``, CLI ``--mask-values labels``):
+the mask target's whole values are class indices (0 = background), kept as they are (nearest-neighbour resize
+only), as float32 (N, 1, H, W) class indices; ``DataInfo.mask_classes`` is the largest label found over every
+file or row of the source (every split, so the count never depends on the split) + 1, at least 2. Colour,
+non-integer or negative masks are refused, naming the file, and so are masks of only 0 and 255 (binary masks).
+It applies to a target folder (always read as masks then) and to ``pair="image:mask"``. In the default
+``mask_values="binary"``, mask targets whose values look like a label map are refused (a segmentation target
+must not silently lose its classes): whole values >= 0, all below 32
+(:data:`~synthmed.data.transforms.LABEL_MAP_LIMIT`), more than two distinct ones over the set. 0/255 masks,
+JPEG noise and anti-aliased edges around them reach above 32 and are binarised as before; so are grey-level
+or probability masks (non-integer values).
 An image and its target always get the same crop and resize, and the split is made once, on the pairs: by
 patient where ids exist (npz ``patient_key``, folders whose first-level sub-folders are patients), so an image
 and its target never land in different splits.
@@ -51,23 +63,34 @@ import numpy as np
 import torch
 
 from synthmed.data import load_dataset
-from synthmed.data._core import SPLIT_ALIASES, common_side, non_finite_problem, split_indices
+from synthmed.data._core import SPLIT_ALIASES, common_side, mask_targets, non_finite_problem, split_indices
 from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.data.folder import (
     FOLDER_GROUPS,
     IMAGE_FORMATS,
     _is_16bit,
     _is_grey,
+    _label_pixels,
     _mask_peaks,
     _mask_pixels,
     _open,
     _pixels,
     folder_scaling,
+    label_classes,
     list_files,
 )
 from synthmed.data.intensity import IntensityMapping, check_intensity_range
 from synthmed.data.sets import TensorSet, UnpairedSet
-from synthmed.data.transforms import fit_mask, fit_square, mask_threshold, parse_channels
+from synthmed.data.transforms import (
+    check_mask_values,
+    distinct_levels,
+    fit_mask,
+    fit_square,
+    label_map_levels,
+    label_map_message,
+    mask_threshold,
+    parse_channels,
+)
 from synthmed.errors import ConfigError, DataError
 
 __all__ = ["image_option_defaults", "load_paired", "load_unpaired", "refuse_options"]
@@ -314,14 +337,23 @@ def _scan(paths: list[Path]) -> tuple[list[tuple[int, int]], bool, list[Path], i
 
 def _looks_like_masks(paths: list[Path]) -> bool:
     """Grey files with at most two values each (0/255 vessel trees, lesion masks), judged on a few files spread
-    over the sorted folder, so the answer does not depend on the split."""
+    over the sorted folder, so the answer does not depend on the split. When every sampled file has whole values
+    below 32 and one has more than two, the folder is a label map and refused (load it with
+    ``mask_values="labels"``); a single dark image among them (values 0..2) does not make a label map."""
     picks = sorted({round(i * (len(paths) - 1) / max(MASK_SAMPLE - 1, 1)) for i in range(MASK_SAMPLE)})
+    label_map: tuple[Path, np.ndarray] | None = None
     for i in picks:
         with _open(paths[i]) as img:
             if not _is_grey(img):
                 return False
-        if np.unique(_mask_pixels(paths[i])).size > 2:
-            return False
+        pixels = _mask_pixels(paths[i])
+        if np.unique(pixels).size > 2:
+            levels = label_map_levels(pixels)
+            if levels is None:
+                return False  # grey levels: images
+            label_map = label_map or (paths[i], levels)
+    if label_map is not None:
+        raise DataError(label_map[0], label_map_message(label_map[1]) + " (or target_masks=False for images)")
     return True
 
 
@@ -333,9 +365,16 @@ def _read_image(path: Path, grey: bool, range16: tuple[float, float], side: int,
     return fit_square(pixels, side)
 
 
-def _binarised(masks: list[np.ndarray], others: list[Path]) -> torch.Tensor:
-    """{0, 1} masks (N, 1, H, W); the foreground threshold comes from every file of the folder, not one split."""
-    peaks = _mask_peaks(masks, others)
+def _binarised(masks: list[np.ndarray], others: list[Path], read_paths: list[Path] | None = None) -> torch.Tensor:
+    """{0, 1} masks (N, 1, H, W); the foreground threshold comes from every file of the folder, not one split.
+
+    Args:
+        masks: the masks read (the selected split).
+        others: the folder's other mask files.
+        read_paths: the files of ``masks`` when they are targets: a label map is then refused (see
+            :func:`~synthmed.data.folder._mask_peaks`).
+    """
+    peaks = _mask_peaks(masks, others, read_paths)
     out = np.stack([m > mask_threshold(m[:0], peak=peaks[m.dtype]) for m in masks])
     return torch.from_numpy(out.astype(np.float32))[:, None]
 
@@ -383,6 +422,33 @@ def _scalings(image_root: Path, target_root: Path, images: tuple[int, bool, list
     return sides[0], sides[1]
 
 
+def _read_target(path: Path, side: int, scale: _Scaling | None, found: dict[Path, np.ndarray] | None) -> np.ndarray:
+    """One target file fitted to ``side``: an image scaled by ``scale``, else a mask with its values kept
+    (binarised later, one rule for the set), or a checked label map when ``found`` records label values.
+
+    Args:
+        path: the target file.
+        side: the output side.
+        scale: the target folder's scaling when its files are images; ``None`` for masks.
+        found: label maps: where to record the file's distinct values (full size); ``None`` otherwise.
+    """
+    if scale is not None:
+        return _read_image(path, scale.grey, scale.range16, side, scale.float_range)
+    if found is None:
+        return fit_mask(_mask_pixels(path), side)
+    label_map = _label_pixels(path)
+    found[path] = distinct_levels(label_map)
+    return fit_mask(label_map, side)  # nearest neighbour: class indices stay as they are
+
+
+def _labels_kept(mask_values: str, target_masks: bool | None) -> bool:
+    """Whether a target folder is read as label maps (``mask_values="labels"``, which makes it masks)."""
+    if check_mask_values(mask_values) == "labels" and target_masks is False:
+        raise ConfigError("target_masks=False reads the targets as images, mask_values='labels' as label maps; "
+                          "give one of them")
+    return mask_values == "labels"
+
+
 def _paired_folders(
     source: str | Path, target: str | Path, fov: str | Path | None, match: str | None,
     target_masks: bool | None, options: dict[str, Any], target_intensity_range: Any = None,
@@ -421,7 +487,8 @@ def _paired_folders(
     _check_shapes(images, shapes, targets, "target")
     if fovs is not None:
         _check_shapes(images, shapes, fovs, "field-of-view mask")
-    as_masks = _looks_like_masks(targets) if target_masks is None else bool(target_masks)
+    labels_kept = _labels_kept(opts["mask_values"], target_masks)
+    as_masks = labels_kept or (_looks_like_masks(targets) if target_masks is None else bool(target_masks))
     target_scan = None if as_masks else (len(targets), *_scan(targets)[1:])
     scale, target_scale = _scalings(image_root, target_root, (len(images), *image_scan), target_scan,
                                     opts["intensity_range"], target_intensity_range)
@@ -441,13 +508,11 @@ def _paired_folders(
     rest = sorted(set(range(len(images))) - set(selected))
 
     image_out, target_out, fov_out, meta = [], [], [], []
+    found: dict[Path, np.ndarray] = {}  # label maps: each target file's distinct values, at full size
     for i in selected:
         image_out.append(_read_image(images[i], grey, scale.range16, side, scale.float_range))
-        if as_masks:
-            target_out.append(fit_mask(_mask_pixels(targets[i]), side))
-        else:
-            target_out.append(_read_image(targets[i], target_scale.grey, target_scale.range16, side,
-                                          target_scale.float_range))
+        target_out.append(_read_target(targets[i], side, target_scale if not as_masks else None,
+                                       found if labels_kept else None))
         info = {"path": str(images[i]), "target_path": str(targets[i])}
         if fovs is not None:
             fov_out.append(fit_mask(_mask_pixels(fovs[i]), side))
@@ -462,9 +527,14 @@ def _paired_folders(
     if picked is not None:  # channels pick the image side; the target keeps its own
         image_tensor = image_tensor[:, picked].contiguous()
         names = tuple(names[i] for i in picked) if names else ()
-    if as_masks:
-        target_tensor = _binarised(target_out, [targets[i] for i in rest])
+    mask_classes = 0
+    if labels_kept:
+        mask_classes = label_classes(found, [targets[i] for i in rest])  # every split's files: one class count
+        target_tensor = torch.from_numpy(np.stack(target_out).astype(np.float32))[:, None]
         target_names: tuple[str, ...] = ("mask",)
+    elif as_masks:
+        target_tensor = _binarised(target_out, [targets[i] for i in rest], [targets[i] for i in selected])
+        target_names = ("mask",)
     else:
         target_tensor = torch.from_numpy(np.stack(target_out))
         target_names = () if target_scale.grey else RGB
@@ -474,6 +544,7 @@ def _paired_folders(
         num_classes=len(class_names), class_names=class_names, split=split, channel_names=names, kind="paired",
         target_channels=int(target_tensor.shape[1]), target_names=target_names, target_is_mask=as_masks,
         target_source=str(target_root), intensity=scale.intensity, target_intensity=target_scale.intensity,
+        mask_classes=mask_classes,
     )
     return ImageDataset(
         images=image_tensor, info=info, targets=target_tensor, masks=fov_tensor,
@@ -487,12 +558,20 @@ def _paired_folders(
 
 def _one_source(source: Any, pair: str, options: dict[str, Any]) -> ImageDataset:
     """Load one source for ``pair``: all channels when the pair picks channels (so both sides share one load:
-    one split, one normalisation, one crop and resize)."""
+    one split, one normalisation, one crop and resize). Masks taken as targets refuse label maps read as
+    binary (:func:`~synthmed.data._core.mask_targets`)."""
     a, b = _parse_pair(pair)
     if _role(a) is None and _role(b) is None and options.get("channels") is not None:
         raise ConfigError(f"channels={options['channels']!r} and pair={pair!r} both choose channels; "
                           "give them in pair only")
-    return load_dataset(source, **options)
+    if check_mask_values(options.get("mask_values", "binary")) == "labels" and (_role(a), _role(b)) != (
+            "image", "mask"):
+        raise ConfigError(f"mask_values='labels' makes the source's masks label-map targets: use pair='image:mask' "
+                          f"(got pair={pair!r})")
+    if _role(a) is None and _role(b) is None:
+        return load_dataset(source, **options)
+    with mask_targets():
+        return load_dataset(source, **options)
 
 
 def load_paired(
@@ -521,7 +600,8 @@ def load_paired(
             the key shared by an image and its target (and fov mask), e.g. ``r"^(\\d+)_"`` for DRIVE.
         fov: with ``target``: a folder of field-of-view masks matched the same way; they become ``mask``.
         target_masks: with ``target``: read targets as {0, 1} masks (``True``), as images in [-1, 1]
-            (``False``), or decide (``None``: grey files with at most two values are masks).
+            (``False``), or decide (``None``: grey files with at most two values are masks). The option
+            ``mask_values="labels"`` reads them as label maps instead (class indices, ``info.mask_classes``).
         options: image options of :func:`~synthmed.data.load_dataset` (``size``, ``split``, ``channels``,
             ``seed``, ...). With ``target``, ``channels`` picks the image's channels and the npz / download
             options do not apply; with ``pair="A:B"`` the pair picks the channels. ``intensity_range`` applies to
@@ -530,9 +610,11 @@ def load_paired(
             beside MR in scanner units); default: ``intensity_range``.
 
     Raises:
-        ConfigError: neither or both of ``target`` and ``pair``; options that do not apply.
+        ConfigError: neither or both of ``target`` and ``pair``; options that do not apply;
+            ``mask_values="labels"`` with a pair other than ``"image:mask"``.
         DataError: unmatched files (naming the folder and an example), sizes that differ within a pair,
-            a source without masks for ``"image:mask"``.
+            a source without masks for ``"image:mask"``, mask targets that are a label map read as binary, or
+            label maps with non-integer, negative or colour values (naming the file).
     """
     refuse_options(options, frozenset(image_option_defaults()), "paired data")
     if (target is None) == (pair is None):
@@ -542,7 +624,7 @@ def load_paired(
         if source is None:
             raise ConfigError("paired folders need a source folder of images beside target=")
         allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups",
-                   "intensity_range"}
+                   "intensity_range", "mask_values"}
         refuse_options(options, allowed, "paired image folders")
         return _paired_folders(source, target, fov, match, target_masks, options, target_intensity_range)
     if match is not None or fov is not None or target_masks is not None or target_intensity_range is not None:
@@ -622,6 +704,9 @@ def load_unpaired(
         raise ConfigError("unpaired data need target=FOLDER_OR_FILE (domain B) or pair='A:B' (channel groups of "
                           f"disjoint patients), one of them (got {'both' if target is not None else 'neither'})")
     if target is not None:
+        if check_mask_values(options.get("mask_values", "binary")) == "labels":
+            raise ConfigError("mask_values='labels' applies to mask targets; two unpaired sources carry no masks "
+                              "(use pair='image:mask' for a source's label maps)")
         a = load_dataset(source, **options)
         b_range = options.get("intensity_range") if target_intensity_range is None else target_intensity_range
         b = load_dataset(target, **{**options, "size": options.get("size") or a.info.height,

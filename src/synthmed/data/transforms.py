@@ -1,7 +1,12 @@
 """Array transforms shared by every source (numpy / PIL / torch only, no torchvision).
 
 Conventions: images are (N, C, H, W) (or (C, H, W) where noted); model-space values are float32 in [-1, 1].
-Masks are resized with nearest neighbour so they stay binary.
+Masks are resized with nearest neighbour so they stay binary (or, label maps, keep their class indices).
+
+Mask values (the data option ``mask_values``, :data:`MASK_VALUES`): ``"binary"`` masks become {0, 1} by
+:func:`mask_threshold`; ``"labels"`` masks are label maps whose whole values 0, 1, 2, ... are class indices
+(0 = background), checked by :func:`label_problem`. :func:`label_map_levels` recognises a label map read as
+binary: whole values ``>= 0``, all below :data:`LABEL_MAP_LIMIT`, more than two of them.
 """
 
 from __future__ import annotations
@@ -16,9 +21,15 @@ import torch.nn.functional as F
 from synthmed.errors import ConfigError
 
 __all__ = [
+    "LABEL_MAP_LIMIT",
+    "MASK_VALUES",
     "center_crop_square",
+    "check_mask_values",
     "fit_mask",
     "fit_square",
+    "label_map_levels",
+    "label_map_message",
+    "label_problem",
     "mask_threshold",
     "normalize",
     "pad_to",
@@ -33,6 +44,12 @@ __all__ = [
 
 # Images converted to float at once; bounds peak memory for large npz files (e.g. 3350 x 3 x 128 x 128).
 CHUNK = 256
+
+MASK_VALUES = ("binary", "labels")  # how mask values are read: {0, 1} foreground, or class indices
+# Binary mode: whole values >= 0 all below this, more than two of them, are a label map, not a grey-level
+# mask. 0/255 masks, JPEG noise around them and anti-aliased edges all reach far above it; 1..31 are labels.
+LABEL_MAP_LIMIT = 32
+_LEVEL_ELEMENTS = 1 << 22  # mask values counted at once (bincount widens them to int64)
 
 
 def value_range(
@@ -172,13 +189,21 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(((np.arange(n_out) + 0.5) * (n_in / n_out)).astype(np.int64), n_in - 1)
 
 
-def preprocess_masks(masks: np.ndarray, size: int | None, *, rows: np.ndarray | None = None) -> torch.Tensor:
+def preprocess_masks(
+    masks: np.ndarray, size: int | None, *, rows: np.ndarray | None = None, labels: bool = False
+) -> torch.Tensor:
     """(N, H, W) masks of any dtype -> float32 tensor (N', 1, size, size) in {0, 1} (nearest neighbour).
 
     The foreground threshold (:func:`mask_threshold`) comes from the dtype and the whole array, so every
     sample is binarised the same way.
+
+    Args:
+        masks: the masks as stored.
+        size: the output side (``None``: the masks' own, cropped to a square).
+        rows: the rows to take (``None``: all), gathered chunk by chunk.
+        labels: label maps: keep the values as float32 class indices instead of binarising them.
     """
-    threshold = mask_threshold(masks)
+    threshold = None if labels else mask_threshold(masks)
     n = masks.shape[0] if rows is None else len(rows)
     side = size or min(masks.shape[1:3])
     out = torch.empty((n, 1, side, side), dtype=torch.float32)
@@ -186,9 +211,101 @@ def preprocess_masks(masks: np.ndarray, size: int | None, *, rows: np.ndarray | 
         chunk = masks[start : start + CHUNK] if rows is None else masks[rows[start : start + CHUNK]]
         chunk = center_crop_square(chunk)
         index = _nearest_index(chunk.shape[-1], side)
-        chunk = chunk[:, index][:, :, index] > threshold
+        chunk = chunk[:, index][:, :, index]
+        chunk = chunk.astype(np.float32) if threshold is None else chunk > threshold
         out[start : start + CHUNK, 0] = torch.from_numpy(chunk)
     return out
+
+
+def check_mask_values(value: str) -> str:
+    """``value`` when it is one of :data:`MASK_VALUES`, else a one-line :class:`ConfigError`.
+
+    Args:
+        value: the ``mask_values`` option.
+    """
+    if value not in MASK_VALUES:
+        raise ConfigError(f"mask_values={value!r}: choose binary ({{0, 1}} masks) or labels (label maps whose "
+                          "values 0, 1, 2, ... are class indices)")
+    return value
+
+
+def _value_chunks(masks: np.ndarray) -> list[np.ndarray]:
+    """``masks`` in pieces along the first axis, each of about :data:`_LEVEL_ELEMENTS` values (one mask, or a
+    stack of them: a large npz array is never widened whole)."""
+    if masks.ndim < 3 or masks.size <= _LEVEL_ELEMENTS:
+        return [masks]
+    step = max(1, _LEVEL_ELEMENTS // max(1, masks[0].size))
+    return [masks[start : start + step] for start in range(0, masks.shape[0], step)]
+
+
+def label_problem(masks: np.ndarray) -> str | None:
+    """What keeps ``masks`` from being a label map of class indices, or ``None``: NaN / infinite values,
+    values that are not whole numbers, negative values (the words follow "holds" / "hold" in a message).
+
+    Args:
+        masks: one mask (H, W) or a stack (N, H, W), as stored.
+    """
+    if masks.dtype.kind == "b" or masks.size == 0:
+        return None
+    for chunk in _value_chunks(masks):
+        if chunk.dtype.kind in "fc":
+            if not np.isfinite(chunk).all():
+                return "NaN or infinite values; a label map holds class indices 0, 1, 2, ..."
+            whole = chunk == np.round(chunk)
+            if not whole.all():
+                example = float(chunk[~whole].flat[0])
+                return (f"non-integer values (e.g. {example:g}); a label map holds whole class indices 0, 1, 2, ... "
+                        "(grey-level masks: mask_values='binary')")
+        low = float(chunk.min())
+        if low < 0:
+            return f"negative values (min {low:g}); class indices start at 0 (background)"
+    return None
+
+
+def distinct_levels(masks: np.ndarray) -> np.ndarray:
+    """The sorted distinct values (int64) of masks holding whole numbers >= 0 (check with :func:`label_problem`
+    first); counted a piece at a time, so a large stack is never sorted or widened whole.
+
+    Args:
+        masks: one mask (H, W) or a stack (N, H, W).
+    """
+    if masks.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    peak = int(masks.max())
+    if peak >= 1 << 16:  # a few wide labels: unique is cheaper than a huge count array
+        return np.unique(np.concatenate([np.unique(c) for c in _value_chunks(masks)])).astype(np.int64)
+    counts = np.zeros(peak + 1, dtype=np.int64)
+    for chunk in _value_chunks(masks):
+        counts += np.bincount(chunk.reshape(-1).astype(np.int64), minlength=peak + 1)
+    return np.flatnonzero(counts)
+
+
+def label_map_levels(masks: np.ndarray) -> np.ndarray | None:
+    """The distinct values of ``masks`` when they may be part of a label map read as binary (whole values
+    >= 0, all below :data:`LABEL_MAP_LIMIT`), else ``None`` (0/255 masks, probabilities, grey levels).
+
+    Args:
+        masks: one mask (H, W) or a stack (N, H, W), as stored.
+    """
+    if masks.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    if float(masks.max()) >= LABEL_MAP_LIMIT or float(masks.min()) < 0:  # NaN compares False: checked next
+        return None
+    if label_problem(masks) is not None:
+        return None
+    return distinct_levels(masks)
+
+
+def label_map_message(levels: np.ndarray | list[int]) -> str:
+    """The refusal of a label map read as binary masks, naming its values (the caller adds the file).
+
+    Args:
+        levels: the distinct values found (more than two).
+    """
+    values = [int(v) for v in levels]
+    shown = ", ".join(str(v) for v in values[:4]) + (", ..." if len(values) > 4 else "")
+    return (f"holds {len(values)} distinct values ({shown}): a multi-class label map; load it with "
+            "mask_values='labels' (--mask-values labels)")
 
 
 def mask_threshold(masks: np.ndarray, peak: float | None = None) -> float:

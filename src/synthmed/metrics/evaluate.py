@@ -273,6 +273,9 @@ def _run_data(run: Path) -> tuple[str, str, dict[str, Any]]:
 
     config = read_run_config(run / "config.yaml")
     options = {key: getattr(config.data, key) for key in RUN_DATA_OPTIONS}
+    for key in ("val_fraction", "test_fraction"):  # a run's own split fractions, or the loader's defaults
+        if getattr(config.data, key, None) is not None:
+            options[key] = getattr(config.data, key)
     options["seed"] = config.data.split_seed
     return config.data.source or "breastmnist", config.data.split, options
 

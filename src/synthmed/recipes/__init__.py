@@ -13,6 +13,7 @@ from synthmed.recipes.base import (
     Phase,
     Preview,
     Recipe,
+    SegmentationRecipe,
     TranslationRecipe,
     config_to_dict,
     get_recipe,
@@ -20,6 +21,7 @@ from synthmed.recipes.base import (
     register_recipe,
 )
 from synthmed.recipes.conditional import ACGAN, ConditionalGAN, ConditionalWGANGP  # noqa: F401 (registers them)
+from synthmed.recipes.segmentation import Pix2PixSeg, SegAN, UNet  # noqa: F401 (registers unet, segan, pix2pix-seg)
 from synthmed.recipes.step import StepContext, frozen
 from synthmed.recipes.translation import CycleGAN, Pix2Pix  # noqa: F401 (registers pix2pix and cyclegan)
 from synthmed.recipes.unconditional import UnconditionalConfig, UnconditionalGAN
@@ -41,6 +43,7 @@ __all__ = [
     "Phase",
     "Preview",
     "Recipe",
+    "SegmentationRecipe",
     "StepContext",
     "TranslationRecipe",
     "UnconditionalConfig",

@@ -151,6 +151,15 @@ class Recipe(abc.ABC):
         """Restore what :meth:`extra_state` returned. Default: there is nothing to restore."""
         return None
 
+    #: Name of the score :meth:`validation_score` returns (higher is better), or None: the recipe has no
+    #: validation score, and ``--eval-every`` scores generated images (FID) instead.
+    validation_metric: ClassVar[str | None] = None
+
+    def validation_score(self, data: TrainingSet) -> float:
+        """The recipe's score on held-out ``data`` (the validation split), higher is better; used with
+        ``--eval-every`` to keep the best checkpoint. Only recipes that set :attr:`validation_metric` have one."""
+        raise ConfigError(f"recipe {self.name!r} has no validation score")
+
     def summary(self) -> dict[str, Any]:
         from synthmed.nn import count_parameters
 
@@ -324,6 +333,46 @@ class TranslationRecipe(Recipe):
     def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
         """Outputs for ``images`` (N, C, H, W) in [-1, 1] on the recipe's device, sides multiples of
         :meth:`size_multiple`: images in [-1, 1], or mask probabilities in [0, 1] (:meth:`output_is_mask`)."""
+
+
+class SegmentationRecipe(TranslationRecipe):
+    """A recipe whose trained model maps an image to a mask of ``num_classes`` classes (``synthmed segment``).
+
+    Binary runs (``num_classes == 2``) predict one foreground probability per pixel; multi-class runs one softmax
+    probability per class (class 0 = background). Targets are the data layer's masks: {0, 1}, or class indices
+    for label maps (``DataInfo.mask_classes``). As a :class:`TranslationRecipe` its :meth:`translate` returns the
+    probabilities, so the translation tooling (tiling, file formats) applies unchanged.
+    """
+
+    #: Classes including the background (2 = binary).
+    num_classes: int = 2
+    validation_metric = "val_dice"
+
+    @property
+    def binary(self) -> bool:
+        return self.num_classes == 2
+
+    def output_channels(self, direction: str = "AtoB") -> int:
+        self.check_direction(direction)
+        return 1 if self.binary else self.num_classes
+
+    def output_is_mask(self, direction: str = "AtoB") -> bool:
+        return self.check_direction(direction) == "AtoB"
+
+    @abc.abstractmethod
+    def segment(self, images: torch.Tensor) -> torch.Tensor:
+        """Probabilities for ``images`` (N, C, H, W) in [-1, 1], sides multiples of :meth:`size_multiple`:
+        (N, 1, H, W) foreground probabilities (binary) or (N, K, H, W) class probabilities summing to 1."""
+
+    def translate(self, images: torch.Tensor, direction: str = "AtoB") -> torch.Tensor:
+        self.check_direction(direction)
+        return self.segment(images)
+
+    def labels_from_probabilities(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """Class indices (N, H, W) int64: foreground where p >= 0.5 (binary), else the most probable class."""
+        if probabilities.shape[1] == 1:
+            return (probabilities[:, 0] >= 0.5).long()
+        return probabilities.argmax(1)
 
 
 RECIPES: dict[str, type[Recipe]] = {}

@@ -54,11 +54,33 @@ class DataConfig:
     label_map: str | None = None
     #: The labels CSV's column naming each image or case (default: its first column).
     label_key_column: str | None = None
+    #: Mask targets: "binary" ({0, 1} masks) or "labels" (label maps of class indices 0, 1, 2, ...; segmentation).
+    mask_values: str = "binary"
+    #: Share of patients (or images) split off as val / test where the source has no split of its own; None:
+    #: the loader's default (0.1 / 0.2). DRIVE's training/ folder: test_fraction=0 (testing/ is the test set).
+    val_fraction: float | None = None
+    test_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mask_values not in ("binary", "labels"):
+            raise ConfigError(f"--mask-values must be binary or labels (got {self.mask_values!r})")
+        val, test = self.val_fraction, self.test_fraction
+        for flag, value in (("--val-fraction", val), ("--test-fraction", test)):
+            if value is not None and not 0.0 <= value < 1.0:
+                raise ConfigError(f"{flag} must be in [0, 1) (got {value})")
+        if (val if val is not None else 0.1) + (test if test is not None else 0.2) >= 1.0:
+            raise ConfigError(f"--val-fraction and --test-fraction must sum to less than 1 (got "
+                              f"{0.1 if val is None else val} + {0.2 if test is None else test}; unset: 0.1 / 0.2)")
 
     def loader_options(self) -> dict[str, Any]:
-        """Keyword arguments of :func:`synthmed.data.load_training_set` (all but ``source``)."""
-        options = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("source", "split_seed")}
+        """Keyword arguments of :func:`synthmed.data.load_training_set` (all but ``source``); the split fractions
+        only when given, so every loader keeps its own default otherwise."""
+        skipped = {"source", "split_seed", "val_fraction", "test_fraction"}
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k not in skipped}
         options["seed"] = self.split_seed
+        for key in ("val_fraction", "test_fraction"):
+            if getattr(self, key) is not None:
+                options[key] = getattr(self, key)
         return options
 
 

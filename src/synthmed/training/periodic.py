@@ -141,7 +141,8 @@ class Checkpoint(Periodic):
 
 
 class EvaluateAndKeepBest(Periodic):
-    """Every ``eval_every`` steps: FID of the sampling generator; a new best is saved and copied to ``best.*``.
+    """Every ``eval_every`` steps: FID of the sampling generator, or the recipe's validation score; a new best is
+    saved and copied to ``best.*``.
 
     Only the main process scores; a failure or an improvement is shared so every process acts the same.
     """
@@ -155,7 +156,7 @@ class EvaluateAndKeepBest(Periodic):
             return False, None
         try:
             value = self.evaluator.score(loop.recipe)
-            loop.progress.note(f"step {loop.step}: fid {value:.3f}")
+            loop.progress.note(f"step {loop.step}: {getattr(self.evaluator, 'metric', 'fid')} {value:.3f}")
             return self.evaluator.record(loop.run_dir, loop.step, value), None
         except Exception as exc:  # shared below, so no process waits forever
             return False, exc

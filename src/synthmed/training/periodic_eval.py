@@ -1,4 +1,8 @@
-"""FID during training, to keep the best checkpoint rather than the last one.
+"""Scores during training, to keep the best checkpoint rather than the last one.
+
+Two evaluators share one interface (``score``, ``record``, ``restore``, ``summary``) used by
+:class:`~synthmed.training.periodic.EvaluateAndKeepBest`: :class:`PeriodicFID` for recipes that generate images,
+and :class:`PeriodicValidation` for recipes with their own score on the validation split (segmentation Dice).
 
 GANs often get worse with more training (StudioGAN's logs show DCGAN at its best FID at 42k steps and 3x worse
 by 200k), so the trainer can score the EMA generator every ``eval_every`` steps against the real training
@@ -78,8 +82,6 @@ class PeriodicFID:
     def restore(self, run_dir: Path, up_to_step: int) -> None:
         """After a resume: drop rows past the checkpoint, recover the best value so far, and drop a ``best.*``
         saved after the checkpoint (training from there is being redone)."""
-        import json
-
         from synthmed.io import truncate_csv_after_step
 
         path = run_dir / "eval.csv"
@@ -88,15 +90,7 @@ class PeriodicFID:
                 step, value = int(row[0]), float(row[1])
                 if value < self.best_value:
                     self.best_value, self.best_step = value, step
-        best = run_dir / "checkpoints" / f"{BEST_STEM}.json"
-        if best.exists():
-            try:
-                step = int(json.loads(best.read_text(encoding="utf-8"))["step"])
-            except (ValueError, KeyError):
-                step = up_to_step + 1
-            if step > up_to_step or step != self.best_step:
-                best.unlink()
-                best.with_suffix(".safetensors").unlink(missing_ok=True)
+        _drop_stale_best(run_dir, up_to_step, self.best_step)
 
     def summary(self) -> dict[str, object]:
         from synthmed.metrics.stats import sample_size_warning
@@ -114,6 +108,81 @@ class PeriodicFID:
             "checkpoint": f"checkpoints/{BEST_STEM}.json" if self.best_step is not None else None,
             "note": "FID of the EMA generator against the real training images, computed during training",
         }
+
+
+class PeriodicValidation:
+    """Scores a recipe on the validation split with its own :meth:`~synthmed.recipes.base.Recipe.validation_score`
+    (higher is better); remembers the best step. The test split is never loaded here.
+
+    Args:
+        recipe: a recipe whose ``validation_metric`` is set.
+        data: the validation split, loaded with the run's data options.
+    """
+
+    def __init__(self, recipe: Recipe, data: object) -> None:
+        if not recipe.validation_metric:
+            raise ConfigError(f"recipe {recipe.name!r} has no validation score")
+        self.metric = str(recipe.validation_metric)
+        self.data = data
+        self.best_value = float("-inf")
+        self.best_step: int | None = None
+
+    def score(self, recipe: Recipe) -> float:
+        return float(recipe.validation_score(self.data))  # type: ignore[arg-type]
+
+    def record(self, run_dir: Path, step: int, value: float) -> bool:
+        """Append to ``eval.csv``; True when ``value`` is the best so far (ties keep the earlier step)."""
+        path = run_dir / "eval.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", self.metric, "n_val"])
+            writer.writerow([step, repr(value), len(self.data)])  # type: ignore[arg-type]
+        improved = bool(np.isfinite(value) and value > self.best_value)
+        if improved:
+            self.best_value, self.best_step = value, step
+        return improved
+
+    def restore(self, run_dir: Path, up_to_step: int) -> None:
+        """After a resume: drop rows past the checkpoint and recover the best so far (see PeriodicFID)."""
+        from synthmed.io import truncate_csv_after_step
+
+        path = run_dir / "eval.csv"
+        if path.exists():
+            for row in truncate_csv_after_step(path, up_to_step):
+                step, value = int(row[0]), float(row[1])
+                if value > self.best_value:
+                    self.best_value, self.best_step = value, step
+        _drop_stale_best(run_dir, up_to_step, self.best_step)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "metric": self.metric,
+            "split": "val",
+            "n_val": len(self.data),  # type: ignore[arg-type]
+            "best_step": self.best_step,
+            "best_value": None if self.best_step is None else self.best_value,
+            "checkpoint": f"checkpoints/{BEST_STEM}.json" if self.best_step is not None else None,
+            "note": "the recipe's score on the validation split, computed during training; the best step's "
+                    "checkpoint is kept as best.*",
+        }
+
+
+def _drop_stale_best(run_dir: Path, up_to_step: int, best_step: int | None) -> None:
+    """Remove a ``best.*`` saved after the resumed checkpoint (training from there is being redone)."""
+    import json
+
+    best = run_dir / "checkpoints" / f"{BEST_STEM}.json"
+    if not best.exists():
+        return
+    try:
+        step = int(json.loads(best.read_text(encoding="utf-8"))["step"])
+    except (ValueError, KeyError):
+        step = up_to_step + 1
+    if step > up_to_step or step != best_step:
+        best.unlink()
+        best.with_suffix(".safetensors").unlink(missing_ok=True)
 
 
 def copy_as_best(checkpoint_json: Path) -> Path:

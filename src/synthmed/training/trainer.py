@@ -192,7 +192,14 @@ class Trainer:
         """Training-time FID (``--eval-every``) on the main process, or None."""
         t = self.config.train
         evaluator, problem = None, None
-        if t.eval_every and self.dist.is_main:
+        if t.eval_every and self.dist.is_main and recipe.validation_metric:
+            from synthmed.training.periodic_eval import PeriodicValidation
+
+            try:
+                evaluator = PeriodicValidation(recipe, self._validation_data(recipe))
+            except SynthmedError as exc:
+                problem = exc
+        elif t.eval_every and self.dist.is_main:
             from synthmed.training.periodic_eval import PeriodicFID
 
             try:  # e.g. missing Inception weights: every process must stop, not only this one
@@ -206,6 +213,17 @@ class Trainer:
                 problem = exc
         self._stop_together(problem, "the main process could not set up training-time evaluation")
         return evaluator
+
+    def _validation_data(self, recipe: Recipe) -> TrainingSet:
+        """The validation split of the run's data (same options, ``split="val"``) on the run's device."""
+        d = self.config.data
+        if d.split != "train":
+            raise ConfigError(f"--eval-every scores {recipe.name!r} on the validation split, so the run must train "
+                              f"on split 'train' (got {d.split!r})")
+        data = load_training_set(d.source, **{**d.loader_options(), "split": "val"})
+        if len(data) == 0:
+            raise ConfigError(f"{d.source}: the validation split is empty; raise --val-fraction")
+        return data.to(self.device)
 
     def _prepare_data(self, recipe: Recipe, data: TrainingSet) -> TrainingSet:
         t = self.config.train
