@@ -8,6 +8,8 @@
     python benchmarks/training_speed.py --configs pix2pix128,pix2pix256b1,pix2pix256b8,cyclegan128 \
         --experiments none --seconds 120 --max-minutes 30 \
         --out benchmarks/results/training_speed_cpu_translation.json  # about 10-13 minutes on 2 cores
+    python benchmarks/training_speed.py --configs unet128,segan128,pix2pixseg128 --experiments none --profile none \
+        --seconds 120 --max-minutes 40 --out benchmarks/results/training_speed_cpu_segmentation.json
 
 Everything is measured in ONE process and every speed is reported as a ratio against a reference timed in the
 same run: timings on the shared 2-core machines vary +-30% between runs.
@@ -44,6 +46,17 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
      identity), ``networks.GANLoss``, ``util/image_pool.py``'s pool of 50 (python ``random``), default Adam, losses
      read every 100 images (``print_freq``).
    * experiments: ``nchw`` and ``gemm_conv`` also run on these configs.
+   Segmentation configs (``unet128``, ``segan128``, ``pix2pixseg128``; not in the default --configs; batch --batch;
+   128 px, 3-channel random images in [-1, 1] (LGG-like) -> random binary masks; U-Net segmentor depth 5 with
+   base_channels 32, SegAN critic d_base_channels 32, pix2pix-seg PatchGAN ndf 64; the recipes' defaults otherwise):
+   * ``synthmed``: the unet / segan / pix2pix-seg recipe's ``train_step`` through a ``StepContext`` as above
+     (channels_last, synthmed.ops CPU kernels, random mirroring on the batch, losses read every 25 steps).
+   * ``plain``: the same networks (``build_segmentor``, ``SegANCritic``, the PatchGAN; the same initial weights)
+     trained as reference scripts write it, NCHW, fp32, PyTorch's kernels, a DataLoader mirroring per sample,
+     default Adam: U-Net: forward, BCE + soft Dice, zero_grad / backward / step, ``.item()`` every step; SegAN (the
+     authors' train.py, one S forward): C on image*sigmoid(S(x)).detach() and image*truth, -multi-scale L1, Adam
+     step, C clamped to +-0.05, then S on multi-scale L1 (C's grads on, truth features recomputed) + Dice, Adam
+     step; pix2pix-seg: junyanz's pix2pix ``optimize_parameters`` with GAN + 100 (BCE + Dice).
    Runners of a config are timed in interleaved blocks (A B C A B C ...) after warm-up; the figure is the median.
 3. Model FLOPs of one training step (``torch.utils.flop_counter.FlopCounterMode`` over one real step on PyTorch's
    convolution kernels: every forward, backward and double backward; convolutions and matrix products; a layer
@@ -130,8 +143,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "kind": "translation", "recipe": "cyclegan", "size": 128, "batch": 1, "channels": (1, 1),
         "options": {"generator": "resnet6", "base_channels": 64, "d_base_channels": 64},
     },
+    # Segmentation (synthmed/recipes/segmentation.py): 3-channel images (LGG-like FLAIR/pre/post) -> binary masks,
+    # the U-Net segmentor at depth 5 (the default at 128 px: a 4x4 bottleneck) with base_channels 32 (the recipes'
+    # default); batch: --batch (no "batch" key). The recipes' defaults otherwise (flip on, no crop or jitter).
+    "unet128": {
+        "label": "U-Net segmentation 128 px (depth 5, 32 ch, batch norm), BCE + soft Dice, 3 -> 1 ch binary mask",
+        "kind": "segmentation", "recipe": "unet", "size": 128, "channels": (3, 1),
+        "options": {"base_channels": 32},
+    },
+    "segan128": {
+        "label": "SegAN 128 px (U-Net depth 5, 32 ch; critic depth 5, 32 ch, clip 0.05), multi-scale L1 + Dice, "
+                 "3 -> 1 ch binary mask",
+        "kind": "segmentation", "recipe": "segan", "size": 128, "channels": (3, 1),
+        "options": {"base_channels": 32, "d_base_channels": 32},
+    },
+    "pix2pixseg128": {
+        "label": "pix2pix-seg 128 px (U-Net depth 5, 32 ch; 70x70 PatchGAN ndf 64), GAN + 100 (BCE + Dice), "
+                 "3 -> 1 ch binary mask",
+        "kind": "segmentation", "recipe": "pix2pix-seg", "size": 128, "channels": (3, 1),
+        "options": {"base_channels": 32, "d_base_channels": 64},
+    },
 }
 TRANSLATION_CONFIGS = [name for name, cfg in CONFIGS.items() if cfg.get("kind") == "translation"]
+SEGMENTATION_CONFIGS = [name for name, cfg in CONFIGS.items() if cfg.get("kind") == "segmentation"]
+SEGMENTATION_FOREGROUND = 0.1  # share of mask pixels set to 1 in the random masks (LGG tumours are small)
 TRANSLATION_IMAGES = 4  # random training pairs held per config: 4 batches (an epoch of the sampler / DataLoader)
 # The conditional experiment's runners per DCGAN config: (runner name, description, recipe, recipe options).
 CONDITIONAL_RUNNERS = [
@@ -150,7 +185,7 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
         ("dcgan64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
         ("wgangp64", "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False}),
         *[(c, "synthmed_nchw", "synthmed step with channels_last=False (NCHW)", {"channels_last": False})
-          for c in TRANSLATION_CONFIGS],
+          for c in (*TRANSLATION_CONFIGS, *SEGMENTATION_CONFIGS)],
     ],
     "bf16": [("dcgan64", "synthmed_bf16", "synthmed step with precision='bf16' (autocast)", {"precision": "bf16"})],
     "threads1": [("dcgan28", "synthmed_1thread", "synthmed step with torch.set_num_threads(1)", {"threads": 1})],
@@ -164,7 +199,7 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     # synthmed.ops.cpu_conv lowers the image-side, latent and 4x4-input layers to GEMM; this runs oneDNN everywhere.
     "gemm_conv": [(c, "synthmed_native_conv", "synthmed step with PyTorch's own convolution kernels everywhere "
                    "(synthmed.ops.cpu_conv.native_convolutions)", {"native_conv": True})
-                  for c in ("dcgan28", "dcgan64", "wgangp64", *TRANSLATION_CONFIGS)],
+                  for c in ("dcgan28", "dcgan64", "wgangp64", *TRANSLATION_CONFIGS, *SEGMENTATION_CONFIGS)],
     # Winograd F(2x2)/F(4x4) on the 4x4 stride-2 layers of small maps (synthmed.ops.winograd); this runs them without.
     "winograd": [(c, "synthmed_no_winograd", "synthmed step without Winograd: the stride-2 layers of <= 16x16 maps on "
                   "the GEMM route or oneDNN as before (synthmed.ops.cpu_conv.without_winograd)", {"no_winograd": True})
@@ -523,16 +558,28 @@ def make_monai(cfg: dict[str, Any], device: torch.device, images: torch.Tensor, 
 # --- 2b. translation runners (pix2pix, CycleGAN) ----------------------------------------------------------------
 def _translation_info(cfg: dict[str, Any]) -> DataInfo:
     c_in, c_out = cfg["channels"]
+    if cfg.get("kind") == "segmentation":  # image -> binary mask pairs
+        return DataInfo(source="random", channels=c_in, height=cfg["size"], width=cfg["size"], split="train",
+                        kind="paired", target_channels=c_out, target_names=("mask",), target_is_mask=True,
+                        mask_classes=2)
     return DataInfo(source="random", channels=c_in, height=cfg["size"], width=cfg["size"], split="train",
                     kind="paired" if cfg["recipe"] == "pix2pix" else "unpaired", target_channels=c_out)
 
 
+def config_batch(cfg: dict[str, Any]) -> int:
+    """A config's batch size: its own (translation configs) or --batch."""
+    return int(cfg.get("batch", BATCH))
+
+
 def translation_data(cfg: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random domain A and domain B images in [-1, 1], ``TRANSLATION_IMAGES`` x batch of each, held in memory."""
-    n, size = TRANSLATION_IMAGES * cfg["batch"], cfg["size"]
+    """Random domain A and domain B images in [-1, 1], ``TRANSLATION_IMAGES`` x batch of each, held in memory;
+    segmentation configs: B is a {0, 1} mask (``SEGMENTATION_FOREGROUND`` of its pixels foreground)."""
+    n, size = TRANSLATION_IMAGES * config_batch(cfg), cfg["size"]
     c_in, c_out = cfg["channels"]
     a = torch.rand(n, c_in, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
     b = torch.rand(n, c_out, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    if cfg.get("kind") == "segmentation":
+        b = (b > 1 - 2 * SEGMENTATION_FOREGROUND).float()
     return a, b
 
 
@@ -542,7 +589,8 @@ def make_translation_synthmed(cfg: dict[str, Any], device: torch.device, name: s
                                                  "on the batch, losses read every 25 steps)",
                               channels_last: bool | None = None, precision: str = "fp32", threads: int | None = None,
                               native_conv: bool = False, no_winograd: bool = False) -> Runner:
-    """The pix2pix / CycleGAN recipe's ``train_step`` as ``synthmed train`` runs it (see :func:`make_synthmed`)."""
+    """The pix2pix / CycleGAN (or segmentation) recipe's ``train_step`` as ``synthmed train`` runs it (see
+    :func:`make_synthmed`)."""
     from synthmed.data.sets import TensorSet, UnpairedSet
 
     info = _translation_info(cfg)
@@ -561,7 +609,7 @@ def make_translation_synthmed(cfg: dict[str, Any], device: torch.device, name: s
         data = data.map_tensors(lambda _, x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
     data = data.to(device)
     optimizers = recipe.configure_optimizers()
-    stream = data.batches(cfg["batch"], seed=0)
+    stream = data.batches(config_batch(cfg), seed=0)
     ctx = StepContext(device=device, optimizers=optimizers, precision=precision, draw_batch=stream.next)
     ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]  # none: no EMA sources
     state = {"step": 0}
@@ -835,6 +883,148 @@ def make_translation_plain(cfg: dict[str, Any], device: torch.device, options: d
     return Runner("plain", desc, native_step, lambda: sync(device), device, networks=networks)
 
 
+class _ReferenceSegmentationData(_ReferenceTranslationData):
+    """A reference segmentation Dataset on tensors held in memory: per sample, a random left-right flip of the
+    image and its mask together (python ``random``), as the recipes' default ``flip`` (no crop, no jitter)."""
+
+    def _transform(self, image: torch.Tensor, params: tuple[int, int, bool]) -> torch.Tensor:
+        return image.flip(-1) if params[2] else image
+
+
+def _reference_dice_loss(prob: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Soft Dice loss of a reference training script: 1 - (2 sum(p t) + eps) / (sum p + sum t + eps) over the batch."""
+    intersection = (prob * target).sum()
+    return 1 - (2.0 * intersection + eps) / (prob.sum() + target.sum() + eps)
+
+
+def make_segmentation_plain(cfg: dict[str, Any], device: torch.device, options: dict[str, Any]) -> Runner:
+    """The same networks (``build_segmentor``, ``SegANCritic`` / the PatchGAN with the recipe's resolved options,
+    the same initial weights) trained as reference scripts write it: a DataLoader (no workers) whose Dataset mirrors
+    each sample, NCHW, PyTorch's convolution kernels, default Adam, fp32.
+
+    * ``unet``: forward, ``BCEWithLogitsLoss`` + soft Dice of the sigmoid, zero_grad / backward / step,
+      ``loss.item()`` every step (as milesial/Pytorch-UNet's train.py).
+    * ``segan``: YuanXue1993/SegAN's train.py with one S forward: C's step on ``image * sigmoid(S(x)).detach()``
+      and ``image * truth`` (image in [0, 1]), loss -multi-scale L1, Adam step, every C parameter clamped to
+      +-0.05; then S's step on multi-scale L1 (C forwards with C's gradients on, the truth's features recomputed
+      with grad, as the reference does) + Dice; ``.item()`` of both losses every step.
+    * ``pix2pix-seg``: junyanz pix2pix ``optimize_parameters`` with the mask side ``2 p - 1``: D on (image, mask)
+      pairs, 0.5 * (fake + real), ``set_requires_grad``, then GAN + 100 * (BCE + Dice); losses read every 100
+      images (``print_freq``).
+    """
+    from synthmed.nn.segmentation import SegANCritic, build_segmentor, segmentation_depth
+    from synthmed.nn.translation import build_patch_discriminator
+
+    o, size, batch, recipe = options, cfg["size"], config_batch(cfg), cfg["recipe"]
+    c_in, _ = cfg["channels"]
+    depth = o["depth"] or segmentation_depth(size)
+    a, b = translation_data(cfg)
+    loader = torch.utils.data.DataLoader(_ReferenceSegmentationData(a, b, size, aligned=True), batch_size=batch,
+                                         shuffle=True, num_workers=0)
+    epochs = itertools.chain.from_iterable(iter(loader) for _ in itertools.count())  # a new epoch when one ends
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        return next(epochs)
+
+    torch.manual_seed(0)  # the recipe's construction order: the same initial weights
+    netS = build_segmentor(c_in, 1, depth=depth, base_channels=o["base_channels"], norm=o["norm"]).to(device)  # noqa: N806
+    optimizer_S = torch.optim.Adam(netS.parameters(), lr=o["lr"], betas=(o["betas"][0], o["betas"][1]))  # noqa: N806
+    networks: dict[str, nn.Module] = {"S": netS}
+    bce = nn.BCEWithLogitsLoss()
+
+    if recipe == "unet":
+        def step() -> None:
+            data = next_batch()
+            image, mask = data["A"].to(device), data["B"].to(device)
+            logits = netS(image)
+            loss = bce(logits, mask) + _reference_dice_loss(torch.sigmoid(logits), mask)
+            optimizer_S.zero_grad()
+            loss.backward()
+            optimizer_S.step()
+            loss.item()
+
+        desc = ("reference U-Net loop (milesial/Pytorch-UNet style): DataLoader with per-sample flip, NCHW, PyTorch "
+                "kernels, BCEWithLogitsLoss + soft Dice, zero_grad/backward/step, default Adam, .item() every step")
+    elif recipe == "segan":
+        netC = SegANCritic(c_in, depth=depth, base_channels=o["d_base_channels"], norm=o["critic_norm"]).to(device)  # noqa: N806
+        optimizer_C = torch.optim.Adam(netC.parameters(), lr=o["d_lr"], betas=(o["d_betas"][0], o["d_betas"][1]))  # noqa: N806
+        networks["C"] = netC
+        clip = o["clip"]
+
+        def multiscale_l1(fa: list[torch.Tensor], fb: list[torch.Tensor]) -> torch.Tensor:
+            return sum(torch.mean(torch.abs(x - y)) for x, y in zip(fa, fb, strict=True)) / len(fa)  # type: ignore[return-value]
+
+        def step() -> None:
+            data = next_batch()
+            image, target = data["A"].to(device), data["B"].to(device)
+            image01 = (image + 1) / 2
+            output = torch.sigmoid(netS(image))
+            # train the critic
+            netC.zero_grad()
+            result = netC(image01 * output.detach())
+            target_D = netC(image01 * target)  # noqa: N806 (the reference's names)
+            loss_D = -multiscale_l1(result, target_D)  # noqa: N806
+            loss_D.backward()
+            optimizer_C.step()
+            for p in netC.parameters():  # clip parameters in D
+                p.data.clamp_(-clip, clip)
+            # train the segmentor
+            netS.zero_grad()
+            result = netC(image01 * output)
+            target_G = netC(image01 * target)  # noqa: N806
+            loss_G_joint = multiscale_l1(result, target_G) + _reference_dice_loss(output, target)  # noqa: N806
+            loss_G_joint.backward()
+            optimizer_S.step()
+            loss_D.item(), loss_G_joint.item()
+
+        desc = ("reference SegAN loop (YuanXue1993/SegAN train.py, one S forward): DataLoader with per-sample flip, "
+                "NCHW, PyTorch kernels, C step on -multi-scale L1 of image*pred.detach() vs image*truth, C clamped "
+                "to +-0.05, S step on multi-scale L1 (C grads on, truth features recomputed with grad) + Dice, "
+                "default Adam, .item() every step")
+    else:
+        netD = build_patch_discriminator("patch", c_in + 1, base_channels=o["d_base_channels"],  # noqa: N806
+                                         n_layers=o["d_layers"], norm=o["d_norm"]).to(device)
+        optimizer_D = torch.optim.Adam(netD.parameters(), lr=o["d_lr"], betas=(o["d_betas"][0], o["d_betas"][1]))  # noqa: N806
+        networks["D"] = netD
+        criterion_gan = _ReferenceGANLoss("vanilla").to(device)
+        seg_weight = o["seg_weight"]
+        counter = {"total_iters": 0}
+
+        def step() -> None:
+            data = next_batch()
+            real_A, mask = data["A"].to(device), data["B"].to(device)  # noqa: N806
+            logits = netS(real_A)
+            prob = torch.sigmoid(logits)
+            fake_B, real_B = prob * 2 - 1, mask * 2 - 1  # noqa: N806
+            _set_requires_grad([netD], True)
+            optimizer_D.zero_grad()
+            loss_D_fake = criterion_gan(netD(torch.cat((real_A, fake_B), 1).detach()), False)  # noqa: N806
+            loss_D_real = criterion_gan(netD(torch.cat((real_A, real_B), 1)), True)  # noqa: N806
+            loss_D = (loss_D_fake + loss_D_real) * 0.5  # noqa: N806
+            loss_D.backward()
+            optimizer_D.step()
+            _set_requires_grad([netD], False)
+            optimizer_S.zero_grad()
+            loss_G_GAN = criterion_gan(netD(torch.cat((real_A, fake_B), 1)), True)  # noqa: N806
+            loss_seg = bce(logits, mask) + _reference_dice_loss(prob, mask)
+            loss_G = loss_G_GAN + seg_weight * loss_seg  # noqa: N806
+            loss_G.backward()
+            optimizer_S.step()
+            counter["total_iters"] += batch
+            if counter["total_iters"] % 100 == 0:
+                [float(v) for v in (loss_G_GAN, loss_seg, loss_D_real, loss_D_fake)]
+
+        desc = ("junyanz pix2pix_model.optimize_parameters on (image, 2 p - 1) pairs: DataLoader with per-sample "
+                "flip, NCHW, PyTorch kernels, set_requires_grad, D loss 0.5*(fake+real), GAN + 100*(BCE + Dice), "
+                "default Adam, losses read every 100 images")
+
+    def native_step() -> None:
+        with native_convolutions():  # plain PyTorch: oneDNN for every layer, as nn.Conv2d would
+            step()
+
+    return Runner("plain", desc, native_step, lambda: sync(device), device, networks=networks)
+
+
 def same_initial_weights(a: Runner, b: Runner) -> bool:
     """True when two runners' networks have the same names, shapes and values (checked before any step)."""
     if set(a.networks) != set(b.networks):
@@ -1090,7 +1280,8 @@ def main() -> None:
     global BATCH
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", default="dcgan28,dcgan64,wgangp64",
-                        help=f"comma list of {', '.join(CONFIGS)} (the translation configs are not in the default)")
+                        help=f"comma list of {', '.join(CONFIGS)} (the translation and segmentation configs are not "
+                             "in the default)")
     parser.add_argument("--steps", type=int, default=None,
                         help="steps per timed block (default: sized so each config takes --seconds)")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timed blocks per runner (median)")
@@ -1099,8 +1290,8 @@ def main() -> None:
                         help=f"comma list of {', '.join(EXPERIMENTS)}, or 'none'")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=64,
-                        help="batch size of every runner of the DCGAN / WGAN-GP configs (GPU target: 256); the "
-                             "translation configs keep their own")
+                        help="batch size of every runner of the DCGAN / WGAN-GP and segmentation configs (GPU "
+                             "target: 256); the translation configs keep their own")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--profile", default="dcgan28,dcgan64,wgangp64",
                         help="configs whose synthmed step is profiled (DCGAN 64 and the translation configs also "
@@ -1157,14 +1348,18 @@ def main() -> None:
             skipped[name] = "--max-minutes reached"
             print(f"\n== {name}: skipped, --max-minutes reached", flush=True)
             continue
-        translation = cfg.get("kind") == "translation"
-        batch = cfg["batch"] if translation else BATCH
+        segmentation = cfg.get("kind") == "segmentation"
+        translation = cfg.get("kind") == "translation" or segmentation  # paired-data recipes, no EMA
+        batch = config_batch(cfg)
         same_weights = None
         if translation:
             images = torch.empty(0)
             main = make_translation_synthmed(cfg, device)
             train_size, g_forwards, label = cfg["size"], None, cfg["label"]
-            runners = [main, make_translation_plain(cfg, device, main.extra["options"])]
+            if segmentation:  # (--batch: not in the label)
+                label += f", batch {batch}"
+            make_reference = make_segmentation_plain if segmentation else make_translation_plain
+            runners = [main, make_reference(cfg, device, main.extra["options"])]
             same_weights = same_initial_weights(runners[0], runners[1])  # before any step
         else:
             images = random_images(2048, cfg["size"])
@@ -1218,6 +1413,11 @@ def main() -> None:
                      "held in memory; both runners jitter them (upscale by the recipe's jitter, random crop back, "
                      "random mirror): synthmed on the batch, the plain loop per sample in its Dataset",
             )
+            if segmentation:
+                entry["data"] = (f"{TRANSLATION_IMAGES * batch} random {cfg['size']} px {cfg['channels'][0]}-channel "
+                                 f"images uniform in [-1, 1] and random binary masks ({SEGMENTATION_FOREGROUND:.0%} "
+                                 "foreground), held in memory; both runners mirror them at random: synthmed on the "
+                                 "batch, the plain loop per sample in its Dataset")
         for r in runners:
             t = timing[r.name]
             entry["runners"][r.name] = {
@@ -1330,7 +1530,7 @@ def print_table(doc: dict[str, Any]) -> None:
     g = doc["gemm_peak_gflop_s"]
     print(f"\nGEMM peak: {g['used']} GFLOP/s (start {g['start']}, end {g['end']}; 2048^2 fp32 probes before "
           f"timed blocks: median {g['probes_median']}, min {g['probes_min']})")
-    head = f"{'config':12s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
+    head = f"{'config':13s} {'runner':22s} {'steps/s':>8s} {'img/s':>7s} {'vs plain':>8s} {'paired':>7s} " \
            f"{'GFLOP/step':>10s} {'GFLOP/s':>8s} {'MFU':>6s} {'MFU*':>6s} {'+MB':>6s}"
     print(head)
     print("-" * len(head))
@@ -1338,7 +1538,7 @@ def print_table(doc: dict[str, Any]) -> None:
         for rname, rv in entry["runners"].items():
             flops = rv.get("flops_per_step", {}).get("total")
             mem = rv.get("peak_memory", {}).get("above_start_mb")
-            print(f"{cname:12s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.1f} "
+            print(f"{cname:13s} {rname:22s} {rv['steps_per_s']:8.3f} {rv['images_per_s']:7.1f} "
                   f"{rv['ratio_vs_plain']:8.2f} {rv['paired_ratio_vs_plain']:7.2f} "
                   f"{(flops / 1e9 if flops else float('nan')):10.1f} "
                   f"{rv.get('achieved_gflop_s', float('nan')):8.1f} {rv.get('mfu', float('nan')):6.1%} "

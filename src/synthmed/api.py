@@ -265,6 +265,63 @@ def translate(run: str | Path, source: str | Path | None, out: str | Path, *, di
                                   progress=report)
 
 
+def segment(run: str | Path, source: str | Path | None, out: str | Path, *, compare: str | Path | None = None,
+            fov: str | Path | None = None, split: str | None = None, tile: int | None = None,
+            overlap: int | None = None, batch_size: int = 4, training_scale: bool = False,
+            checkpoint: str | Path | None = None, spacing: str | tuple[float, ...] | None = None,
+            device: str = "auto", progress: bool = True) -> Any:
+    """Segment a file, a folder (``source``) or the run's held-out ``split`` with a unet / segan / pix2pix-seg run
+    (:mod:`synthmed.segment`): one mask per input; ``compare`` (a folder of truth masks) or ``split`` add
+    metrics.csv, metrics.json and overlays.
+
+    Args:
+        run: the run directory (or a name under ``./runs``).
+        source: a file or folder to segment; ``None`` with ``split``.
+        out: a new or empty output folder.
+        compare: truth masks matched to the inputs by file name.
+        fov: with ``compare``, field-of-view masks (metrics inside them only, e.g. DRIVE).
+        split: ``test`` or ``val``: the run's own held-out pairs instead of ``source``.
+        tile: tile side for inputs larger than it [default: the training size or crop].
+        overlap: tile overlap [default: tile / 4].
+        batch_size: slices or tiles per forward pass.
+        training_scale: a run trained with ``--size``: resize each input as its training images were, the
+            probabilities back to the input's size (then thresholded).
+        checkpoint: ``best``, ``latest`` or a checkpoint JSON [default: ``best`` when the run kept one, else latest].
+        spacing: pixel size in mm, ``"0.5,0.5"`` (or slices, rows, columns), for HD95 in mm.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        progress: show a progress bar.
+
+    Returns:
+        A :class:`synthmed.segment.SegmentationResult` (outputs, metrics, out, checkpoint).
+    """
+    from synthmed import segment as sg
+
+    if (source is None) == (split is None):
+        raise ConfigError("give INPUT (a file or folder to segment) or --split test (the run's held-out pairs), "
+                          "one of them")
+    if split is not None and (compare is not None or fov is not None or training_scale):
+        raise ConfigError("--compare, --fov and --training-scale go with INPUT files; --split scores the run's own "
+                          "pairs as it trained on them")
+    pixel_size = sg.parse_spacing(spacing)
+    choice = sg.choose_checkpoint(resolve_run_dir(run), checkpoint)
+    model = load(run, checkpoint=choice, device=device)
+    sg.check_segmentation_run(model.recipe, model.run_dir)
+    used = sg.describe_checkpoint(choice, model.step)
+    side = None
+    if training_scale:  # the side the run's loader resized its images to
+        side = model.config.data.size
+        if side is None:
+            raise ConfigError(f"{model.run_dir}: --training-scale resizes inputs to the run's --size, but the run "
+                              "trained at its images' own size (no --size); drop --training-scale")
+    with _task_progress("segment", progress) as report, kernels(model.config.train.cpu_kernels):
+        if split is not None:
+            return sg.segment_split(model, out, split=split, batch_size=batch_size, spacing=pixel_size,
+                                    checkpoint=used, progress=report)
+        return sg.segment_files(model, source, out, compare=compare, fov=fov, tile=tile, overlap=overlap,
+                                batch_size=batch_size, training_side=side, spacing=pixel_size, checkpoint=used,
+                                progress=report)
+
+
 @contextlib.contextmanager
 def _task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A progress bar with ETA for file-by-file work; yields its update function (None when disabled)."""

@@ -69,6 +69,12 @@ def train(
     channels: str = typer.Option(None, help="Channels to keep, by index or name (e.g. 1 or flair)."),
     split: str = typer.Option("train", help="Split to train on (train, val or all); the test split is refused."),
     folder_groups: str = typer.Option("auto", help="Image folders: sub-folders are 'class'es or 'patient's."),
+    mask_values: str = typer.Option("binary", help="Mask targets: binary ({0, 1} masks) or labels (label maps whose "
+                                    "values 0, 1, 2, ... are class indices, for multi-class segmentation)."),
+    val_fraction: float = typer.Option(None, help="Share of patients (or images) held out as the val split when the "
+                                       "data have no split of their own [default: 0.1]."),
+    test_fraction: float = typer.Option(None, help="Share held out as the test split [default: 0.2]; 0 when the test "
+                                        "set is elsewhere (DRIVE's testing/ folder)."),
     labels: str = typer.Option(None, help="A CSV naming each image's class by file name or case folder "
                                "(image folders, DICOM, NIfTI)."),
     label_column: str = typer.Option(None, help="The labels CSV's class column [default: its second column]."),
@@ -121,9 +127,10 @@ def train(
         "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
         "eval_features": eval_features, "eval_samples": eval_samples, "labels": labels,
         "label_column": label_column, "label_map": label_map, "label_key_column": label_key_column,
+        "val_fraction": val_fraction, "test_fraction": test_fraction,
     }.items() if v is not None}
     for key, value, default in (("split", split, "train"), ("folder_groups", folder_groups, "auto"),
-                                ("kind", data_kind, "auto")):
+                                ("kind", data_kind, "auto"), ("mask_values", mask_values, "binary")):
         if value != default:
             given[key] = value
     given.update(_recipe_flags(ctx.args))
@@ -349,6 +356,48 @@ def translate(
             print(f"{name:<14} {value:.4g}")
     count = f"{len(result.outputs)} file(s)" if result.outputs else "the split"
     print(f"translated {count} into {result.out}")
+
+
+@app.command()
+def segment(
+    run: str = typer.Argument(..., help="A unet, segan or pix2pix-seg run directory (or name under runs/)."),
+    source: str = typer.Argument(None, metavar="[INPUT]", help="A file or a folder to segment (PNG, TIFF, JPEG, "
+                                 "BMP, GIF, DICOM, NIfTI, npy)."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder: one mask per input, same stem (PNG 0/255 or "
+                             "label values; NIfTI in, NIfTI out)."),
+    compare: str = typer.Option(None, help="A folder of truth masks matched to the inputs by name: metrics.csv, "
+                                "metrics.json and overlays."),
+    fov: str = typer.Option(None, help="With --compare: field-of-view masks; metrics count pixels inside them."),
+    split: str = typer.Option(None, help="Instead of INPUT: segment and score this held-out split of the run's own "
+                              "data (test or val), per patient where it has patient ids."),
+    tile: int = typer.Option(None, help="Tile side for images larger than it [default: the training size]."),
+    overlap: int = typer.Option(None, help="Overlap of neighbouring tiles, probabilities blended [default: tile / 4]."),
+    batch_size: int = typer.Option(4, help="Slices or tiles per forward pass."),
+    training_scale: bool = typer.Option(False, "--training-scale", help="For a run trained with --size: resize each "
+                                        "input as the training images were and the probabilities back to the "
+                                        "input's size before thresholding."),
+    checkpoint: str = typer.Option(None, help="'best', 'latest' or a checkpoint JSON [default: best when the run kept "
+                                   "one (--eval-every), else latest]."),
+    spacing: str = typer.Option(None, help="Pixel size in mm, ROWS,COLS (or SLICES,ROWS,COLS for volumes), for HD95 "
+                                "in mm [default: NIfTI / DICOM headers]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Segment images with a trained unet / SegAN / pix2pix-seg run; --compare or --split score the masks.
+
+    Scores: Dice, IoU, sensitivity, specificity and HD95 per image, per patient (with a bootstrap interval) and
+    pooled, in metrics.csv and metrics.json, with overlay pictures.
+    """
+    from synthmed import api
+
+    try:
+        result = api.segment(run, source, out, compare=compare, fov=fov, split=split, tile=tile, overlap=overlap,
+                             batch_size=batch_size, training_scale=training_scale, checkpoint=checkpoint,
+                             spacing=spacing, device=device, progress=not quiet)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    for line in result.summary_lines():
+        print(line)
 
 
 experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")

@@ -116,7 +116,7 @@ def _unit_output(output: torch.Tensor, mapping: IntensityMapping, like: ImageFil
 # ------------------------------------------------------------------------------------------------- inputs
 
 
-def _stem(path: Path) -> str:
+def file_stem(path: Path) -> str:
     name = path.name
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
@@ -137,22 +137,33 @@ def input_files(source: str | Path) -> list[Path]:
         raise DataError(path, "contains no images to translate (PNG, TIFF, JPEG, BMP, GIF, DICOM, NIfTI, npy)")
     stems: dict[str, Path] = {}
     for f in files:
-        key = str(f.relative_to(path).with_name(_stem(f)))
+        key = str(f.relative_to(path).with_name(file_stem(f)))
         if key in stems:
             raise DataError(path, f"{stems[key].name} and {f.name} have the same stem; outputs are named by stem")
         stems[key] = f
     return files
 
 
-def _targets_for(files: list[Path], root: Path, compare: str | Path, what: str) -> list[Path]:
+def targets_for(files: list[Path], root: Path, compare: str | Path, what: str, *,
+                any_format: bool | None = None) -> list[Path]:
     """The file of ``compare`` matching each input (paired training folders' rules: exact name, name without
-    the shared prefix/suffix, leading ID); a stem present on one side only is a one-line error."""
+    the shared prefix/suffix, leading ID); a stem present on one side only is a one-line error.
+
+    Args:
+        files: the inputs.
+        root: the input file or folder they came from.
+        compare: the folder to match them in.
+        what: the folder's files in words, plural (``"targets"``), for messages.
+        any_format: the folder may hold every input format (NIfTI, DICOM, npy), not only pictures
+            [default: for targets only; field-of-view masks are pictures].
+    """
     from synthmed.data.paired import _image_files, _pair_files
 
     folder = Path(compare).expanduser()
     if not folder.is_dir():
         raise DataError(folder, f"no such folder (the {what} to compare with)")
-    others = [p for p in _image_files(folder)] if what != "targets" else input_files(folder)
+    any_format = what == "targets" if any_format is None else any_format
+    others = input_files(folder) if any_format else _image_files(folder)
     if root.is_file():
         root = root.parent
     return _pair_files(files, root, others, folder, None, what[:-1])
@@ -215,7 +226,7 @@ def _write_report(staging: Path, result: TranslationResult, header: dict[str, An
 
 
 @dataclass
-class _Job:
+class Job:
     """One input file, read and checked, with its target (and field of view) when comparing."""
 
     file: ImageFile
@@ -223,30 +234,35 @@ class _Job:
     fov: np.ndarray | None = None
 
 
-def _read_jobs(recipe: TranslationRecipe, files: list[Path], root: Path, direction: str,
-               compare: str | Path | None, fov: str | Path | None) -> Iterator[_Job]:
+def read_jobs(recipe: TranslationRecipe, files: list[Path], root: Path, direction: str,
+              compare: str | Path | None, fov: str | Path | None) -> Iterator[Job]:
     """Read and check every input (and target) before anything is written."""
     in_map, out_map = side_mappings(recipe, direction)
     channels_in = recipe.input_channels(direction)
-    targets = _targets_for(files, root, compare, "targets") if compare is not None else [None] * len(files)
-    fovs = _targets_for(files, root, fov, "field-of-view masks") if fov is not None else [None] * len(files)
+    targets = targets_for(files, root, compare, "targets") if compare is not None else [None] * len(files)
+    fovs = targets_for(files, root, fov, "field-of-view masks") if fov is not None else [None] * len(files)
     out_is_mask = recipe.output_is_mask(direction)
     for path, target_path, fov_path in zip(files, targets, fovs, strict=True):
         file = read_image_file(path, in_map, channels=channels_in)
-        job = _Job(file)
+        job = Job(file)
         if target_path is not None:
             job.target = read_image_file(target_path, out_map, channels=recipe.output_channels(direction))
-            _same_size(file, job.target)
+            check_same_size(file, job.target)
         if fov_path is not None:
-            mask = read_image_file(fov_path, IntensityMapping(kind="mask"), channels=1)
-            _same_size(file, mask)
-            job.fov = (mask.images.numpy() > 0).astype(np.float64)
+            job.fov = read_fov(fov_path, file)
         if out_is_mask and job.target is not None:
             job.target.values = (job.target.images.numpy() > 0).astype(np.float64)
         yield job
 
 
-def _same_size(file: ImageFile, other: ImageFile) -> None:
+def read_fov(path: Path, like: ImageFile) -> np.ndarray:
+    """The field-of-view mask ``path`` of the input ``like``: (S, 1, H, W) float64 {0, 1}, checked to be its size."""
+    mask = read_image_file(path, IntensityMapping(kind="mask"), channels=1)
+    check_same_size(like, mask)
+    return (mask.images.numpy() > 0).astype(np.float64)
+
+
+def check_same_size(file: ImageFile, other: ImageFile) -> None:
     a, b = tuple(file.images.shape[-2:]), tuple(other.images.shape[-2:])
     if a != b or file.images.shape[0] != other.images.shape[0]:
         raise DataError(other.path, f"is {b[1]}x{b[0]} px ({other.images.shape[0]} slice(s)) but its input "
@@ -288,7 +304,7 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
     recipe.check_direction(direction)
     root = Path(source).expanduser()
     files = input_files(root)
-    jobs = list(_read_jobs(recipe, files, root, direction, compare, fov))  # every check before any write
+    jobs = list(read_jobs(recipe, files, root, direction, compare, fov))  # every check before any write
     _, out_map = side_mappings(recipe, direction)
     out_is_mask = recipe.output_is_mask(direction)
     result = TranslationResult(out=out)
@@ -300,7 +316,7 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
             output = _at_scale(job.file.images, training_side, lambda x: translate_images(
                 recipe, x, direction, tile=tile, overlap=overlap, batch_size=batch_size))
             units = _unit_output(output, out_map, job.file, out_is_mask)
-            relative = job.file.path.relative_to(base).with_name(_stem(job.file.path))
+            relative = job.file.path.relative_to(base).with_name(file_stem(job.file.path))
             (staging / relative).parent.mkdir(parents=True, exist_ok=True)
             like, dtype = _output_like(job.file, out_map, out_is_mask)
             written = write_image_file(staging / relative, units, like, dtype=dtype, is_mask_probability=out_is_mask)
@@ -366,7 +382,7 @@ def _flat(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([p.reshape(p.shape[1], -1) for p in parts], axis=1)[None, :, None, :]
 
 
-def _score(job: _Job, units: np.ndarray, out_map: IntensityMapping, out_is_mask: bool) -> dict[str, float]:
+def _score(job: Job, units: np.ndarray, out_map: IntensityMapping, out_is_mask: bool) -> dict[str, float]:
     assert job.target is not None and job.target.values is not None
     data_range = out_map.data_range or float(abs(job.target.high - job.target.low)) or 1.0
     return _image_metrics(units, job.target.values, data_range, job.fov, out_is_mask)
@@ -413,18 +429,8 @@ def translate_split(recipe: TranslationRecipe, run_config: Any, out: str | Path,
     Raises:
         ConfigError: the run trained on split ``all`` (nothing is held out), or its data have no pairs.
     """
-    from synthmed.data import load_training_set
-
     data = run_config.data
-    if data.split == "all":
-        raise ConfigError(f"the run trained on split 'all', so its data hold nothing out; translate held-out files "
-                          f"with INPUT --compare TARGET_DIR instead of --split {split}")
-    if data.pair is None and (data.kind == "unpaired" or data.target is None):
-        raise ConfigError("the run's data have no pairs (two unpaired sources); translate held-out files with "
-                          "INPUT --compare TARGET_DIR")
-    options = data.loader_options()
-    options.update(kind="paired", split=split)
-    held_out = load_training_set(data.source, **options)
+    held_out = load_held_out(data, split)
     tensors = held_out.tensors
     a, b = tensors["image"], tensors["target"]
     if recipe.check_direction(direction) == "BtoA":
@@ -462,7 +468,7 @@ def translate_split(recipe: TranslationRecipe, run_config: Any, out: str | Path,
         np.savez_compressed(staging / "outputs.npz", images=_preview_scale(output, out_is_mask).numpy())
         np.savez_compressed(staging / "targets.npz", images=_preview_scale(b, out_is_mask).numpy())
         strips = [_comparison_strip([a[i], _preview_scale(output[i], out_is_mask), _preview_scale(b[i], out_is_mask)])
-                  for i in _spread(a.shape[0], COMPARISON_ROWS)]
+                  for i in spread_indices(a.shape[0], COMPARISON_ROWS)]
         _save_comparison(staging / "comparison.png", strips)
         header = _header(recipe, direction, out_map, out_is_mask, None, None, None, None)
         header.update(split=split, source=str(data.source), patients=_patients(held_out),
@@ -473,9 +479,34 @@ def translate_split(recipe: TranslationRecipe, run_config: Any, out: str | Path,
     return result
 
 
-def _spread(n: int, k: int) -> list[int]:
-    """``k`` indices spread evenly over ``range(n)`` (a picture of the whole split, not its first slices)."""
-    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(min(n, k))})
+def load_held_out(data: Any, split: str) -> Any:
+    """The held-out ``split`` of a run's paired data, read as the run read its training split.
+
+    Args:
+        data: the run's data configuration (``RunConfig.data``).
+        split: ``test`` or ``val``.
+
+    Raises:
+        ConfigError: the run trained on split ``all`` (nothing is held out), or its data have no pairs.
+    """
+    from synthmed.data import load_training_set
+
+    if data.split == "all":
+        raise ConfigError(f"the run trained on split 'all', so its data hold nothing out; give held-out files "
+                          f"as INPUT --compare TARGET_DIR instead of --split {split}")
+    if data.pair is None and (data.kind == "unpaired" or data.target is None):
+        raise ConfigError("the run's data have no pairs (two unpaired sources); give held-out files as "
+                          "INPUT --compare TARGET_DIR")
+    options = data.loader_options()
+    options.update(kind="paired", split=split)
+    return load_training_set(data.source, **options)
+
+
+def spread_indices(n: int, k: int) -> list[int]:
+    """``k`` indices spread evenly over ``range(n)`` (a picture of the whole split, not its first slices); all of
+    them when ``n <= k``."""
+    k = min(n, k)
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
 def _patients(data: Any) -> int | None:

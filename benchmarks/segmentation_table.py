@@ -1,0 +1,121 @@
+"""The segmentation study's table: unet vs segan vs pix2pix-seg on LGG, PH2 and DRIVE, over training seeds.
+
+    python benchmarks/segmentation_table.py EVAL_DIR [--out benchmarks/results/segmentation]
+
+``EVAL_DIR`` holds one ``synthmed segment`` output folder per run, named ``<data>-<method>-s<seed>`` (e.g.
+``lgg-segan-s1``), each with its ``metrics.json`` (the run's test split or its held-out test folder, scored with
+the checkpoint selected on validation Dice). For every data set and method the table gives, over the seeds, the
+mean and a 95% t-interval of: the data set's headline Dice (LGG: per patient, the volume of each patient's slices
+pooled, as Buda et al. 2019 report it; PH2: per image = per lesion; DRIVE: pooled over every pixel inside the
+field of view of the 20 test images, as DRIVE papers report it), the per-image Dice, and the per-image HD95 (px,
+cases where it is undefined left out). Each adversarial method is compared with the U-Net of the same seed: the
+mean paired difference with a bootstrap interval over seeds and a paired t-test (``metrics.stats
+.paired_comparison``). Writes ``table.json`` and ``table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from synthmed.metrics.stats import mean_interval, paired_comparison
+
+ROOT = Path(__file__).resolve().parents[1]
+METHODS = ("unet", "segan", "pix2pix-seg")
+#: Data set -> (its headline Dice, as the literature reports it, and how it is described).
+HEADLINE = {
+    "lgg": ("per_patient", "Dice per patient (slices pooled per patient)"),
+    "ph2": ("per_image", "Dice per lesion image"),
+    "drive": ("pooled", "Dice pooled over all FOV pixels"),
+}
+NAME = re.compile(r"^(?P<data>[a-z0-9]+)-(?P<method>.+)-s(?P<seed>\d+)$")
+
+
+def read_runs(eval_dir: Path) -> dict[tuple[str, str], dict[int, dict[str, Any]]]:
+    """(data, method) -> seed -> the numbers of that run's metrics.json (foreground class 1)."""
+    runs: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+    for path in sorted(eval_dir.glob("*/metrics.json")):
+        match = NAME.match(path.parent.name)
+        if not match or match["method"] not in METHODS:
+            continue
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        dice, per_class = metrics["dice"]["1"], metrics["classes"]["1"]
+        runs.setdefault((match["data"], match["method"]), {})[int(match["seed"])] = {
+            "per_patient": dice["per_patient"], "per_image": dice["per_image"], "pooled": dice["pooled"],
+            "per_patient_interval": dice.get("per_patient_interval"),
+            "hd95_px": per_class["per_image"]["hd95_px"]["mean"],
+            "step": metrics.get("step"), "checkpoint": metrics.get("checkpoint"), "counts": metrics.get("counts"),
+        }
+    return runs
+
+
+def summarise(runs: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[dict[str, Any]]:
+    rows = []
+    for data in HEADLINE:
+        key, described = HEADLINE[data]
+        baseline = runs.get((data, "unet"), {})
+        for method in METHODS:
+            seeds = runs.get((data, method))
+            if not seeds:
+                continue
+            order = sorted(seeds)
+            row: dict[str, Any] = {"data": data, "method": method, "headline": described, "seeds": order,
+                                   "test_counts": seeds[order[0]]["counts"]}
+            for metric in (key, "per_image", "hd95_px"):
+                values = [seeds[s][metric] for s in order if seeds[s][metric] is not None]
+                row[metric if metric != key else "headline_dice"] = mean_interval(values) if values else None
+            row["per_seed"] = {s: {"headline_dice": seeds[s][key], "best_step": seeds[s]["step"]} for s in order}
+            shared = [s for s in order if s in baseline]
+            if method != "unet" and len(shared) >= 2:
+                row["vs_unet"] = paired_comparison([seeds[s][key] for s in shared],
+                                                   [baseline[s][key] for s in shared])
+            rows.append(row)
+    return rows
+
+
+def _interval(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    if not stat:
+        return "-"
+    if stat["interval"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    low, high = stat["interval"]
+    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| data | method | headline Dice (test) | Dice per image | HD95 px per image | vs U-Net (same seeds) |"
+             " seeds |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        versus = "-"
+        if "vs_unet" in row:
+            c = row["vs_unet"]
+            p = "n/a" if c["p_value"] is None else f"{c['p_value']:.2f}"
+            versus = f"{c['mean_difference']:+.3f} [{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}], p={p}"
+        lines.append(f"| {row['data']} ({row['headline']}) | {row['method']} | {_interval(row['headline_dice'])} | "
+                     f"{_interval(row['per_image'])} | {_interval(row['hd95_px'], 2)} | {versus} | "
+                     f"{len(row['seeds'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("eval_dir", type=Path, help="folder of `synthmed segment` outputs named DATA-METHOD-sSEED")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "segmentation")
+    args = parser.parse_args()
+    rows = summarise(read_runs(args.eval_dir))
+    if not rows:
+        raise SystemExit(f"{args.eval_dir}: no DATA-METHOD-sSEED/metrics.json found")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "table.json").write_text(json.dumps({"rows": rows, "interval": "95% t-interval over seeds; "
+                                                     "vs_unet: paired bootstrap over seeds + paired t-test"},
+                                                    indent=1), encoding="utf-8")
+    table = markdown(rows)
+    (args.out / "table.md").write_text(table, encoding="utf-8")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
