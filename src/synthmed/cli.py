@@ -71,6 +71,9 @@ def train(
     folder_groups: str = typer.Option("auto", help="Image folders: sub-folders are 'class'es or 'patient's."),
     mask_values: str = typer.Option("binary", help="Mask targets: binary ({0, 1} masks) or labels (label maps whose "
                                     "values 0, 1, 2, ... are class indices, for multi-class segmentation)."),
+    normalize: str = typer.Option("none", help="Intensity normalisation: none (fixed mapping), patient (each "
+                                  "patient's images clipped to their 1st..99th percentile per channel, mapped to "
+                                  "[-1, 1]; MRI) or image (the same per image)."),
     val_fraction: float = typer.Option(None, help="Share of patients (or images) held out as the val split when the "
                                        "data have no split of their own [default: 0.1]."),
     test_fraction: float = typer.Option(None, help="Share held out as the test split [default: 0.2]; 0 when the test "
@@ -130,7 +133,8 @@ def train(
         "val_fraction": val_fraction, "test_fraction": test_fraction,
     }.items() if v is not None}
     for key, value, default in (("split", split, "train"), ("folder_groups", folder_groups, "auto"),
-                                ("kind", data_kind, "auto"), ("mask_values", mask_values, "binary")):
+                                ("kind", data_kind, "auto"), ("mask_values", mask_values, "binary"),
+                                ("normalize", normalize, "none")):
         if value != default:
             given[key] = value
     given.update(_recipe_flags(ctx.args))

@@ -23,6 +23,12 @@ contact sheet of up to :data:`SHEET` of them. A volume (NIfTI, multi-frame DICOM
 Patients: ``split`` uses the data's patient ids; files are grouped by the first sub-folder of the input folder
 when they lie in sub-folders (one folder per patient, as LGG's ``kaggle_3m``), else each file is its own patient.
 
+Intensities: a run trained with the data option ``normalize="patient"`` normalises its inputs per patient as
+above: the files of one first sub-folder together (all their pixels, per channel), a file outside sub-folders on
+its own, so a patient's slices given as separate files in one flat folder are normalised one by one; a NIfTI
+volume or multi-frame DICOM file as a whole. ``normalize="image"``: each 2-D image or slice on its own. The
+``split`` path reads the run's data with the run's options, so it is normalised as in training.
+
 Truth files: binary runs read them as the loaders read masks (0 / 255, 0 / 1; JPEG noise and anti-aliased edges
 of 8-bit masks binarised at 127); a label map (more than two whole values below 32) is refused, naming the file.
 Multi-class runs read label values, which must be whole numbers below the run's class count.
@@ -42,7 +48,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.data.intensity import PICTURE_FORMATS, ImageFile, IntensityMapping, read_image_file, write_image_file
+from synthmed.data.intensity import (
+    PICTURE_FORMATS,
+    ImageFile,
+    IntensityMapping,
+    normalize_files,
+    read_image_file,
+    write_image_file,
+)
 from synthmed.errors import ConfigError, DataError, SynthmedError
 from synthmed.io import write_folder_atomically
 from synthmed.metrics import segmentation as sm
@@ -54,6 +67,7 @@ from synthmed.translate import (
     input_files,
     load_held_out,
     read_jobs,
+    side_mappings,
     spread_indices,
     targets_for,
     translate_images,
@@ -276,6 +290,14 @@ def _patient(relative: Path) -> str:
     return relative.parts[0] if len(relative.parts) > 1 else relative.name
 
 
+def _normalize_inputs(recipe: SegmentationRecipe, jobs: list[Any], base: Path) -> None:
+    """Inputs of a run trained with ``normalize`` normalised as its images were: per patient (the first
+    sub-folder, else the file), or per image; see the module docstring."""
+    mapping = side_mappings(recipe, "AtoB")[0]
+    groups = [_patient(job.file.path.relative_to(base)) for job in jobs]
+    normalize_files([job.file for job in jobs], mapping, groups)
+
+
 def _check_out(out: str | Path) -> Path:
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -443,10 +465,11 @@ def segment_files(model: Any, source: str | Path, out: str | Path, *, compare: s
         raise ConfigError("--fov restricts the metrics of --compare; give --compare TRUTH_DIR too")
     root = Path(source).expanduser()
     files = input_files(root)
-    jobs = list(read_jobs(recipe, files, root, "AtoB", None, fov))  # every check before any write
+    jobs = list(read_jobs(recipe, files, root, "AtoB", None, fov, normalize=False))  # every check before any write
     truths = targets_for(files, root, compare, "truth masks", any_format=True) if compare is not None else \
         [None] * len(files)
     base = root if root.is_dir() else root.parent
+    _normalize_inputs(recipe, jobs, base)
     items = []
     for job, truth_path in zip(jobs, truths, strict=True):
         relative = job.file.path.relative_to(base).with_name(file_stem(job.file.path))

@@ -1,10 +1,12 @@
 """``synthmed translate``: a trained translation run (pix2pix, CycleGAN) applied to files, folders or its own split.
 
 Files are read with the intensity mapping the run recorded for its input side (``DataInfo.intensity``: a fixed
-8/16-bit range, a DICOM window in HU, per-volume percentiles, ...), translated at their own size (tiles of the
-training size with blended overlaps when larger: the networks are fully convolutional), and written with the
-inverse of the output side's mapping, in the input's format, bit depth and geometry (the per-file range of
-per-image mappings is the input file's). One output per input, with the input's file stem.
+8/16-bit range, a DICOM window in HU, per-volume percentiles, ...; runs trained with ``normalize="patient"`` /
+``"image"`` normalise each file, a volume as a whole, by its own percentiles, see :func:`read_jobs`), translated at
+their own size (tiles of the training size with blended overlaps when larger: the networks are fully
+convolutional), and written with the inverse of the output side's mapping, in the input's format, bit depth and
+geometry (the per-file range of per-image mappings is the input file's). One output per input, with the input's
+file stem.
 
 ``compare`` (a folder of targets matched to the inputs by file name, as paired training folders are matched)
 adds input | output | target pictures and paired metrics in the output's units: MAE, PSNR, SSIM, and for mask
@@ -25,7 +27,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.data.intensity import ImageFile, IntensityMapping, mapping_from_info, read_image_file, write_image_file
+from synthmed.data.intensity import (
+    ImageFile,
+    IntensityMapping,
+    mapping_from_info,
+    normalize_files,
+    read_image_file,
+    write_image_file,
+)
 from synthmed.errors import ConfigError, DataError, SynthmedError
 from synthmed.io import write_folder_atomically
 from synthmed.metrics import paired as pm
@@ -106,11 +115,24 @@ def _unit_output(output: torch.Tensor, mapping: IntensityMapping, like: ImageFil
     x = output.numpy().astype(np.float64)
     if is_mask:
         return x  # a probability in [0, 1]
+    if mapping.normalize != "none" and like.geometry.get("ranges"):
+        return _inverse_by_slice(x, mapping, np.asarray(like.geometry["ranges"], dtype=np.float64))
     if mapping.data_range is None:
         return mapping.inverse(x, like.low, like.high)
     # A MONOCHROME1 input was read with its ends swapped (low > high): its output is mirrored back the same way.
     low, high = (mapping.high, mapping.low) if like.low > like.high else (mapping.low, mapping.high)
     return mapping.inverse(x, low, high)
+
+
+def _inverse_by_slice(x: np.ndarray, mapping: IntensityMapping, ranges: np.ndarray) -> np.ndarray:
+    """Normalised outputs (S, C, H, W) in units through the input's range of each slice and channel (S, C', 2);
+    an output channel the input lacks takes the input's first channel's range."""
+    out = np.empty_like(x)
+    for s in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            low, high = ranges[min(s, len(ranges) - 1), c if c < ranges.shape[1] else 0]
+            out[s, c] = mapping.inverse(x[s, c], low, high)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- inputs
@@ -235,8 +257,14 @@ class Job:
 
 
 def read_jobs(recipe: TranslationRecipe, files: list[Path], root: Path, direction: str,
-              compare: str | Path | None, fov: str | Path | None) -> Iterator[Job]:
-    """Read and check every input (and target) before anything is written."""
+              compare: str | Path | None, fov: str | Path | None, *, normalize: bool = True) -> Iterator[Job]:
+    """Read and check every input (and target) before anything is written.
+
+    A run trained with the data option ``normalize="patient"`` or ``"image"`` has each input normalised as its
+    training images were (:func:`~synthmed.data.intensity.normalize_files`): a 2-D file is one image (a patient's
+    slices given as separate files are normalised one by one), a NIfTI volume or multi-frame DICOM one patient
+    (``"image"``: slice by slice). ``normalize=False`` leaves that to the caller (grouping files into patients).
+    """
     in_map, out_map = side_mappings(recipe, direction)
     channels_in = recipe.input_channels(direction)
     targets = targets_for(files, root, compare, "targets") if compare is not None else [None] * len(files)
@@ -244,6 +272,8 @@ def read_jobs(recipe: TranslationRecipe, files: list[Path], root: Path, directio
     out_is_mask = recipe.output_is_mask(direction)
     for path, target_path, fov_path in zip(files, targets, fovs, strict=True):
         file = read_image_file(path, in_map, channels=channels_in)
+        if normalize:
+            normalize_files([file], in_map)
         job = Job(file)
         if target_path is not None:
             job.target = read_image_file(target_path, out_map, channels=recipe.output_channels(direction))

@@ -24,6 +24,7 @@ from synthmed.data.folder import FOLDER_GROUPS, IMAGE_FORMATS, list_files, read_
 from synthmed.data.intensity import check_intensity_range
 from synthmed.data.labels import LabelSource, assign_labels, sample_names
 from synthmed.data.nifti import is_nifti, load_nifti, read_nifti
+from synthmed.data.normalize import check_normalize
 from synthmed.data.npz import read_npz
 from synthmed.data.sets import DataSpec, TensorSet, TrainingSet, UnpairedSet
 from synthmed.data.splits import patient_split, random_split, stratified_patient_split, stratified_split
@@ -73,6 +74,7 @@ def load_dataset(
     label_key_column: str | None = None,
     intensity_range: tuple[float, float] | None = None,
     mask_values: str = "binary",
+    normalize: str = "none",
 ) -> ImageDataset:
     """Load any supported source as an :class:`ImageDataset`.
 
@@ -102,6 +104,10 @@ def load_dataset(
     ``"labels"``: label maps, whose whole values are class indices (0 = background), kept as float32 class
     indices, with ``info.mask_classes`` = largest label over every row or file (every split) + 1, at least 2
     (for segmentation targets: ``pair="image:mask"``, see :mod:`synthmed.data.paired`).
+    ``normalize``: ``"none"`` (the mapping above only), ``"patient"`` (each patient's images, per channel, clipped
+    to their own 1st..99th percentile over all its pixels and mapped onto [-1, 1]; each image on its own without
+    patient ids) or ``"image"`` (the same per image); masks untouched; recorded in ``info.intensity`` (see
+    :mod:`synthmed.data.normalize`).
     Bad input raises :class:`~synthmed.errors.DataError` with a one-line message naming the file.
     """
     common = {
@@ -110,6 +116,7 @@ def load_dataset(
         "seed": seed,
         "val_fraction": val_fraction,
         "test_fraction": test_fraction,
+        "normalize": check_normalize(normalize),
     }
     if folder_groups not in FOLDER_GROUPS:
         raise ConfigError(f"folder_groups={folder_groups!r}: choose one of {', '.join(FOLDER_GROUPS)}")

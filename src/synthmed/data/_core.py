@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from synthmed.data.dataset import DataInfo, ImageDataset
+from synthmed.data.normalize import check_normalize, normalize_images, recorded
 from synthmed.data.splits import SPLITS, patient_split, stratified_patient_split, stratified_split
 from synthmed.data.transforms import (
     CHUNK,
@@ -273,11 +274,15 @@ def assemble(
     seed: int = 0,
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
+    normalize: str = "none",
 ) -> ImageDataset:
     """Select split and channels, normalise, crop to square, resize; build the :class:`ImageDataset`.
 
     Images holding NaN or infinity are refused first (any row, any split), naming the file and the image.
+    ``normalize`` (``"patient"`` / ``"image"``) then rescales the images per patient / per image by their own
+    percentiles (:mod:`synthmed.data.normalize`; masks untouched) and records it in ``info.intensity``.
     """
+    check_normalize(normalize)
     if len(raw) == 0:
         raise DataError(raw.source, "contains no images")
     _refuse_non_finite_raw(raw)  # every row, so the index is the file's and no split ever sees a NaN
@@ -322,6 +327,7 @@ def assemble(
             raw.images, raw.value_range, size, channels_last=raw.channels_last, rows=rows, channels=picked
         )
     side = images.shape[-1]
+    images = normalize_images(images, normalize, raw.patients)
 
     masks = None
     labels_kept = raw.mask_classes > 0  # label maps keep their class indices; binary masks are thresholded
@@ -341,7 +347,7 @@ def assemble(
         split=split_name,
         channel_names=channel_names,
         attribution=raw.attribution,
-        intensity=dict(raw.intensity),
+        intensity=recorded(raw.intensity, normalize),
         mask_classes=raw.mask_classes if masks is not None else 0,
     )
     patients = None if raw.patients is None else np.asarray(raw.patients).astype(str)

@@ -352,10 +352,12 @@ def load_dicom(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     intensity_range: tuple[float, float] | None = None,
+    normalize: str = "none",
 ) -> ImageDataset:
     """A DICOM file or folder as an :class:`ImageDataset`; ``window=(center, width)`` overrides the files'
     (applied with the DICOM linear VOI function, see :func:`voi_window`); ``intensity_range=(low, high)`` in
-    units after rescale (HU for CT) replaces both the window and the series range."""
+    units after rescale (HU for CT) replaces both the window and the series range; ``normalize``: see
+    :mod:`synthmed.data.normalize` (patients: the series' patients)."""
     path = Path(path).expanduser()
     if path.is_dir():
         from synthmed.data.folder import list_files
@@ -377,4 +379,5 @@ def load_dicom(
         seed=seed,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        normalize=normalize,
     )

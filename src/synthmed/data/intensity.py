@@ -17,6 +17,13 @@ Kinds of mapping (:data:`KINDS`):
 * ``file_window``: each DICOM file's own first WindowCenter / WindowWidth (files without one: their min..max).
 * ``mask``: {0, 1} masks (``x = 2 m - 1``); written back as 0 / 255 8-bit images.
 
+``normalize`` (the data option of :mod:`synthmed.data.normalize`) composes with any kind but ``mask``:
+``"patient"`` / ``"image"`` rescale the kind's [-1, 1] values per patient / per image, clipping each channel to
+its ``normalize_percentiles`` (1st, 99th) and mapping them onto [-1, 1]. The kind is linear, so this is again
+``x = 2 (v - low) / (high - low) - 1`` with a per-file range in stored values: :func:`normalize_files` applies it
+to files read by :func:`read_image_file` and sets their ``low`` / ``high`` (per slice and channel in
+``geometry["ranges"]``), so :meth:`IntensityMapping.inverse` needs no special case and ``data_range`` is ``None``.
+
 Per-image kinds resolve to a file's own ``low`` / ``high`` when it is read (:attr:`ImageFile.low`); always
 pass those to :meth:`IntensityMapping.inverse`. A MONOCHROME1 DICOM (white = low values) is inverted as the
 loader inverts it by giving its file ``low > high`` (the same linear map, mirrored), so the inverse needs no
@@ -44,12 +51,14 @@ __all__ = [
     "IntensityMapping",
     "check_intensity_range",
     "mapping_from_info",
+    "normalize_files",
     "read_image_file",
     "write_image_file",
 ]
 
 KINDS = ("fixed", "image_range", "volume_percentiles", "file_window", "mask")
 PER_IMAGE_KINDS = ("image_range", "volume_percentiles", "file_window")
+FIELDS = ("kind", "low", "high", "percentiles", "dtype", "unit", "normalize", "normalize_percentiles")
 PICTURE_FORMATS = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".tif": "tiff", ".tiff": "tiff", ".bmp": "bmp",
                    ".gif": "gif"}
 _KNOWN_SUFFIXES = (".nii.gz", ".nii", ".dcm", ".dicom", ".npy", ".json", *PICTURE_FORMATS)
@@ -67,6 +76,9 @@ class IntensityMapping:
         dtype: how the source stores values (``"uint8"``, ``"uint16"``, ``"int16"``, ``"float32"`` ...), the
             default dtype outputs are written in.
         unit: ``"HU"`` for CT after rescale slope / intercept, ``""`` otherwise.
+        normalize: ``"none"``, or ``"patient"`` / ``"image"``: the kind's values were then rescaled per patient /
+            per image (and channel) by their own ``normalize_percentiles`` (:mod:`synthmed.data.normalize`).
+        normalize_percentiles: the low and high percentile of ``normalize``.
     """
 
     kind: str = "fixed"
@@ -75,19 +87,29 @@ class IntensityMapping:
     percentiles: tuple[float, float] = (0.5, 99.5)
     dtype: str = "uint8"
     unit: str = ""
+    normalize: str = "none"
+    normalize_percentiles: tuple[float, float] = (1.0, 99.0)
 
     def __post_init__(self) -> None:
+        from synthmed.data.normalize import check_normalize
+
         if self.kind not in KINDS:
             raise ConfigError(f"unknown intensity mapping kind {self.kind!r}; kinds: {', '.join(KINDS)}")
+        check_normalize(self.normalize)
+        object.__setattr__(self, "normalize_percentiles", tuple(float(p) for p in self.normalize_percentiles))
         # Plain floats and a tuple, whatever JSON / YAML handed in, so mappings compare and serialise alike.
         object.__setattr__(self, "low", float(self.low))
         object.__setattr__(self, "high", float(self.high))
         object.__setattr__(self, "percentiles", tuple(float(p) for p in self.percentiles))
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-able dict (``percentiles`` as a list), as ``DataInfo.intensity`` holds it."""
+        """A JSON-able dict (``percentiles`` as a list), as ``DataInfo.intensity`` holds it; the ``normalize`` fields
+        only when it normalises, so mappings without it read as before."""
         data = asdict(self)
         data["percentiles"] = list(self.percentiles)
+        data["normalize_percentiles"] = list(self.normalize_percentiles)
+        if self.normalize == "none":
+            del data["normalize"], data["normalize_percentiles"]
         return data
 
     @classmethod
@@ -97,16 +119,16 @@ class IntensityMapping:
         Args:
             data: a dict as written by :meth:`to_dict` (e.g. ``DataInfo.intensity``).
         """
-        known = {name: data[name] for name in ("kind", "low", "high", "percentiles", "dtype", "unit") if name in data}
+        known = {name: data[name] for name in FIELDS if name in data}
         return cls(**known)
 
     @property
     def data_range(self) -> float | None:
         """``high - low`` of a fixed range (1 for masks): the data range of PSNR / SSIM in units; ``None`` for
-        per-image kinds, whose range differs from image to image."""
+        per-image kinds and normalised mappings, whose range differs from image to image."""
         if self.kind == "mask":
             return 1.0
-        return self.high - self.low if self.kind == "fixed" else None
+        return self.high - self.low if self.kind == "fixed" and self.normalize == "none" else None
 
     def _limits(self, low: float | None, high: float | None) -> tuple[float, float]:
         if self.kind == "mask":
@@ -531,6 +553,64 @@ def read_image_file(path: str | Path, mapping: IntensityMapping, *, channels: in
     if file.images.numel() == 0:
         file.images = torch.from_numpy(np.ascontiguousarray(mapping.forward(file.values, file.low, file.high)))
     return file
+
+
+def _unit_limits(file: ImageFile, limits: np.ndarray) -> np.ndarray:
+    """Percentile limits (C, 2) of a file's [-1, 1] values as stored values, through each channel's own range."""
+    channel_ranges = file.geometry.get("channel_ranges") or [[file.low, file.high]] * limits.shape[0]
+    out = np.empty_like(limits, dtype=np.float64)
+    for c, (lo, hi) in enumerate(channel_ranges[: limits.shape[0]]):
+        out[c] = float(lo) + (limits[c] + 1.0) * (float(hi) - float(lo)) / 2.0
+    return out
+
+
+def _normalize_group(files: list[ImageFile], percentiles: tuple[float, float]) -> None:
+    """One patient's files rescaled by the percentiles of all their pixels, per channel (in place)."""
+    channels = int(files[0].images.shape[1])
+    pooled = [np.concatenate([f.images[:, c].numpy().ravel() for f in files]) for c in range(channels)]
+    limits = np.stack([np.percentile(p, list(percentiles)) for p in pooled]).astype(np.float64)
+    for f in files:
+        _set_normalized(f, [limits] * int(f.images.shape[0]))
+
+
+def _set_normalized(file: ImageFile, limits: list[np.ndarray]) -> None:
+    """``file`` rescaled slice by slice by ``limits`` ((C, 2) per slice), its ranges in stored values recorded."""
+    from synthmed.data.normalize import rescale
+
+    images = file.images.numpy()
+    file.images = torch.from_numpy(np.concatenate([rescale(images[s:s + 1], limits[s])
+                                                   for s in range(images.shape[0])]))
+    ranges = np.stack([_unit_limits(file, lim) for lim in limits])  # (S, C, 2)
+    file.geometry["ranges"] = ranges.tolist()
+    file.low, file.high = float(ranges[0, 0, 0]), float(ranges[0, 0, 1])
+
+
+def normalize_files(files: list[ImageFile], mapping: IntensityMapping, groups: list[str] | None = None) -> None:
+    """Apply the mapping's ``normalize`` to files read by :func:`read_image_file`, in place, as the loaders apply
+    it to the run's data: ``"patient"``: each group of files together (``groups``: a group name per file;
+    ``None``: each file is its own patient, so a volume is normalised as a whole), per channel; ``"image"``: each
+    slice on its own. ``low`` / ``high`` become the file's (first slice's, first channel's) range in stored
+    values and ``geometry["ranges"]`` holds every slice's and channel's, for :meth:`IntensityMapping.inverse`.
+    Nothing happens for ``normalize="none"`` and masks.
+
+    Args:
+        files: the files read with ``mapping``.
+        mapping: the run's mapping for their side.
+        groups: the patient of each file, for ``"patient"``.
+    """
+    if mapping.normalize == "none" or mapping.kind == "mask" or not files:
+        return
+    from synthmed.data.normalize import group_limits
+
+    if mapping.normalize == "image":
+        for f in files:
+            images = f.images.numpy()
+            _set_normalized(f, [group_limits(images[s:s + 1], mapping.normalize_percentiles)
+                                for s in range(images.shape[0])])
+        return
+    names = groups if groups is not None else [str(i) for i in range(len(files))]
+    for name in dict.fromkeys(names):
+        _normalize_group([f for f, g in zip(files, names, strict=True) if g == name], mapping.normalize_percentiles)
 
 
 # ------------------------------------------------------------------------------------------------- writing

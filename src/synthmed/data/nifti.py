@@ -217,9 +217,11 @@ def load_nifti(
     val_fraction: float = 0.1,
     test_fraction: float = 0.2,
     intensity_range: tuple[float, float] | None = None,
+    normalize: str = "none",
 ) -> ImageDataset:
     """A NIfTI file or folder of them as an :class:`ImageDataset` of 2D slices; ``intensity_range=(low, high)``
-    replaces the per-volume ``percentiles``."""
+    replaces the per-volume ``percentiles``; ``normalize``: see :mod:`synthmed.data.normalize` (patients: the
+    files' patient ids)."""
     path = Path(path).expanduser()
     if path.is_dir():
         from synthmed.data.folder import list_files
@@ -244,5 +246,6 @@ def load_nifti(
         intensity_range=intensity_range,
     )
     return assemble(
-        raw, size=size, split=split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction
+        raw, size=size, split=split, seed=seed, val_fraction=val_fraction, test_fraction=test_fraction,
+        normalize=normalize,
     )

@@ -80,6 +80,7 @@ from synthmed.data.folder import (
     list_files,
 )
 from synthmed.data.intensity import IntensityMapping, check_intensity_range
+from synthmed.data.normalize import check_normalize, normalize_images, recorded
 from synthmed.data.sets import TensorSet, UnpairedSet
 from synthmed.data.transforms import (
     check_mask_values,
@@ -539,17 +540,24 @@ def _paired_folders(
         target_tensor = torch.from_numpy(np.stack(target_out))
         target_names = () if target_scale.grey else RGB
     fov_tensor = None if fovs is None else _binarised(fov_out, [fovs[i] for i in rest])
+    chosen = None if patients is None else patients[selected]
+    mode = check_normalize(opts["normalize"])  # both sides when the targets are images; masks never
+    image_tensor = normalize_images(image_tensor, mode, chosen)
+    intensity, target_intensity = recorded(scale.intensity, mode), target_scale.intensity
+    if not as_masks:
+        target_tensor = normalize_images(target_tensor, mode, chosen)
+        target_intensity = recorded(target_intensity, mode)
     info = DataInfo(
         source=str(image_root), channels=int(image_tensor.shape[1]), height=side, width=side,
         num_classes=len(class_names), class_names=class_names, split=split, channel_names=names, kind="paired",
         target_channels=int(target_tensor.shape[1]), target_names=target_names, target_is_mask=as_masks,
-        target_source=str(target_root), intensity=scale.intensity, target_intensity=target_scale.intensity,
+        target_source=str(target_root), intensity=intensity, target_intensity=target_intensity,
         mask_classes=mask_classes,
     )
     return ImageDataset(
         images=image_tensor, info=info, targets=target_tensor, masks=fov_tensor,
         labels=None if labels is None else torch.as_tensor(labels[selected]),
-        patients=None if patients is None else patients[selected], meta=meta,
+        patients=chosen, meta=meta,
     )
 
 
@@ -605,7 +613,8 @@ def load_paired(
         options: image options of :func:`~synthmed.data.load_dataset` (``size``, ``split``, ``channels``,
             ``seed``, ...). With ``target``, ``channels`` picks the image's channels and the npz / download
             options do not apply; with ``pair="A:B"`` the pair picks the channels. ``intensity_range`` applies to
-            the 16-bit and float images of both folders (an 8-bit side keeps 0..255; mask targets are masks).
+            the 16-bit and float images of both folders (an 8-bit side keeps 0..255; mask targets are masks);
+            so does ``normalize`` (per patient / image, :mod:`synthmed.data.normalize`), to image targets too.
         target_intensity_range: with ``target``: the target folder's own ``intensity_range`` (e.g. CT in HU
             beside MR in scanner units); default: ``intensity_range``.
 
@@ -624,7 +633,7 @@ def load_paired(
         if source is None:
             raise ConfigError("paired folders need a source folder of images beside target=")
         allowed = {"size", "split", "channels", "seed", "val_fraction", "test_fraction", "folder_groups",
-                   "intensity_range", "mask_values"}
+                   "intensity_range", "mask_values", "normalize"}
         refuse_options(options, allowed, "paired image folders")
         return _paired_folders(source, target, fov, match, target_masks, options, target_intensity_range)
     if match is not None or fov is not None or target_masks is not None or target_intensity_range is not None:

@@ -52,7 +52,7 @@ PRDC_K = 5
 CasScorer = Callable[..., Mapping[str, Any]]
 #: Image-reading options of a run's data that decide which images (and labels) its source gives.
 RUN_DATA_OPTIONS = ("image_key", "label_key", "mask_key", "patient_key", "split_key", "folder_groups", "labels",
-                    "label_column", "label_map", "label_key_column")
+                    "label_column", "label_map", "label_key_column", "normalize")
 
 
 @dataclass

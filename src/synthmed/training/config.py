@@ -56,6 +56,9 @@ class DataConfig:
     label_key_column: str | None = None
     #: Mask targets: "binary" ({0, 1} masks) or "labels" (label maps of class indices 0, 1, 2, ...; segmentation).
     mask_values: str = "binary"
+    #: Per-volume intensity normalisation: "none" (the fixed mapping), "patient" (each patient's images clipped to
+    #: their own 1st..99th percentile per channel, mapped to [-1, 1]) or "image" (the same per image).
+    normalize: str = "none"
     #: Share of patients (or images) split off as val / test where the source has no split of its own; None:
     #: the loader's default (0.1 / 0.2). DRIVE's training/ folder: test_fraction=0 (testing/ is the test set).
     val_fraction: float | None = None
@@ -64,6 +67,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.mask_values not in ("binary", "labels"):
             raise ConfigError(f"--mask-values must be binary or labels (got {self.mask_values!r})")
+        if self.normalize not in ("none", "patient", "image"):
+            raise ConfigError(f"--normalize must be none, patient or image (got {self.normalize!r})")
         val, test = self.val_fraction, self.test_fraction
         for flag, value in (("--val-fraction", val), ("--test-fraction", test)):
             if value is not None and not 0.0 <= value < 1.0:
