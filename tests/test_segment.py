@@ -159,6 +159,10 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path: Path, binary
         "o4": ([source, "--training-scale"], ["no --size"]),
         "o5": ([source, "--fov", source], ["--compare"]),
         "o6": ([source, "--spacing", "0.5"], ["--spacing"]),
+        # Regressions: --split train scored training images as held-out; tiling options crashed with a traceback.
+        "o7": (["--split", "train"], ["--split train", "test or val"]),
+        "o8": ([source, "--tile", "16", "--overlap", "16"], ["--overlap"]),
+        "o9": ([source, "--batch-size", "0"], ["--batch-size"]),
     }
     for name, (args, expected) in cases.items():
         code, output = _cli(binary_run.as_posix(), *args, "--out", (tmp_path / name).as_posix(), "-q")
@@ -168,17 +172,6 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path: Path, binary
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]  # no staging folder left behind
 
 
-def _labels_supported() -> bool:
-    from synthmed.training.config import DataConfig
-
-    try:
-        DataConfig(source="x", mask_values="labels")
-    except Exception:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _labels_supported(), reason="label-map masks (mask_values='labels') not available")
 def test_three_class_run_writes_label_values_and_scores_each_class(tmp_path: Path) -> None:
     run = synthmed.train(_npz(tmp_path / "labels.npz", labels=True), pair="image:mask", mask_values="labels",
                          recipe="unet", out=tmp_path / "run", **TRAIN).run_dir
@@ -202,3 +195,11 @@ def test_three_class_run_writes_label_values_and_scores_each_class(tmp_path: Pat
     code, output = _cli(run.as_posix(), (tmp_path / "in").as_posix(), "--out", (tmp_path / "o").as_posix(),
                         "--compare", (tmp_path / "bad").as_posix(), "-q")
     assert code == 2 and "holds label 3" in output and "3 classes" in output and not (tmp_path / "o").exists()
+
+
+def test_natural_order_stacks_slices_in_slice_order() -> None:
+    """Regression: a patient's slices were stacked alphabetically (_1, _10, _2) for the per-patient 3-D HD95."""
+    from synthmed.segment import _natural_key
+
+    names = ["TCGA_A_1", "TCGA_A_10", "TCGA_A_2", "TCGA_A_9"]
+    assert sorted(names, key=_natural_key) == ["TCGA_A_1", "TCGA_A_2", "TCGA_A_9", "TCGA_A_10"]

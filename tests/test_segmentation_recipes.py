@@ -189,3 +189,51 @@ def test_preview_shows_samples_with_foreground(tmp_path: Path) -> None:
     recipe = build_recipe("unet", TINY, data.info)
     recipe.prepare_data(data)
     assert recipe.preview_batch["target"].flatten(1).amax(1).tolist() == [1.0] * 4
+
+
+def test_segan_critic_step_raises_the_multiscale_l1_it_maximises() -> None:
+    """The sign of SegAN's game: one critic step (segmentor fixed) increases the feature distance."""
+    from synthmed import losses as L
+    from synthmed.recipes.segmentation import class_probabilities, foreground
+
+    torch.manual_seed(0)
+    recipe = build_recipe("segan", {**TINY, "d_base_channels": 4, "clip": 0.0, "d_lr": 1e-2,
+                                    "adversarial_weight": 1.0}, _info())
+    batch = _batch(2)
+    critic, segmentor = recipe.networks["C"], recipe.networks["S"]
+
+    def distance() -> float:
+        with torch.no_grad():
+            p = foreground(class_probabilities(segmentor(batch["image"])))
+            truth = masked_images(batch["image"], one_hot_foreground(batch["target"], 2))
+            return float(L.multiscale_l1_loss(critic(masked_images(batch["image"], p)), critic(truth)))
+
+    before = distance()
+    recipe.config.lr = 0.0  # freeze the segmentor: only the critic moves
+    optimizers = recipe.configure_optimizers()
+    recipe.train_step(batch, StepContext(device=torch.device("cpu"), optimizers=optimizers, total_steps=10))
+    assert distance() > before
+
+
+def test_validation_crops_padding_off(tmp_path: Path) -> None:
+    """Regression: validation padded images and masks with zeros and counted the padded strip as pixels."""
+    recipe = build_recipe("unet", TINY, _info(size=12))  # depth 2: 10 px validation images are padded to 12
+
+    class Held:
+        def __init__(self, image: torch.Tensor, target: torch.Tensor) -> None:
+            self.image, self.target = image, target
+
+        def __len__(self) -> int:
+            return len(self.image)
+
+        def batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"image": self.image[rows], "target": self.target[rows]}
+
+    image = torch.full((2, 1, 10, 10), -1.0)
+    target = torch.zeros(2, 1, 10, 10)
+    target[:, :, 2:6, 2:6] = 1
+    # A segmentor that predicts the truth on the image and foreground on every padded pixel.
+    recipe.segment = lambda x: torch.nn.functional.pad(  # type: ignore[method-assign]
+        target[:x.shape[0]], (0, x.shape[-1] - 10, 0, x.shape[-2] - 10), value=1.0)
+    assert recipe.size_multiple() == 4
+    assert recipe.validation_score(Held(image, target)) == 1.0  # padding (12 px) predicted 1, cropped off

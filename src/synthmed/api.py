@@ -302,6 +302,9 @@ def segment(run: str | Path, source: str | Path | None, out: str | Path, *, comp
     if split is not None and (compare is not None or fov is not None or training_scale):
         raise ConfigError("--compare, --fov and --training-scale go with INPUT files; --split scores the run's own "
                           "pairs as it trained on them")
+    if split is not None and split not in ("test", "val"):
+        raise ConfigError(f"--split {split}: score a held-out split, test or val (the run trained on its train split)")
+    _check_tiling(tile, overlap, batch_size)
     pixel_size = sg.parse_spacing(spacing)
     choice = sg.choose_checkpoint(resolve_run_dir(run), checkpoint)
     model = load(run, checkpoint=choice, device=device)
@@ -320,6 +323,17 @@ def segment(run: str | Path, source: str | Path | None, out: str | Path, *, comp
         return sg.segment_files(model, source, out, compare=compare, fov=fov, tile=tile, overlap=overlap,
                                 batch_size=batch_size, training_side=side, spacing=pixel_size, checkpoint=used,
                                 progress=report)
+
+
+def _check_tiling(tile: int | None, overlap: int | None, batch_size: int) -> None:
+    """Tiling options as one-line errors before anything is loaded (the tiler would raise a ValueError)."""
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1 (got {batch_size})")
+    if tile is not None and tile < 1:
+        raise ConfigError(f"--tile must be at least 1 px (got {tile})")
+    if overlap is not None and (overlap < 0 or (tile is not None and overlap >= tile)):
+        raise ConfigError(f"--overlap must be at least 0 and smaller than the tile (got {overlap}" +
+                          (f" with --tile {tile})" if tile is not None else ")"))
 
 
 @contextlib.contextmanager

@@ -159,7 +159,8 @@ def soft_dice_loss(probabilities: torch.Tensor, one_hot: torch.Tensor, eps: floa
     """1 - mean_c 2 sum(p_c t_c) / (sum p_c + sum t_c), each class's sums over the whole batch (batch Dice).
 
     Pooling the batch keeps the loss defined on images without foreground (most LGG slices show no tumour),
-    where a per-image Dice is 0/0; ``eps`` makes a class absent from both terms count as perfect (loss 0).
+    where a per-image Dice is 0/0; ``eps`` keeps the ratio finite (a class with no truth pixel and exactly zero
+    predicted mass scores 1; sigmoid / softmax outputs are never exactly 0, so such a class pulls towards 0 mass).
 
     Args:
         probabilities: (N, C, *spatial) in [0, 1], one channel per scored class.

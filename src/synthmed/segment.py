@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -414,12 +415,21 @@ def _report(summary: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
 def _write_scores(staging: Path, items: list[_Item], recipe: SegmentationRecipe, header: dict[str, Any],
                   ) -> dict[str, Any]:
     """metrics.csv, metrics.json and the overlays of the scored items; returns the metrics.json document."""
-    rows, summary = sm.score_cases([item.case() for item in items], recipe.num_classes)
+    ordered = sorted(items, key=lambda item: (str(item.patient), _natural_key(item.name)))
+    slice_spacing = header.get("spacing")[0] if header.get("spacing") and len(header["spacing"]) == 3 else None
+    rows, summary = sm.score_cases([item.case() for item in ordered], recipe.num_classes,
+                                   slice_spacing=slice_spacing)
     sm.write_scores_csv(staging / "metrics.csv", rows)
     document = _report(summary, {**header, "num_classes": recipe.num_classes})
     (staging / "metrics.json").write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
     _write_pictures(staging, items)
     return document
+
+
+def _natural_key(name: str) -> list[Any]:
+    """Sort key comparing the numbers in a name as numbers: a patient's slices ``_2`` before ``_10``, so per-patient
+    volumes (HD95 in 3-D) are stacked in slice order, not in the alphabetical order of file names."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def _header(model: Any, checkpoint: str, **options: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import math
 import torch
 from torch import nn
 
+from synthmed.errors import ConfigError
 from synthmed.nn.layers import check_norm, conv_cls, make_norm
 from synthmed.nn.translation import UNetGenerator, init_translation_weights
 
@@ -35,7 +36,7 @@ def segmentation_depth(image_size: int, max_depth: int = DEFAULT_MAX_DEPTH) -> i
         max_depth: the most downsamplings to use.
     """
     if image_size < 8:
-        raise ValueError(f"segmentation needs images of at least 8 px, got {image_size}")
+        raise ConfigError(f"segmentation needs images (or crops) of at least 8 px, got {image_size}")
     return max(1, min(max_depth, int(math.log2(image_size)) - 1))
 
 

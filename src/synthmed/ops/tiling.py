@@ -101,7 +101,7 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
-def _pad_bottom_right(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+def pad_bottom_right(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Pad (N, C, H, W) at the bottom and right up to (height, width) by reflection (repeated when needed)."""
     while image.shape[-2] < height or image.shape[-1] < width:
         h, w = image.shape[-2:]
@@ -171,13 +171,13 @@ def sliding_window(
     _window(tile, overlap, mode, ramp_start=True, ramp_end=True)  # validates tile, overlap and mode
     n, _, height, width = image.shape
     if height <= tile and width <= tile:
-        padded = _pad_bottom_right(image, _round_up(height, multiple), _round_up(width, multiple))
+        padded = pad_bottom_right(image, _round_up(height, multiple), _round_up(width, multiple))
         out = fn(padded)
         _check_output(out, padded)
         return out[..., :height, :width]
     if tile % multiple:
         raise ValueError(f"tile {tile} must be a multiple of multiple={multiple}")
-    padded = _pad_bottom_right(image, max(height, tile), max(width, tile))
+    padded = pad_bottom_right(image, max(height, tile), max(width, tile))
     ph, pw = padded.shape[-2:]
     ys, xs = tile_starts(ph, tile, overlap), tile_starts(pw, tile, overlap)
     wys, wxs = _axis_windows(ph, ys, tile, overlap, mode), _axis_windows(pw, xs, tile, overlap, mode)

@@ -41,6 +41,7 @@ from synthmed.data.sets import DataSpec, TrainingSet
 from synthmed.errors import ConfigError
 from synthmed.nn.segmentation import SegANCritic, build_segmentor, segmentation_depth
 from synthmed.nn.translation import build_patch_discriminator
+from synthmed.ops.tiling import pad_bottom_right
 from synthmed.optim import adam
 from synthmed.recipes.base import Preview, SegmentationRecipe, register_recipe
 from synthmed.recipes.step import StepContext, evaluating, frozen
@@ -339,12 +340,14 @@ class _Segmentation(SegmentationRecipe):
 
     @torch.no_grad()
     def validation_score(self, data: TrainingSet) -> float:
-        """Dice of hard predictions pooled over every pixel of ``data``, averaged over the foreground classes."""
+        """Dice of hard predictions pooled over every pixel of ``data`` (padding cropped off), averaged over the
+        foreground classes."""
         totals: list[torch.Tensor] | None = None
         for start in range(0, len(data), VALIDATION_BATCH):
             batch = data.batch(torch.arange(start, min(start + VALIDATION_BATCH, len(data))))
-            counts = pooled_dice(self.segment(self._padded(batch["image"])), self._padded(batch["target"]),
-                                 self.num_classes)
+            image = batch["image"]
+            probabilities = self.segment(self._padded(image))[..., :image.shape[-2], :image.shape[-1]]
+            counts = pooled_dice(probabilities, batch["target"], self.num_classes)
             totals = list(counts) if totals is None else [a + b for a, b in zip(totals, counts, strict=True)]
         if not totals:
             return float("nan")
@@ -352,10 +355,10 @@ class _Segmentation(SegmentationRecipe):
         return sum(scores) / len(scores)
 
     def _padded(self, x: torch.Tensor) -> torch.Tensor:
-        """Zero-pad the bottom/right to a multiple of :meth:`size_multiple` (validation images of any size)."""
+        """Reflect-pad the bottom/right to a multiple of :meth:`size_multiple`, as ``synthmed segment`` pads; the
+        caller crops the output back, so padding never counts as pixels."""
         m = self.size_multiple()
-        pad_h, pad_w = -x.shape[-2] % m, -x.shape[-1] % m
-        return F.pad(x, (0, pad_w, 0, pad_h)) if pad_h or pad_w else x
+        return pad_bottom_right(x, -(-x.shape[-2] // m) * m, -(-x.shape[-1] // m) * m)
 
     # --- previews ------------------------------------------------------------------------------------------
     def prepare_data(self, data: TrainingSet) -> TrainingSet:

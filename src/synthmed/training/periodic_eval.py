@@ -12,6 +12,7 @@ random generators, so evaluating never changes the training trajectory (exact re
 
 from __future__ import annotations
 
+import abc
 import csv
 import shutil
 import warnings
@@ -26,7 +27,58 @@ from synthmed.recipes.base import GenerativeRecipe, Recipe
 BEST_STEM = "best"
 
 
-class PeriodicFID:
+class _KeepsBest(abc.ABC):
+    """What both evaluators share: ``eval.csv`` rows, the best value so far, and its recovery after a resume.
+
+    Subclasses set ``best_value`` to the worst possible value, say whether higher is better and give the CSV's
+    columns and each row's extra cells.
+    """
+
+    higher_is_better = False
+    best_value: float
+    best_step: int | None
+
+    @abc.abstractmethod
+    def _columns(self) -> list[str]:
+        """The CSV's columns after ``step``: the score's name first."""
+
+    @abc.abstractmethod
+    def _cells(self) -> list[object]:
+        """A row's cells after the step and the score (sample counts)."""
+
+    def _better(self, value: float) -> bool:
+        return bool(np.isfinite(value) and (value > self.best_value if self.higher_is_better
+                                            else value < self.best_value))
+
+    def record(self, run_dir: Path, step: int, value: float) -> bool:
+        """Append to ``eval.csv``; True when ``value`` is the best so far (ties keep the earlier step)."""
+        path = run_dir / "eval.csv"
+        new = not path.exists() or path.stat().st_size == 0
+        with open(path, "a", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            if new:
+                writer.writerow(["step", *self._columns()])
+            writer.writerow([step, repr(value), *self._cells()])
+        improved = self._better(value)
+        if improved:
+            self.best_value, self.best_step = value, step
+        return improved
+
+    def restore(self, run_dir: Path, up_to_step: int) -> None:
+        """After a resume: drop rows past the checkpoint, recover the best value so far, and drop a ``best.*``
+        saved after the checkpoint (training from there is being redone)."""
+        from synthmed.io import truncate_csv_after_step
+
+        path = run_dir / "eval.csv"
+        if path.exists():
+            for row in truncate_csv_after_step(path, up_to_step):
+                step, value = int(row[0]), float(row[1])
+                if self._better(value):
+                    self.best_value, self.best_step = value, step
+        _drop_stale_best(run_dir, up_to_step, self.best_step)
+
+
+class PeriodicFID(_KeepsBest):
     """Scores a generative recipe with FID against fixed real features; remembers the best step."""
 
     def __init__(self, recipe: Recipe, real_images: torch.Tensor, features: str, samples: int, seed: int = 0,
@@ -65,32 +117,11 @@ class PeriodicFID:
             warnings.simplefilter("ignore")  # the sample-size caveat is stated once in metrics.json
             return fid(self.real_features, self.extractor.extract(images), method="eigh")
 
-    def record(self, run_dir: Path, step: int, value: float) -> bool:
-        """Append to ``eval.csv``; True when ``value`` is the best so far."""
-        path = run_dir / "eval.csv"
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["step", f"fid_{self.features}", "n_fake", "n_real"])
-            writer.writerow([step, repr(value), self.samples, len(self.real_features)])
-        improved = bool(np.isfinite(value) and value < self.best_value)
-        if improved:
-            self.best_value, self.best_step = value, step
-        return improved
+    def _columns(self) -> list[str]:
+        return [f"fid_{self.features}", "n_fake", "n_real"]
 
-    def restore(self, run_dir: Path, up_to_step: int) -> None:
-        """After a resume: drop rows past the checkpoint, recover the best value so far, and drop a ``best.*``
-        saved after the checkpoint (training from there is being redone)."""
-        from synthmed.io import truncate_csv_after_step
-
-        path = run_dir / "eval.csv"
-        if path.exists():
-            for row in truncate_csv_after_step(path, up_to_step):
-                step, value = int(row[0]), float(row[1])
-                if value < self.best_value:
-                    self.best_value, self.best_step = value, step
-        _drop_stale_best(run_dir, up_to_step, self.best_step)
+    def _cells(self) -> list[object]:
+        return [self.samples, len(self.real_features)]
 
     def summary(self) -> dict[str, object]:
         from synthmed.metrics.stats import sample_size_warning
@@ -110,7 +141,7 @@ class PeriodicFID:
         }
 
 
-class PeriodicValidation:
+class PeriodicValidation(_KeepsBest):
     """Scores a recipe on the validation split with its own :meth:`~synthmed.recipes.base.Recipe.validation_score`
     (higher is better); remembers the best step. The test split is never loaded here.
 
@@ -118,6 +149,8 @@ class PeriodicValidation:
         recipe: a recipe whose ``validation_metric`` is set.
         data: the validation split, loaded with the run's data options.
     """
+
+    higher_is_better = True
 
     def __init__(self, recipe: Recipe, data: object) -> None:
         if not recipe.validation_metric:
@@ -130,31 +163,11 @@ class PeriodicValidation:
     def score(self, recipe: Recipe) -> float:
         return float(recipe.validation_score(self.data))  # type: ignore[arg-type]
 
-    def record(self, run_dir: Path, step: int, value: float) -> bool:
-        """Append to ``eval.csv``; True when ``value`` is the best so far (ties keep the earlier step)."""
-        path = run_dir / "eval.csv"
-        new = not path.exists() or path.stat().st_size == 0
-        with open(path, "a", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            if new:
-                writer.writerow(["step", self.metric, "n_val"])
-            writer.writerow([step, repr(value), len(self.data)])  # type: ignore[arg-type]
-        improved = bool(np.isfinite(value) and value > self.best_value)
-        if improved:
-            self.best_value, self.best_step = value, step
-        return improved
+    def _columns(self) -> list[str]:
+        return [self.metric, "n_val"]
 
-    def restore(self, run_dir: Path, up_to_step: int) -> None:
-        """After a resume: drop rows past the checkpoint and recover the best so far (see PeriodicFID)."""
-        from synthmed.io import truncate_csv_after_step
-
-        path = run_dir / "eval.csv"
-        if path.exists():
-            for row in truncate_csv_after_step(path, up_to_step):
-                step, value = int(row[0]), float(row[1])
-                if value > self.best_value:
-                    self.best_value, self.best_step = value, step
-        _drop_stale_best(run_dir, up_to_step, self.best_step)
+    def _cells(self) -> list[object]:
+        return [len(self.data)]  # type: ignore[arg-type]
 
     def summary(self) -> dict[str, object]:
         return {
