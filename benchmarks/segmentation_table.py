@@ -147,7 +147,8 @@ def plot_validation_curves(runs_dir: Path, out: Path) -> Path | None:
         for method, lines in curves[data].items():
             for i, (steps, values) in enumerate(lines):
                 ax.plot(steps, values, color=colours[method], lw=1.2, alpha=0.8, label=method if i == 0 else None)
-        ax.set_title(f"{data}: validation Dice ({len(next(iter(curves[data].values())))} seeds)")
+        seeds = max(len(lines) for lines in curves[data].values())
+        ax.set_title(f"{data}: validation Dice, {seeds} seed{'s' if seeds > 1 else ''} per method")
         ax.set_xlabel("training step")
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
