@@ -36,6 +36,17 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
             os.close(dir_fd)
 
 
+def empty_output_folder(out: str | Path) -> Path:
+    """``out`` as a Path when it is absent or an empty folder (where :func:`write_folder_atomically` may write);
+    a one-line :class:`~synthmed.errors.ConfigError` otherwise, before any work is done."""
+    from synthmed.errors import ConfigError
+
+    out = Path(out).expanduser()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; choose a new --out")
+    return out
+
+
 def write_folder_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     """``write`` into a hidden staging folder next to ``out``, then rename it to ``out`` (which must be empty or
     absent): a failure or Ctrl-C leaves no half-written output folder."""

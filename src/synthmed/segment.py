@@ -58,7 +58,7 @@ from synthmed.data.intensity import (
     write_image_file,
 )
 from synthmed.errors import ConfigError, DataError, SynthmedError
-from synthmed.io import write_folder_atomically
+from synthmed.io import empty_output_folder, write_folder_atomically
 from synthmed.metrics import segmentation as sm
 from synthmed.recipes.base import SegmentationRecipe
 from synthmed.translate import (
@@ -299,13 +299,6 @@ def _normalize_inputs(recipe: SegmentationRecipe, jobs: list[Any], base: Path) -
     normalize_files([job.file for job in jobs], mapping, groups)
 
 
-def _check_out(out: str | Path) -> Path:
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose a new --out")
-    return out
-
-
 # ------------------------------------------------------------------------------------------------- writing
 
 
@@ -470,7 +463,7 @@ def segment_files(model: Any, source: str | Path, out: str | Path, *, compare: s
             truth masks, truth classes the run does not segment: one line naming the file; nothing is written.
     """
     recipe = check_segmentation_run(model.recipe, model.run_dir)
-    out = _check_out(out)
+    out = empty_output_folder(out)
     if fov is not None and compare is None:
         raise ConfigError("--fov restricts the metrics of --compare; give --compare TRUTH_DIR too")
     root = Path(source).expanduser()
@@ -535,7 +528,7 @@ def segment_split(model: Any, out: str | Path, *, split: str = "test", batch_siz
         ConfigError: the run trained on split ``all`` (nothing is held out), a bad output folder.
     """
     recipe = check_segmentation_run(model.recipe, model.run_dir)
-    out = _check_out(out)
+    out = empty_output_folder(out)
     held_out = load_held_out(model.config.data, split)
     images, targets = held_out.tensors["image"], held_out.tensors["target"]
     fov = held_out.tensors.get("mask")

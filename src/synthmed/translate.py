@@ -36,7 +36,7 @@ from synthmed.data.intensity import (
     write_image_file,
 )
 from synthmed.errors import ConfigError, DataError, SynthmedError
-from synthmed.io import write_folder_atomically
+from synthmed.io import empty_output_folder, write_folder_atomically
 from synthmed.metrics import paired as pm
 from synthmed.ops.tiling import sliding_window
 from synthmed.recipes.base import TranslationRecipe
@@ -326,9 +326,7 @@ def translate_files(recipe: TranslationRecipe, source: str | Path, out: str | Pa
         DataError: unreadable inputs, a channel count the run was not trained on, unmatched or differently sized
             targets: one line naming the file; nothing is written.
     """
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose a new --out")
+    out = empty_output_folder(out)
     if fov is not None and compare is None:
         raise ConfigError("--fov restricts the metrics of --compare; give --compare TARGET_DIR too")
     recipe.check_direction(direction)
@@ -465,9 +463,7 @@ def translate_split(recipe: TranslationRecipe, run_config: Any, out: str | Path,
     a, b = tensors["image"], tensors["target"]
     if recipe.check_direction(direction) == "BtoA":
         a, b = (b * 2.0 - 1.0 if recipe.data_info.target_is_mask else b), a
-    out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty folder; choose a new --out")
+    out = empty_output_folder(out)
     in_map, out_map = side_mappings(recipe, direction)
     out_is_mask = recipe.output_is_mask(direction)
     result = TranslationResult(out=out)

@@ -46,10 +46,12 @@ from synthmed.optim import adam
 from synthmed.recipes.base import Preview, SegmentationRecipe, register_recipe
 from synthmed.recipes.step import StepContext, evaluating, frozen
 from synthmed.recipes.translation import (
+    check_crop_and_schedule,
     discriminator_loss,
     generator_loss,
     linear_decay,
     random_jitter,
+    set_learning_rates,
 )
 
 #: Images per validation forward pass.
@@ -282,13 +284,7 @@ class _Segmentation(SegmentationRecipe):
         return int(config.classes)
 
     def _check_geometry(self, config: SegmentationOptions) -> None:
-        if config.crop < 0 or config.crop > self.data_info.image_size:
-            raise ConfigError(f"crop={config.crop}: use 0 (whole images) or a side up to the "
-                              f"{self.data_info.image_size} px images")
-        if config.jitter < 1.0:
-            raise ConfigError(f"jitter is an upscale factor >= 1 (got {config.jitter}); 1 turns it off")
-        if not 0.0 <= config.lr_decay_start <= 1.0:
-            raise ConfigError(f"lr_decay_start is a fraction of the run in [0, 1] (got {config.lr_decay_start})")
+        check_crop_and_schedule(config, self.data_info.image_size)
         if config.ce_weight < 0 or config.dice_weight < 0:
             raise ConfigError("ce_weight and dice_weight must be at least 0")
 
@@ -312,9 +308,7 @@ class _Segmentation(SegmentationRecipe):
     def _schedule(self, ctx: StepContext) -> None:
         factor = linear_decay(ctx.progress, self.config.lr_decay_start)
         for name, optimizer in ctx.optimizers.items():
-            base = self.config.lr if name == "S" else self.config.d_lr
-            for group in optimizer.param_groups:
-                group["lr"] = base * factor
+            set_learning_rates({name: optimizer}, self.config.lr if name == "S" else self.config.d_lr, factor)
 
     def _augmented(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.config
@@ -323,6 +317,15 @@ class _Segmentation(SegmentationRecipe):
             pair = random_jitter(pair, crop=cfg.crop, jitter=cfg.jitter, flip=cfg.flip,
                                  nearest=frozenset({"target"}))
         return pair["image"], pair["target"]
+
+    def _forward(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> tuple[torch.Tensor, ...]:
+        """Every recipe's step starts alike: the learning-rate schedule, the batch augmented, the segmentor's
+        logits. Returns (images, labels, logits)."""
+        self._schedule(ctx)
+        images, labels = self._augmented(batch)
+        with ctx.autocast():
+            logits = self.networks["S"](images)
+        return images, labels, logits
 
     def _segmentation_terms(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         cfg = self.config
@@ -395,10 +398,7 @@ class UNet(_Segmentation):
         return ["loss_s", "ce", "dice"]
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
-        self._schedule(ctx)
-        images, labels = self._augmented(batch)
-        with ctx.autocast():
-            logits = self.networks["S"](images)
+        _, labels, logits = self._forward(batch, ctx)
         ce, dice, loss = self._segmentation_terms(logits, labels)
         ctx.optimize("S", loss)
         return {"loss_s": loss.detach(), "ce": ce.detach(), "dice": dice.detach()}
@@ -428,10 +428,7 @@ class SegAN(_Segmentation):
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg = self.config
-        self._schedule(ctx)
-        images, labels = self._augmented(batch)
-        with ctx.autocast():
-            logits = self.networks["S"](images)
+        images, labels, logits = self._forward(batch, ctx)
         probabilities = foreground(class_probabilities(logits.float()))
         truth = masked_images(images, one_hot_foreground(labels, self.num_classes))
         zero = torch.zeros((), device=images.device)
@@ -481,10 +478,7 @@ class Pix2PixSeg(_Segmentation):
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         cfg = self.config
-        self._schedule(ctx)
-        images, labels = self._augmented(batch)
-        with ctx.autocast():
-            logits = self.networks["S"](images)
+        images, labels, logits = self._forward(batch, ctx)
         # The mask side of D's input as an image in [-1, 1], one channel per foreground class.
         predicted = foreground(class_probabilities(logits.float())) * 2.0 - 1.0
         truth = one_hot_foreground(labels, self.num_classes) * 2.0 - 1.0

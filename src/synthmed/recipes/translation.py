@@ -234,6 +234,25 @@ class ImagePool:
 # ---------------------------------------------------------------------------------------------------- common
 
 
+def check_crop_and_schedule(config: object, image_size: int) -> None:
+    """The options of random crops, jitter and the learning-rate decay, shared by every image-to-image recipe
+    (``crop``, ``jitter``, ``lr_decay_start`` attributes of ``config``), as one-line :class:`ConfigError`-s.
+
+    Args:
+        config: a recipe config with ``crop``, ``jitter`` and ``lr_decay_start``.
+        image_size: side of the loaded images, the largest crop.
+    """
+    crop, jitter, decay = config.crop, config.jitter, config.lr_decay_start  # type: ignore[attr-defined]
+    if crop < 0:
+        raise ConfigError(f"crop must be 0 (whole images) or a side in px (got {crop})")
+    if jitter < 1.0:
+        raise ConfigError(f"jitter is an upscale factor >= 1 (got {jitter}); 1 turns it off")
+    if not 0.0 <= decay <= 1.0:
+        raise ConfigError(f"lr_decay_start is a fraction of the run in [0, 1] (got {decay})")
+    if crop > image_size:
+        raise ConfigError(f"crop={crop} is larger than the {image_size} px images")
+
+
 def _check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{option}={value!r}: choose one of {', '.join(choices)}")
@@ -255,14 +274,7 @@ class _Translation(TranslationRecipe):
         self._prefer_layout()
         _check_loss(config.loss)
         _check_choice("generator", config.generator, GENERATOR_NAMES)
-        if config.crop < 0:
-            raise ConfigError(f"crop must be 0 (whole images) or a side in px (got {config.crop})")
-        if config.jitter < 1.0:
-            raise ConfigError(f"jitter is an upscale factor >= 1 (got {config.jitter}); 1 turns it off")
-        if not 0.0 <= config.lr_decay_start <= 1.0:
-            raise ConfigError(f"lr_decay_start is a fraction of the run in [0, 1] (got {config.lr_decay_start})")
-        if config.crop > self.data_info.image_size:
-            raise ConfigError(f"crop={config.crop} is larger than the {self.data_info.image_size} px images")
+        check_crop_and_schedule(config, self.data_info.image_size)
 
     @property
     def training_size(self) -> int:
