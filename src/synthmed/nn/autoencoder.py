@@ -51,12 +51,13 @@ class ConvFeatures(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Image -> latent (N, latent_dim): :class:`ConvFeatures`, then one linear layer (a linear code, as in BAGAN)."""
+    """Image -> latent (N, latent_dim): :class:`ConvFeatures`, then one linear layer (a linear code, as in BAGAN;
+    f-AnoGAN's encoder adds batch norm: ``norm="batch"``)."""
 
     def __init__(self, latent_dim: int, in_channels: int = 1, image_size: int = 64, base_channels: int = 64,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, norm: str = "none") -> None:
         super().__init__()
-        self.body = ConvFeatures(in_channels, image_size, base_channels, dropout=dropout)
+        self.body = ConvFeatures(in_channels, image_size, base_channels, norm=norm, dropout=dropout)
         self.to_latent = nn.Linear(self.body.num_features, latent_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from synthmed.data.dataset import DataInfo
+from synthmed.recipes.anomaly import AnomalyGAN  # noqa: F401 (registers anomaly)
 from synthmed.recipes.bagan import BAGAN, BAGANGP  # noqa: F401 (registers bagan and bagan-gp)
 from synthmed.recipes.base import (
     RECIPES,

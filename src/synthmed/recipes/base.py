@@ -84,6 +84,7 @@ class Recipe(abc.ABC):
             self.networks[f"{name}_ema"] = shadow
 
     def ema_pairs(self) -> list[tuple[str, str]]:
+        """(network, its EMA copy) pairs the trainer averages after each step; asked again when a phase begins."""
         return [(n, f"{n}_ema") for n in self.ema_sources if f"{n}_ema" in self.networks]
 
     def to(self, device: torch.device, channels_last: bool = False) -> Recipe:

@@ -300,13 +300,14 @@ class Trainer:
         """The loop: phases in order, one recipe step at a time, then the periodic parts that are due."""
         t = self.config.train
         recipe = loop.recipe
-        ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]
         start_step = loop.step
         for phase, first, end in _phase_plan(recipe.phases(), t.steps):
             if end is not None and loop.step >= end:
                 continue
             loop.phase = ctx.phase = phase.name
             recipe.start_phase(phase.name, resumed=resumed and loop.step > first)
+            # Asked per phase: a phase may train with its averaged networks held fixed (anomaly: the encoder phase).
+            ema_pairs = [(recipe.networks[s], recipe.networks[e]) for s, e in recipe.ema_pairs()]
             while end is None or loop.step < end:
                 why = self._should_stop(loop.step, start_step, stopper, deadline)
                 if why:
