@@ -348,3 +348,64 @@ def _task_progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], N
                   TimeRemainingColumn(), transient=True) as bar:
         task = bar.add_task(label, total=None)
         yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def detect(run: str | Path, source: str | Path | None, out: str | Path, *, method: str = "fanogan",
+           split: str | None = None, masks: str | Path | None = None, checkpoint: str | Path | None = None,
+           threshold: float | None = None, pixel_threshold: float | None = None, recalibrate: bool = False,
+           rule: str | None = None, percentile: float | None = None, pixel_percentile: float | None = None,
+           smooth: float = 1.0, anogan_steps: int = 500, anogan_lambda: float = 0.1, anogan_restarts: int = 1,
+           anogan_lr: float = 0.05, seed: int = 0, batch_size: int = 64, device: str = "auto",
+           progress: bool = True, note: Callable[[str], None] | None = None) -> Any:
+    """Score images for anomalies with an anomaly run (``--recipe anomaly``): a score and a map per image and a
+    decision at the threshold stored with the model, calibrated on the run's val split when none applies
+    (:mod:`synthmed.detect`).
+
+    Args:
+        run: the run directory (or a name under ``./runs``).
+        source: a file, a folder or an npz to score; ``None`` with ``split``.
+        out: a new or empty output folder.
+        method: ``fanogan`` (the encoder: checkpoints after the GAN phase) or ``anogan`` (a latent search).
+        split: ``test`` or ``val``: the run's own held-out images (with their masks) instead of ``source``.
+        masks: with ``source`` files: a folder of truth masks matched by file name.
+        checkpoint: ``latest`` (default), ``best`` or a checkpoint JSON.
+        threshold: an image threshold given by hand (overrides the stored one; not stored).
+        pixel_threshold: a pixel threshold for binary maps given by hand.
+        recalibrate: calibrate on the val split (and store) even when a stored threshold applies.
+        rule: ``percentile``, ``youden`` or ``f1`` [default: the stored one's, else percentile].
+        percentile: the percentile of normal val scores of the percentile rule [default: 95].
+        pixel_percentile: the percentile of normal val map values that is the pixel threshold [default: 99].
+        smooth: Gaussian sigma of the maps in px (0: none).
+        anogan_steps: AnoGAN search steps per image.
+        anogan_lambda: weight of AnoGAN's feature loss.
+        anogan_restarts: AnoGAN starting points per image.
+        anogan_lr: learning rate of the AnoGAN search.
+        seed: seed of the AnoGAN starting points.
+        batch_size: images per pass.
+        device: ``auto``, ``cpu``, ``cuda`` or ``mps``.
+        progress: show a progress bar with ETA while scoring.
+        note: called with a line for each calibration done on the way.
+
+    Returns:
+        A :class:`synthmed.detect.DetectionResult` (rows, threshold, metrics, notes, out).
+    """
+    from synthmed import detect as dt
+    from synthmed.io import empty_output_folder
+
+    settings = dt.Settings(method, smooth, anogan_steps, anogan_lambda, anogan_restarts, anogan_lr, seed,
+                           batch_size).check()
+    calibration = dt.Calibration(rule, percentile, pixel_percentile).check()
+    if (source is None) == (split is None):
+        raise ConfigError("give INPUT (a file, folder or npz to score) or --split test (the run's held-out images), "
+                          "one of them")
+    if split is not None and split not in dt.SPLITS:
+        raise ConfigError(f"--split {split}: score a held-out split, test or val (the run trained on its train split)")
+    empty_output_folder(out)  # before the run is loaded: a bad --out costs nothing
+    choice = None if checkpoint is None or str(checkpoint) == "latest" else checkpoint
+    model = load(run, checkpoint=choice, device=device)
+    dt.check_anomaly_run(model, method)
+    used = dt.identify_checkpoint(model.run_dir, choice, model.step)
+    with _task_progress(method, progress) as report, kernels(model.config.train.cpu_kernels):
+        return dt.detect(model, out, source=source, split=split, masks=masks, settings=settings,
+                         calibration=calibration, checkpoint=used, threshold=threshold,
+                         pixel_threshold=pixel_threshold, recalibrate=recalibrate, progress=report, note=note)

@@ -404,6 +404,61 @@ def segment(
         print(line)
 
 
+@app.command()
+def detect(
+    run: str = typer.Argument(..., help="An anomaly run (--recipe anomaly) directory (or name under runs/)."),
+    source: str = typer.Argument(None, metavar="[INPUT]", help="A file, a folder (PNG, TIFF, JPEG, BMP, GIF, DICOM, "
+                                 "NIfTI, npy) or an npz of named arrays (optional masks, labels, patient) to score."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder: scores.csv, maps/, sheets/, detection.json, "
+                             "and metrics.json with truth."),
+    method: str = typer.Option("fanogan", help="fanogan (one encoder pass; checkpoints after the GAN phase) or "
+                               "anogan (a latent search per image)."),
+    split: str = typer.Option(None, help="Instead of INPUT: score this held-out split of the run's own data (test or "
+                              "val), with its masks."),
+    masks: str = typer.Option(None, help="With INPUT files: a folder of truth masks matched by name (an empty mask "
+                              "is a normal image)."),
+    checkpoint: str = typer.Option(None, help="latest, best or a checkpoint JSON [default: latest]."),
+    threshold: float = typer.Option(None, help="Image threshold given by hand (score > it is anomalous); overrides "
+                                    "the stored one, not stored."),
+    pixel_threshold: float = typer.Option(None, help="Pixel threshold of the binary maps given by hand."),
+    recalibrate: bool = typer.Option(False, "--recalibrate", help="Calibrate the threshold on the val split and "
+                                     "store it, even when a stored one applies."),
+    rule: str = typer.Option(None, help="Threshold rule: percentile (of normal val scores), youden or f1 (labelled "
+                             "val images) [default: the stored one's, else percentile]."),
+    percentile: float = typer.Option(None, help="Percentile of the normal val scores [default: 95]."),
+    pixel_percentile: float = typer.Option(None, help="Percentile of normal val map values inside the body that is "
+                                           "the pixel threshold [default: 99]."),
+    smooth: float = typer.Option(1.0, help="Gaussian smoothing of the maps in px (0: none)."),
+    anogan_steps: int = typer.Option(500, help="AnoGAN: search steps per image."),
+    anogan_lambda: float = typer.Option(0.1, help="AnoGAN: weight of the feature loss."),
+    anogan_restarts: int = typer.Option(1, help="AnoGAN: starting points per image (the best kept)."),
+    anogan_lr: float = typer.Option(0.05, help="AnoGAN: learning rate of the search."),
+    seed: int = typer.Option(0, help="Seed of the AnoGAN starting points."),
+    batch_size: int = typer.Option(64, help="Images per pass."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+) -> None:
+    """Score images for anomalies with an AnoGAN / f-AnoGAN run: a score and a map per image, a decision at the
+    threshold stored with the model (calibrated on the run's val split when none applies), metrics with truth.
+    """
+    from synthmed import api
+
+    def note(line: str) -> None:
+        print(f"synthmed: {line}", file=sys.stderr)
+
+    try:
+        result = api.detect(run, source, out, method=method, split=split, masks=masks, checkpoint=checkpoint,
+                            threshold=threshold, pixel_threshold=pixel_threshold, recalibrate=recalibrate, rule=rule,
+                            percentile=percentile, pixel_percentile=pixel_percentile, smooth=smooth,
+                            anogan_steps=anogan_steps, anogan_lambda=anogan_lambda, anogan_restarts=anogan_restarts,
+                            anogan_lr=anogan_lr, seed=seed, batch_size=batch_size, device=device,
+                            progress=not quiet, note=note)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    for line in result.summary_lines():
+        print(line)
+
+
 experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")
 app.add_typer(experiment_app, name="experiment")
 

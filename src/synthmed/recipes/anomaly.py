@@ -326,12 +326,15 @@ class AnomalyGAN(UnconditionalGAN):
         feature = (x_features - self._features(reconstruction)).abs().sum(1)
         return residual, feature, reconstruction
 
-    def score(self, images: torch.Tensor, method: str = "fanogan", **search: object) -> AnomalyScores:
+    def score(self, images: torch.Tensor, method: str = "fanogan", batch_size: int = 64,
+              **search: object) -> AnomalyScores:
         """Scores of ``images`` by ``method`` (fanogan or anogan; ``search`` options go to :meth:`anogan_scores`)."""
         if method == "fanogan":
-            return self.fanogan_scores(images)
+            if search:
+                raise ConfigError(f"{', '.join(search)}: AnoGAN search options, but the method is fanogan")
+            return self.fanogan_scores(images, batch_size=batch_size)
         if method == "anogan":
-            return self.anogan_scores(images, **search)  # type: ignore[arg-type]
+            return self.anogan_scores(images, batch_size=batch_size, **search)  # type: ignore[arg-type]
         raise ConfigError(f"method must be one of {', '.join(METHODS)} (got {method!r})")
 
     # --- outputs ---------------------------------------------------------------------------------------

@@ -364,6 +364,7 @@ class Trainer:
         config_doc = self.config.to_dict()
         config_doc["recipe_options"] = config_to_dict(recipe.config)
         config_doc["data_info"] = data.info.to_dict()
+        config_doc["recipe_summary"] = recipe.summary()  # parameters per network, and what the recipe chose
         config_doc["synthmed_version"] = synthmed.__version__
         atomic_write_text(run_dir / "config.yaml", dump_yaml(config_doc))
         LossLog(run_dir / "losses.csv", recipe.loss_names()).start(resume_step)
