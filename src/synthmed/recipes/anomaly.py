@@ -98,6 +98,12 @@ class AnomalyScores(NamedTuple):
     reconstruction: torch.Tensor
 
 
+def has_lesion(masks: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: the images whose mask shows anything (> 0); the rest are the normal (empty-mask) images. The one
+    rule training (``normal="auto"``), ``synthmed detect`` and the benchmarks use."""
+    return masks.flatten(1).amax(dim=1) > 0
+
+
 def residual_map(images: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
     """|x - x_hat| averaged over channels: (N, 1, H, W), the anomaly map before smoothing and masking."""
     return (images.float() - reconstruction.float()).abs().mean(dim=1, keepdim=True)
@@ -156,7 +162,7 @@ class AnomalyGAN(UnconditionalGAN):
 
     def prepare_data(self, data: ImageDataset) -> ImageDataset:
         """Keep the normal images only (see the ``normal`` option); the GAN and the encoder never see the rest."""
-        keep, self.normal_description = self._normal_rows(data)
+        keep, self.normal_description = self.normal_rows(data.masks, data.labels, data.info.source)
         if keep is not None:
             if not bool(keep.any()):
                 raise DataError(data.info.source, f"has no normal training images ({self.normal_description})")
@@ -164,28 +170,42 @@ class AnomalyGAN(UnconditionalGAN):
         self._examples = data.images[:8].detach().cpu()
         return data
 
-    def _normal_rows(self, data: ImageDataset) -> tuple[torch.Tensor | None, str]:
+    def normal_rows(self, masks: torch.Tensor | None, labels: torch.Tensor | None, source: str
+                    ) -> tuple[torch.Tensor | None, str]:
+        """(N,) bool, True for the images the ``normal`` option calls normal (None: every image), and a description.
+
+        Training keeps those rows; ``synthmed detect`` calls the others anomalous, so both sides read "normal" the
+        same way. Classes are resolved against this run's class names.
+
+        Args:
+            masks: (N, 1, H, W) masks or None.
+            labels: (N,) class indices or None.
+            source: the data's name, for messages.
+        """
         choice = str(self.config.normal)
-        n = len(data)
-        if choice == "all" or (choice == "auto" and data.masks is None):
+        n = len(masks) if masks is not None else (len(labels) if labels is not None else 0)
+        if choice == "all" or (choice == "auto" and masks is None):
             return None, f"all {n} training images"
         if choice in ("auto", "empty-mask"):
-            if data.masks is None:
-                raise ConfigError(f"normal='empty-mask' needs masks; {data.info.source} has none")
-            keep = data.masks.flatten(1).amax(dim=1) <= 0
-            return keep, f"{int(keep.sum())} of {n} training images with an empty mask"
-        if data.labels is None:
-            raise ConfigError(f"normal={choice!r} names a class, but {data.info.source} has no class labels")
-        names = list(data.info.class_names)
+            if masks is None:
+                raise ConfigError(f"normal='empty-mask' needs masks; {source} has none")
+            keep = ~has_lesion(masks)
+            return keep, f"{int(keep.sum())} of {n} images with an empty mask"
+        if labels is None:
+            raise ConfigError(f"normal={choice!r} names a class, but {source} has no class labels")
+        index = self._normal_class(choice)
+        keep = labels == index
+        names = self.data_info.class_names
+        return keep, f"{int(keep.sum())} of {n} images of class {names[index] if names else index}"
+
+    def _normal_class(self, choice: str) -> int:
+        names = list(self.data_info.class_names)
         if choice in names:
-            index = names.index(choice)
-        elif choice.lstrip("-").isdigit() and 0 <= int(choice) < max(data.info.num_classes, 1):
-            index = int(choice)
-        else:
-            known = ", ".join(names) or f"0..{data.info.num_classes - 1}"
-            raise ConfigError(f"normal={choice!r} is not auto, all, empty-mask or a class of the data ({known})")
-        keep = data.labels == index
-        return keep, f"{int(keep.sum())} of {n} training images of class {names[index] if names else index}"
+            return names.index(choice)
+        if choice.lstrip("-").isdigit() and 0 <= int(choice) < max(self.data_info.num_classes, 1):
+            return int(choice)
+        known = ", ".join(names) or f"0..{self.data_info.num_classes - 1}"
+        raise ConfigError(f"normal={choice!r} is not auto, all, empty-mask or a class of the data ({known})")
 
     def start_phase(self, phase: str, resumed: bool = False) -> None:
         if phase == ENCODER and not resumed and "G_ema" in self.networks:
@@ -208,7 +228,7 @@ class AnomalyGAN(UnconditionalGAN):
     # --- training --------------------------------------------------------------------------------------
     def anomaly_generator(self) -> nn.Module:
         """The generator the encoder inverts and the scores use: the EMA copy where there is one, else G."""
-        return self.networks["G_ema"] if "G_ema" in self.networks else self.networks["G"]
+        return self._sampling_generator()
 
     def train_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
         if self.phase == GAN:
@@ -280,25 +300,32 @@ class AnomalyGAN(UnconditionalGAN):
         if steps < 1 or restarts < 1 or not 0.0 <= lam <= 1.0:
             raise ConfigError(f"AnoGAN search needs steps >= 1, restarts >= 1 and 0 <= lambda <= 1 (got {steps}, "
                               f"{restarts}, {lam})")
+        # Every image's starting points drawn up front (first starts of all images, then the extra restarts): an
+        # image's score depends neither on the batch size nor, for its first start, on the number of restarts.
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        n = images.shape[0]
+        starts = torch.cat([torch.randn(n, 1, self.latent_dim, generator=generator),
+                            torch.randn(n, restarts - 1, self.latent_dim, generator=generator)], dim=1)
         results = []
         for start in range(0, images.shape[0], batch_size):
             x = images[start:start + batch_size].to(self.device).float()
-            results.append(self._search(x, steps, lam, restarts, lr, generator,
-                                        history if start == 0 else None))
+            with torch.enable_grad():  # the search differentiates even when the caller is in no_grad
+                results.append(self._search(x, starts[start:start + batch_size], lam, steps, lr,
+                                            history if start == 0 else None))
             if on_batch is not None:
                 on_batch(min(start + batch_size, images.shape[0]))
         score, residual, feature, reconstruction = (torch.cat(p) for p in zip(*results, strict=True))
         return AnomalyScores(score, residual, feature, reconstruction)
 
-    def _search(self, x: torch.Tensor, steps: int, lam: float, restarts: int, lr: float,
-                generator: torch.Generator, history: list[torch.Tensor] | None
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One batch: every restart of every image searched at once; the best restart per image kept."""
+    def _search(self, x: torch.Tensor, starts: torch.Tensor, lam: float, steps: int, lr: float,
+                history: list[torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One batch: every restart of every image searched at once; the best restart per image kept.
+
+        ``starts`` (n, restarts, latent_dim) are the images' starting points."""
         G, D = self.anomaly_generator(), self.networks["D"]
-        n = x.shape[0]
-        targets = x.repeat(restarts, 1, 1, 1)
-        z = torch.randn(n * restarts, self.latent_dim, generator=generator).to(self.device).requires_grad_(True)
+        n, restarts = starts.shape[0], starts.shape[1]
+        targets = x.repeat(restarts, 1, 1, 1)  # restart-major rows: row r * n + i is image i's restart r
+        z = starts.transpose(0, 1).reshape(n * restarts, -1).to(self.device).requires_grad_(True)
         optimizer = torch.optim.Adam([z], lr=lr)
         with frozen(G), frozen(D), evaluating(G, D):
             with torch.no_grad():

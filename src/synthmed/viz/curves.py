@@ -21,6 +21,8 @@ def read_losses(path: Path) -> dict[str, np.ndarray]:
 
 
 def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential smoothing; gaps between logged values are bridged (losses logged every few steps draw a line),
+    but nothing is drawn after a loss's last value (a loss of an earlier phase stops where its phase stopped)."""
     out = np.empty_like(values)
     last = np.nan
     for i, v in enumerate(values):
@@ -29,6 +31,9 @@ def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
             continue
         last = v if np.isnan(last) else weight * last + (1 - weight) * v
         out[i] = last
+    logged = np.flatnonzero(~np.isnan(values))
+    if logged.size:
+        out[logged[-1] + 1:] = np.nan
     return out
 
 
