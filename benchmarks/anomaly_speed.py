@@ -5,10 +5,12 @@ one trained anomaly run and the same images; with masks, each method's image AUR
     python benchmarks/anomaly_speed.py --run runs/lgg-anomaly --data scans.npz --n-images 128 --batch-size 64
     python benchmarks/anomaly_speed.py --run runs/lgg-anomaly --device cuda --anogan-steps 500 --repeats 5
 
-The model is the run as ``synthmed.load`` returns it (networks in eval mode, the run's CPU kernels). Images:
-``--data`` (an npz or folder, read at the run's ``--size`` and ``--channels``), or else the run's held-out
-``--split`` (test by default) read as the run read its training split; ``--n-images`` of them spread evenly over
-the set (normal and lesioned slices alike), in [-1, 1].
+The model is the run as ``synthmed.load`` returns it (networks in eval mode, the run's CPU kernels). Images are
+read as ``synthmed detect`` reads them (:mod:`synthmed.detect`), so the benchmark scores what detection scores:
+``--data`` (an npz: :func:`~synthmed.detect.read_npz_input`, or a file or folder: :func:`~synthmed.detect.read_files`;
+the run's recorded intensity mapping and ``normalize``, at the model's size), or else the run's held-out ``--split``
+(test by default, :func:`~synthmed.detect.read_split`: read as the run read its training split); ``--n-images`` of
+them spread evenly over the set (normal and lesioned slices alike), in [-1, 1].
 
 Methods (:meth:`synthmed.recipes.anomaly.AnomalyGAN.score`), each called on all the images at once:
 
@@ -20,8 +22,9 @@ Timing: one untimed warm-up call each (AnoGAN with 2 search steps), then ``--rep
 ...): an AnoGAN block is one call, an f-AnoGAN block as many calls as fill about as long as its warm-up suggests
 for ``--fanogan-seconds`` (one call over a few images is too short to time alone). images/s is the median over
 blocks; ``speedup`` = f-AnoGAN images/s / AnoGAN images/s. Detection (when the images have masks: an image is
-anomalous when its mask is not empty): :func:`synthmed.metrics.anomaly.image_metrics` of each method's scores
-from its last call (both are deterministic: AnoGAN's starting points are seeded).
+anomalous when its mask is not empty, :func:`synthmed.recipes.anomaly.has_lesion`, the rule training and
+``synthmed detect`` use): :func:`synthmed.metrics.anomaly.image_metrics` of each method's scores from its last
+call (both are deterministic: AnoGAN's starting points are seeded).
 
 Writes benchmarks/results/anomaly_speed_<device>.json (or ``--out``) and prints a table.
 """
@@ -41,38 +44,37 @@ import torch
 
 import synthmed
 from _common import ROOT, load_average, machine, source_state, sync
+from synthmed.detect import Inputs, read_files, read_npz_input, read_split
 from synthmed.errors import ConfigError, SynthmedError
 from synthmed.metrics.anomaly import image_metrics
 from synthmed.ops import kernels
-from synthmed.recipes.anomaly import AnomalyGAN, AnomalyScores
+from synthmed.recipes.anomaly import AnomalyGAN, AnomalyScores, has_lesion
 from synthmed.translate import spread_indices
 
 WARMUP_SEARCH_STEPS = 2
 
 
 # --- inputs ------------------------------------------------------------------------------------------------------
-def load_images(model: Any, data: Path | None, split: str) -> tuple[Any, str]:
-    """The images to score: ``data`` read at the run's size and channels, or the run's held-out ``split``."""
-    from synthmed.data import load_training_set
-
-    run_data = model.config.data
+def load_images(model: Any, recipe: AnomalyGAN, data: Path | None, split: str) -> tuple[Inputs, str]:
+    """The images to score, read as ``synthmed detect`` reads them: ``data`` (an npz, a file or a folder), or the
+    run's held-out ``split``."""
     if data is not None:
-        images = load_training_set(str(data), size=run_data.size, channels=run_data.channels, split="all")
-        return images, f"{data} (all images)"
-    if run_data.split == "all":
+        if data.suffix.lower() == ".npz":
+            return read_npz_input(model, recipe, data), f"{data} (all images, as synthmed detect reads an npz)"
+        return read_files(recipe, data, None), f"{data} (all images, as synthmed detect reads files)"
+    if model.config.data.split == "all":
         raise ConfigError(f"{model.run_dir} trained on split 'all', so it holds nothing out; give --data")
-    images = load_training_set(run_data.source, **{**run_data.loader_options(), "split": split})
-    return images, f"{run_data.source or 'breastmnist'}, split {split!r} as the run read it"
+    return read_split(model, recipe, split), f"{model.config.data.source or 'breastmnist'}, split {split!r} as the " \
+                                             "run read it"
 
 
-def pick(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``n`` images spread over the set, and whether each is anomalous (its mask not empty) when it has masks."""
-    if len(dataset) == 0:
+def pick(inputs: Inputs, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``n`` images spread over the set, and whether each is anomalous (:func:`has_lesion`) when it has masks."""
+    if len(inputs.names) == 0:
         raise ConfigError("no images to score (an empty split?)")
-    index = torch.tensor(spread_indices(len(dataset), n))
-    images = dataset.images.index_select(0, index).float()
-    masks = getattr(dataset, "masks", None)
-    anomalous = None if masks is None else masks.index_select(0, index).flatten(1).amax(1) > 0
+    index = torch.tensor(spread_indices(len(inputs.names), n))
+    images = inputs.images.index_select(0, index).float()
+    anomalous = None if inputs.masks is None else has_lesion(torch.from_numpy(inputs.masks)).index_select(0, index)
     return images, anomalous
 
 
@@ -148,8 +150,8 @@ def measure(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     recipe = model.recipe
     if not isinstance(recipe, AnomalyGAN):
         raise ConfigError(f"{args.run}: recipe {recipe.name!r} is not the anomaly recipe")
-    dataset, described = load_images(model, args.data, args.split)
-    images, anomalous = pick(dataset, args.n_images)
+    inputs, described = load_images(model, recipe, args.data, args.split)
+    images, anomalous = pick(inputs, args.n_images)
     n = images.shape[0]
     search = {"restarts": args.restarts, "lam": args.lam, "lr": args.anogan_lr, "batch_size": args.batch_size,
               "seed": 0}

@@ -3,6 +3,7 @@ and the exact best Dice, empty masks as negatives only, missing classes as None 
 
 from __future__ import annotations
 
+import json
 import math
 import time
 
@@ -12,6 +13,7 @@ import torch
 
 from synthmed.errors import ConfigError
 from synthmed.metrics.anomaly import (
+    EMPTY_MASKS,
     dice_at,
     image_metrics,
     labelled_threshold,
@@ -89,7 +91,7 @@ def test_an_empty_mask_adds_negatives_only() -> None:
     normal_map = [[0.95, 0.0, 0.0], [0.0, 0.0, 0.0]]
     maps, masks = np.array([MAP, normal_map]), np.array([MASK, np.zeros((2, 3))])
     out = pixel_metrics(maps, masks)
-    assert out["empty_masks"] == "negatives only"
+    assert out["empty_masks"] == EMPTY_MASKS and "negatives only" in EMPTY_MASKS
     assert (out["n_pixels"], out["n_images"], out["n_images_with_anomaly"]) == (12, 2, 1)
     # The normal image's bright pixel is the top false positive: Dice at the same cut 6 / (3 + 2 + 3).
     assert out["best_dice"] == pytest.approx(0.75) and out["best_dice_threshold"] == pytest.approx(0.25)
@@ -118,6 +120,17 @@ def test_no_anomalous_pixel_gives_none_and_a_note() -> None:
     out = pixel_metrics(np.random.default_rng(0).random((2, 4, 4)), np.zeros((2, 4, 4)))
     assert out["auprc"] is None and out["best_dice"] is None and out["best_dice_threshold"] is None
     assert "no anomalous pixel" in out["note"] and out["n_images_with_anomaly"] == 0
+
+
+def test_a_best_dice_that_calls_every_pixel_is_null_with_a_note() -> None:
+    # One distinct map value: the only cut calls every pixel anomalous (t = -inf), which JSON cannot hold.
+    masks = np.ones((1, 2, 3))
+    masks[0, 0, 0] = 0
+    out = pixel_metrics(np.full((1, 2, 3), 0.5), masks)
+    assert out["best_dice"] == pytest.approx(10 / 11) and out["best_dice_threshold"] is None
+    assert "every scored pixel" in out["note"] and "-inf" in out["note"]
+    json.dumps(out, allow_nan=False)  # a valid JSON report
+    assert dice_at(np.full((1, 2, 3), 0.5), masks, -math.inf) == pytest.approx(out["best_dice"])
 
 
 def test_dice_at_conventions() -> None:

@@ -5,9 +5,14 @@ empty-mask images are scored, AnoGAN runs, and bad input is refused in one line 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import math
+import os
 import shutil
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,8 +23,11 @@ from typer.testing import CliRunner
 import synthmed
 from synthmed import detect as dt
 from synthmed.cli import app
-from synthmed.errors import DataError
+from synthmed.data.intensity import IntensityMapping
+from synthmed.data.normalize import normalize_images
+from synthmed.errors import DataError, SynthmedError
 from synthmed.metrics import anomaly as am
+from synthmed.recipes.anomaly import AnomalyScores
 
 SIDE = 32
 #: Tiny networks, one critic step per generator step: a run of 6 steps takes a second or two.
@@ -28,14 +36,7 @@ TRAIN = {"steps": 6, "batch_size": 8, "sample_every": 1000, "checkpoint_every": 
          "device": "cpu", "progress": False, "val_fraction": 0.2}
 FEW = ["--method", "anogan", "--anogan-steps", "2"]  # an AnoGAN search short enough for tests
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> object:
-    """Networks this small gain nothing from threads, and the machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _brains(n: int, seed: int, side: int = SIDE) -> tuple[np.ndarray, np.ndarray]:
@@ -87,6 +88,14 @@ def _rows(out: Path) -> list[dict[str, str]]:
 
 def _stored(run: Path, method: str = "fanogan") -> dict:
     return json.loads((run / "anomaly" / f"threshold-{method}.json").read_text())
+
+
+def _strict(path: Path) -> Any:
+    """A JSON file read by a strict parser: NaN, Infinity and -Infinity are not JSON."""
+    def refuse(constant: str) -> None:
+        raise ValueError(f"{path.name} holds {constant}, which is not JSON")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
 
 
 def test_split_writes_scores_maps_and_metrics_that_match_the_metric_functions(run: Path, data: Path) -> None:
@@ -214,9 +223,13 @@ def test_folders_with_masks_are_matched_by_name_and_resized_with_a_warning(run: 
         (run.parent / folder).mkdir()
         for i, array in enumerate(arrays):
             Image.fromarray(array[:, 2:38]).save(run.parent / folder / f"case{i}.png")  # 36 x 40: not square
-    with pytest.warns(UserWarning, match="36x40 px resized to the model's 32x32 px"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         result = synthmed.api.detect(run, run.parent / "in", run.parent / "out", masks=run.parent / "truth",
                                      threshold=0.5, progress=False, device="cpu")
+    resized = [str(w.message) for w in caught if "resized" in str(w.message)]
+    assert len(resized) == 1, resized  # one summary, not a warning per file
+    assert "4 of 4 images resized from 36x40 px to the model's 32x32 px" in resized[0]
     assert [r["name"] for r in result.rows] == ["case0", "case1", "case2", "case3"]
     assert [r["label"] for r in result.rows] == [1, 0, 0, 1] and result.metrics["pixel"]["n_images"] == 4
     assert result.threshold.source == "given" and result.threshold.pixel is None  # nothing stored, none calibrated
@@ -276,3 +289,172 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(run: Path, data: Path,
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
     assert not (run / "anomaly").exists()  # refused before any calibration
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".o")]  # no staging folder left behind
+
+
+# --- review fixes ---------------------------------------------------------------------------------------------------
+
+
+def test_an_npz_is_read_with_the_runs_recorded_range_whatever_its_dtype(run: Path, data: Path,
+                                                                        tmp_path: Path) -> None:
+    model = synthmed.load(run, device="cpu")
+    arrays = dict(np.load(data))
+    wide = tmp_path / "wide.npz"
+    np.savez(wide, **{**arrays, "images": arrays["images"].astype(np.uint16)})  # the same values, 16-bit
+    narrow = dt.read_npz_input(model, model.recipe, data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "12-bit data" guess: the run's 0..255 applies
+        read = dt.read_npz_input(model, model.recipe, wide)
+    assert torch.equal(read.images, narrow.images)
+    expected = IntensityMapping().forward(arrays["images"][:, None])  # the run's recorded 0..255, as folders use
+    assert torch.equal(read.images, torch.from_numpy(expected))
+    per_image = {**model.recipe.data_info.intensity, "kind": "image_range"}
+    model.recipe.data_info = dataclasses.replace(model.recipe.data_info, intensity=per_image)
+    with pytest.raises(SynthmedError, match="wide.npz: .*image_range.*cannot") as error:
+        dt.read_npz_input(model, model.recipe, wide)
+    assert "\n" not in str(error.value)
+
+
+def test_an_npz_is_normalised_after_resizing_as_the_runs_images_were(data: Path, tmp_path: Path) -> None:
+    run = synthmed.train(data, recipe="anomaly", out=tmp_path / "norm", normalize="image", **{**TRAIN, "steps": 4},
+                         **TINY).run_dir
+    model = synthmed.load(run, device="cpu")
+    images, _ = _brains(3, seed=7, side=40)
+    path = tmp_path / "big.npz"
+    np.savez(path, images=images)
+    with pytest.warns(UserWarning, match="3 of 3 images resized"):
+        read = dt.read_npz_input(model, model.recipe, path)
+    fitted = dt.fit_to_model(torch.from_numpy(IntensityMapping().forward(images[:, None])), SIDE)
+    assert torch.allclose(read.images, normalize_images(fitted, "image"), atol=1e-6)  # resized, then normalised
+
+
+def test_normal_is_what_the_run_trained_on(tmp_path: Path) -> None:
+    images, _ = _brains(48, seed=1)
+    path = tmp_path / "labelled.npz"
+    np.savez(path, images=images, labels=np.array(["a", "b"] * 24), patient=np.repeat(np.arange(24), 2))
+    every = synthmed.train(path, recipe="anomaly", out=tmp_path / "every", **{**TRAIN, "steps": 4}, **TINY).run_dir
+    code, output = _cli(every.as_posix(), path.as_posix(), "--out", (tmp_path / "a").as_posix(), "--threshold",
+                        "0.5", "-q")
+    assert code == 0, output
+    header = _strict(tmp_path / "a" / "detection.json")  # normal="auto" without masks trained on every image
+    assert header["truth"].startswith("none") and "every" in header["truth"] and header["counts"]["normal"] is None
+    assert {r["label"] for r in _rows(tmp_path / "a")} == {""} and not (tmp_path / "a" / "metrics.json").exists()
+    named = synthmed.train(path, recipe="anomaly", out=tmp_path / "named", normal="b", **{**TRAIN, "steps": 4},
+                           **TINY).run_dir
+    numbered = tmp_path / "numbered.npz"
+    np.savez(numbered, images=images[:6], labels=np.array([0, 1] * 3))  # the run's class indices: a = 0, b = 1
+    result = synthmed.api.detect(named, numbered, tmp_path / "b", threshold=0.5, progress=False, device="cpu")
+    assert [r["label"] for r in result.rows] == [1, 0] * 3  # class b is normal, as in training
+    only_b = tmp_path / "only_b.npz"
+    np.savez(only_b, images=images[:2], labels=np.array(["b", "b"]))  # its own class 0 is the run's class b
+    result = synthmed.api.detect(named, only_b, tmp_path / "c", threshold=0.5, progress=False, device="cpu")
+    assert [r["label"] for r in result.rows] == [0, 0]
+    unknown = tmp_path / "unknown.npz"
+    np.savez(unknown, images=images[:2], labels=np.array(["b", "c"]))
+    code, output = _cli(named.as_posix(), unknown.as_posix(), "--out", (tmp_path / "d").as_posix(), "--threshold",
+                        "0.5", "-q")
+    assert code == 2 and output.count("\n") == 1 and "'c'" in output and "a, b" in output, output
+
+
+def test_infinite_thresholds_are_null_with_a_note_and_read_back(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = am.pixel_metrics
+    monkeypatch.setattr(am, "labelled_threshold", lambda *args, **kwargs: -math.inf)  # "every image anomalous"
+    monkeypatch.setattr(am, "pixel_metrics", lambda *args, **kwargs: {**real(*args, **kwargs),
+                                                                       "best_dice_threshold": -math.inf})
+    out = run.parent / "a"
+    first = synthmed.api.detect(run, None, out, split="test", rule="f1", progress=False, device="cpu")
+    stored = _strict(run / "anomaly" / "threshold-fanogan.json")
+    assert stored["value"] is None and "every image anomalous" in stored["note"]
+    assert stored["pixel"]["value"] is None and "every pixel anomalous" in stored["pixel"]["note"]
+    header, report = _strict(out / "detection.json"), _strict(out / "metrics.json")
+    assert header["threshold"]["value"] is None and "every image anomalous" in header["threshold"]["note"]
+    assert report["threshold"] == header["threshold"]
+    assert {r["decision"] for r in first.rows} == {1}
+    monkeypatch.undo()
+    again = synthmed.api.detect(run, None, run.parent / "b", split="test", progress=False, device="cpu")
+    assert again.threshold.source == "stored" and again.threshold.value == -math.inf
+    assert again.threshold.pixel == -math.inf and {r["decision"] for r in again.rows} == {1}
+    assert np.load(run.parent / "b" / "maps.npz")["maps"].size and all(
+        (run.parent / "b" / "binary" / f"{r['name']}.png").is_file() for r in again.rows)
+
+
+def test_a_val_split_without_lesion_pixels_in_the_foreground_falls_back_to_the_percentile() -> None:
+    rng = np.random.default_rng(0)
+    foreground = np.zeros((4, 8, 8), bool)
+    foreground[:, 2:6, 2:6] = True
+    masks = np.zeros((4, 8, 8), bool)
+    masks[0, 0, 0] = True  # the only lesion pixel lies outside the body
+    maps = (rng.random((4, 8, 8)) * foreground).astype(np.float32)
+    images = torch.zeros(4, 1, 8, 8)
+    val = dt.Inputs(images, list("abcd"), [""] * 4, masks=masks, labels=np.array([1, 0, 0, 0]), source="val")
+    scores = AnomalyScores(torch.tensor([4.0, 1.0, 2.0, 3.0]), torch.zeros(4), torch.zeros(4), images)
+    found = dt.calibrate(val, dt.Scored(scores, maps, foreground), dt.Calibration("youden"))
+    assert found["pixel"]["rule"] == "percentile" and "foreground" in found["pixel"]["note"]
+    assert found["pixel"]["value"] == pytest.approx(am.percentile_threshold(maps[1:][foreground[1:]], 99.0))
+
+
+def test_the_foreground_level_is_an_option_and_part_of_the_identity(run: Path) -> None:
+    code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "a").as_posix(), "-q")
+    assert code == 0 and _stored(run)["settings"]["foreground_level"] == 0.1, output
+    assert not np.load(run.parent / "a" / "maps.npz")["foreground"].all()
+    code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "b").as_posix(),
+                        "--foreground-level", "0", "-q")
+    assert code == 0 and "other settings (foreground_level)" in output, output
+    assert np.load(run.parent / "b" / "maps.npz")["foreground"].all()  # 0: the whole image
+    assert _stored(run)["settings"]["foreground_level"] == 0.0
+    assert "whole image" in _strict(run.parent / "b" / "detection.json")["foreground"]
+    code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "c").as_posix(),
+                        "--foreground-level", "1", "-q")
+    assert code == 2 and output.count("\n") == 1 and "--foreground-level" in output, output
+    # The AnoGAN batch size is not part of the identity: scores do not depend on it.
+    code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "d").as_posix(), *FEW,
+                        "--batch-size", "3", "-q")
+    assert code == 0 and "calibrating" in output, output
+    code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "e").as_posix(), *FEW,
+                        "--batch-size", "4", "-q")
+    assert code == 0 and "calibrating" not in output, output
+    first, second = _rows(run.parent / "d"), _rows(run.parent / "e")
+    assert [float(r["score"]) for r in first] == pytest.approx([float(r["score"]) for r in second], rel=1e-5)
+
+
+def test_a_read_only_run_folder_is_one_line_naming_it(run: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() == 0:  # root writes into read-only folders: make the write fail as it would for a user
+        def refuse(path: Path, text: str) -> None:
+            raise PermissionError(13, "Permission denied", str(path))
+
+        monkeypatch.setattr(dt, "atomic_write_text", refuse)
+    else:
+        run.chmod(0o555)
+    try:
+        code, output = _cli(run.as_posix(), "--split", "test", "--out", (run.parent / "a").as_posix(), "-q")
+    finally:
+        run.chmod(0o755)
+    error = output.strip().splitlines()[-1]  # after the note that calibration began
+    assert code == 2 and "Traceback" not in output and error.startswith("synthmed: error:"), output
+    assert f"{run / 'anomaly'}: cannot store" in error and "--threshold" in error
+    assert not (run.parent / "a").exists()
+
+
+def test_best_from_the_gan_phase_says_it_was_chosen_by_fid(run: Path) -> None:
+    from synthmed.training.periodic_eval import copy_as_best
+
+    copy_as_best(run / "checkpoints" / "step_00000003.json")
+    code, output = _cli(run.as_posix(), "--split", "test", "--checkpoint", "best", "--out",
+                        (run.parent / "a").as_posix(), "-q")
+    assert code == 2 and output.count("\n") == 1, output
+    assert all(text in output for text in ("best", "FID", "GAN phase", "encoder", "latest")), output
+
+
+def test_an_empty_folder_is_refused_in_detections_words(run: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    code, output = _cli(run.as_posix(), (tmp_path / "empty").as_posix(), "--out", (tmp_path / "a").as_posix(), "-q")
+    assert code == 2 and output.count("\n") == 1 and "contains no images" in output, output
+    assert "translate" not in output
+
+
+def test_a_run_with_an_empty_val_split_needs_a_threshold_by_hand(data: Path, tmp_path: Path) -> None:
+    run = synthmed.train(data, recipe="anomaly", out=tmp_path / "noval", **{**TRAIN, "val_fraction": 0.0, "steps": 4},
+                         **TINY).run_dir
+    code, output = _cli(run.as_posix(), data.as_posix(), "--out", (tmp_path / "a").as_posix(), "-q")
+    assert code == 2 and output.count("\n") == 1, output
+    assert "val split is empty" in output and "--threshold" in output and "split='all'" not in output, output
+    assert not (tmp_path / "a").exists()

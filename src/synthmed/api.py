@@ -198,6 +198,10 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
     recipe.to(select_device(device),
               channels_last=recipe.prefers_channels_last if channels_last is None else bool(channels_last))
     recipe.networks.eval()
+    if record.get("phase"):
+        # The model as it was when saved: e.g. an anomaly run past its GAN phase keeps the generator statistics
+        # its encoder learnt against (resumed=True: no one-off initialisation runs again).
+        recipe.start_phase(str(record["phase"]), resumed=True)
     with kernels(config.train.cpu_kernels):
         recipe.refresh_sampling_statistics()
     return TrainedModel(run_dir, config, recipe, int(record["step"]))
@@ -354,8 +358,8 @@ def detect(run: str | Path, source: str | Path | None, out: str | Path, *, metho
            split: str | None = None, masks: str | Path | None = None, checkpoint: str | Path | None = None,
            threshold: float | None = None, pixel_threshold: float | None = None, recalibrate: bool = False,
            rule: str | None = None, percentile: float | None = None, pixel_percentile: float | None = None,
-           smooth: float = 1.0, anogan_steps: int = 500, anogan_lambda: float = 0.1, anogan_restarts: int = 1,
-           anogan_lr: float = 0.05, seed: int = 0, batch_size: int = 64, device: str = "auto",
+           smooth: float = 1.0, foreground_level: float = 0.1, anogan_steps: int = 500, anogan_lambda: float = 0.1,
+           anogan_restarts: int = 1, anogan_lr: float = 0.05, seed: int = 0, batch_size: int = 64, device: str = "auto",
            progress: bool = True, note: Callable[[str], None] | None = None) -> Any:
     """Score images for anomalies with an anomaly run (``--recipe anomaly``): a score and a map per image and a
     decision at the threshold stored with the model, calibrated on the run's val split when none applies
@@ -376,6 +380,8 @@ def detect(run: str | Path, source: str | Path | None, out: str | Path, *, metho
         percentile: the percentile of normal val scores of the percentile rule [default: 95].
         pixel_percentile: the percentile of normal val map values that is the pixel threshold [default: 99].
         smooth: Gaussian sigma of the maps in px (0: none).
+        foreground_level: the maps' foreground (body) mask: pixels above this fraction of each image's range, holes
+            filled, the largest component; 0: no mask, the whole image.
         anogan_steps: AnoGAN search steps per image.
         anogan_lambda: weight of AnoGAN's feature loss.
         anogan_restarts: AnoGAN starting points per image.
@@ -392,18 +398,15 @@ def detect(run: str | Path, source: str | Path | None, out: str | Path, *, metho
     from synthmed import detect as dt
     from synthmed.io import empty_output_folder
 
-    settings = dt.Settings(method, smooth, anogan_steps, anogan_lambda, anogan_restarts, anogan_lr, seed,
-                           batch_size).check()
-    calibration = dt.Calibration(rule, percentile, pixel_percentile).check()
-    if (source is None) == (split is None):
-        raise ConfigError("give INPUT (a file, folder or npz to score) or --split test (the run's held-out images), "
-                          "one of them")
-    if split is not None and split not in dt.SPLITS:
-        raise ConfigError(f"--split {split}: score a held-out split, test or val (the run trained on its train split)")
-    empty_output_folder(out)  # before the run is loaded: a bad --out costs nothing
+    settings = dt.Settings(method=method, smooth=smooth, foreground_level=foreground_level, anogan_steps=anogan_steps,
+                           anogan_lambda=anogan_lambda, anogan_restarts=anogan_restarts, anogan_lr=anogan_lr,
+                           seed=seed, batch_size=batch_size).check()
+    calibration = dt.Calibration(rule=rule, percentile=percentile, pixel_percentile=pixel_percentile).check()
+    dt.check_request(source, split, masks)  # before the run is loaded: a bad request costs nothing
+    empty_output_folder(out)
     choice = None if checkpoint is None or str(checkpoint) == "latest" else checkpoint
     model = load(run, checkpoint=choice, device=device)
-    dt.check_anomaly_run(model, method)
+    dt.check_anomaly_run(model, method, choice)
     used = dt.identify_checkpoint(model.run_dir, choice, model.step)
     with _task_progress(method, progress) as report, kernels(model.config.train.cpu_kernels):
         return dt.detect(model, out, source=source, split=split, masks=masks, settings=settings,

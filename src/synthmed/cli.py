@@ -429,6 +429,9 @@ def detect(
     pixel_percentile: float = typer.Option(None, help="Percentile of normal val map values inside the body that is "
                                            "the pixel threshold [default: 99]."),
     smooth: float = typer.Option(1.0, help="Gaussian smoothing of the maps in px (0: none)."),
+    foreground_level: float = typer.Option(0.1, help="The maps' foreground (body) mask: pixels above this fraction "
+                                           "of each image's range, holes filled, the largest component; 0: no "
+                                           "mask, the whole image."),
     anogan_steps: int = typer.Option(500, help="AnoGAN: search steps per image."),
     anogan_lambda: float = typer.Option(0.1, help="AnoGAN: weight of the feature loss."),
     anogan_restarts: int = typer.Option(1, help="AnoGAN: starting points per image (the best kept)."),
@@ -450,9 +453,9 @@ def detect(
         result = api.detect(run, source, out, method=method, split=split, masks=masks, checkpoint=checkpoint,
                             threshold=threshold, pixel_threshold=pixel_threshold, recalibrate=recalibrate, rule=rule,
                             percentile=percentile, pixel_percentile=pixel_percentile, smooth=smooth,
-                            anogan_steps=anogan_steps, anogan_lambda=anogan_lambda, anogan_restarts=anogan_restarts,
-                            anogan_lr=anogan_lr, seed=seed, batch_size=batch_size, device=device,
-                            progress=not quiet, note=note)
+                            foreground_level=foreground_level, anogan_steps=anogan_steps,
+                            anogan_lambda=anogan_lambda, anogan_restarts=anogan_restarts, anogan_lr=anogan_lr,
+                            seed=seed, batch_size=batch_size, device=device, progress=not quiet, note=note)
     except SynthmedError as exc:
         _fail(str(exc))
     for line in result.summary_lines():

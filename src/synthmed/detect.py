@@ -6,32 +6,44 @@ kappa * feature``; needs a checkpoint after the GAN phase, step > ``gan_steps``)
 per image with G and D only; ``--anogan-steps``, ``--anogan-lambda``, ``--anogan-restarts``).
 
 Maps: the residual |x - G(.)| averaged over channels, inside a foreground mask of the body (or brain): pixels
-brighter than :data:`FOREGROUND_LEVEL` of the image's own range, holes filled, the largest connected component
-(the whole image when it is flat). The map is masked, Gaussian-smoothed with ``smooth`` px (default 1.0: enough
-to merge the speckle of a GAN's reconstruction into blobs without blurring away a lesion of a few pixels; 0
-turns it off) and masked again, so nothing outside the body counts. Maps are at the model's size.
+brighter than ``foreground_level`` (``--foreground-level``, default :data:`FOREGROUND_LEVEL`) of the image's own
+range above its darkest pixel, holes filled, the largest connected component (the whole image when it is flat;
+``foreground_level`` 0: no mask, every pixel counts). The map is masked, Gaussian-smoothed with ``smooth`` px
+(default 1.0: enough to merge the speckle of a GAN's reconstruction into blobs without blurring away a lesion of a
+few pixels; 0 turns it off) and masked again, so nothing outside the body counts. Maps are at the model's size.
 
 Thresholds are calibrated on the run's validation split and stored with the model, one file per method,
 ``RUN/anomaly/threshold-<method>.json`` (written atomically): the image threshold (rule ``percentile``: that
 percentile, default 95, of the normal images' scores; ``youden`` / ``f1``: the best cut on labelled val images),
 the pixel threshold for binary maps (the 99th percentile of the normal images' map values inside the foreground;
-with ``youden`` / ``f1`` and val masks, the threshold of the best pooled Dice), the split, counts, the checkpoint
-(file, step, weights SHA-256), the scoring settings (method, AnoGAN search, smoothing, foreground level). A stored
-threshold is applied only to the checkpoint and settings it was calibrated for, and when no other rule or
-percentile is asked; otherwise, or when none is stored, detection calibrates first (and says so), with the rule
-asked, else the stored one's, else ``percentile``. ``recalibrate`` forces it; a hand-given threshold overrides
-(and is not stored). A run trained on split ``all`` has no val split: give the threshold by hand.
+with ``youden`` / ``f1`` and val masks, the threshold of the best pooled Dice; the percentile rule, with a note,
+when no val lesion pixel lies inside the foreground), the split, counts, the checkpoint (file, step, weights
+SHA-256), the scoring settings (:meth:`Settings.identity`: method, AnoGAN search, smoothing, foreground level). A
+threshold of -inf (``f1`` or best Dice calling every val image or pixel anomalous) is stored as ``"value": null``
+with ``"infinite": "-inf"`` and a note (JSON has no infinity) and read back as -inf. A stored threshold is applied
+only to the checkpoint and settings it was calibrated for, and when no other rule or percentile is asked;
+otherwise, or when none is stored, detection calibrates first (and says so), with the rule asked, else the stored
+one's, else ``percentile``. ``recalibrate`` forces it; a hand-given threshold overrides (and is not stored). A run
+trained on split ``all``, or with an empty val split, has nothing to calibrate on: give the threshold by hand.
 
-Normal and anomalous: an image whose mask is empty is normal, one with a non-empty mask anomalous; without masks,
-class labels: the class the run's ``normal`` option names is normal (labels 0 where it names none), every other
-class anomalous. Without either, every image of the val split counts as normal (the percentile rule only).
+Normal and anomalous: as training read them, by :meth:`synthmed.recipes.anomaly.AnomalyGAN.normal_rows` (the run's
+``normal`` option): with ``auto`` / ``empty-mask``, an image whose mask is empty
+(:func:`~synthmed.recipes.anomaly.has_lesion`) is normal, one with a non-empty mask anomalous; with a class, that
+class (resolved against the run's class names; an input's named classes are matched by name) is normal, every
+other class anomalous. Where the rule says every image is normal (``all``, or ``auto`` on data without masks), or
+the truth it needs is missing, masks still give the truth (a non-empty mask is anomalous); class labels alone give
+none, and the header says so. Without truth every image of the val split counts as normal (the percentile rule
+only).
 
 Inputs: a folder or file (PNG, TIFF, JPEG, BMP, GIF, DICOM, NIfTI, npy; truth masks matched by name with
-``masks``), an npz of named arrays (optional ``masks``, ``labels``, ``patient``; read with the run's data
-options), or the run's held-out ``split`` (read as the run read its data: ``normalize``, ``size``, channels).
-Files are read with the run's intensity mapping (``normalize="patient"``: per first sub-folder, as
-:mod:`synthmed.segment`). Another channel count is refused; another size is resized to the model's (a non-square
-image centre-cropped to square first, as the training loaders do, so resizing always works) with a warning.
+``masks``), an npz of named arrays (optional ``masks``, ``labels``, ``patient``; read with the run's keys), or the
+run's held-out ``split`` (read as the run read its data: ``normalize``, ``size``, channels). Files and npz arrays
+are read with the run's recorded intensity mapping: files as :mod:`synthmed.segment` reads them
+(``normalize="patient"``: per first sub-folder); an npz with the run's fixed range whatever its dtype (a run whose
+mapping is per image, e.g. DICOM windows or NIfTI percentiles, is refused: give files) and the run's ``normalize``
+(per ``patient`` array, else per image) after resizing, as the loaders do. Another channel count is refused;
+another size is resized to the model's (a non-square image centre-cropped to square first, as the training loaders
+do, so resizing always works) with one warning for the set.
 
 Outputs (``out``, new or empty; it appears whole or not at all):
 
@@ -67,11 +79,12 @@ from synthmed.data.intensity import ImageFile, IntensityMapping, mapping_from_in
 from synthmed.data.transforms import center_crop_square, label_map_levels, mask_threshold, resize
 from synthmed.errors import ConfigError, DataError, SynthmedError
 from synthmed.io import atomic_write_text, empty_output_folder, write_folder_atomically
-from synthmed.recipes.anomaly import METHODS, AnomalyGAN, AnomalyScores, residual_map
-from synthmed.segment import _patient, _plain, _read_truth, _split_names
+from synthmed.metrics.anomaly import EMPTY_MASKS
+from synthmed.recipes.anomaly import METHODS, NORMAL_CHOICES, AnomalyGAN, AnomalyScores, has_lesion, residual_map
+from synthmed.segment import patient_of, plain_json, read_truth_file, split_names
 from synthmed.translate import check_same_size, file_stem, input_files, targets_for
 
-#: Foreground: pixels above this fraction of the image's own range (from its darkest pixel).
+#: Foreground: pixels above this fraction of the image's own range (from its darkest pixel); 0: the whole image.
 FOREGROUND_LEVEL = 0.1
 #: Default Gaussian smoothing of the maps, in pixels.
 SMOOTH = 1.0
@@ -84,35 +97,13 @@ SPLITS = ("test", "val")
 #: Rows per overlay sheet; columns are enlarged to about this side.
 SHEET_ROWS, SHEET_SIDE = 8, 128
 THRESHOLD_FORMAT = "synthmed-anomaly-threshold/1"
-EMPTY_MASKS = ("an image whose truth mask is empty is normal (label 0), one with a non-empty mask anomalous (1); "
-               "pixel scores pool every pixel inside the foreground of every image, so the pixels of empty-mask "
-               "images count as negatives (their false positives lower the pooled Dice and AUPRC)")
 
 Progress = Callable[[int, int], None]
 Note = Callable[[str], None]
 
 
-# segment's helpers that detection shares, under public names (segment keeps them private).
-
-
-def patient_of(relative: Path) -> str:
-    """The patient of a file by its path under the input folder: the first sub-folder, else the file."""
-    return _patient(relative)
-
-
-def plain_json(value: Any) -> Any:
-    """``value`` JSON-able: NaN as null, numpy scalars as numbers, dict keys as text."""
-    return _plain(value)
-
-
-def split_names(meta: list[dict[str, Any]], n: int, split: str) -> list[str]:
-    """Output names of a split's samples: their files' stems, else ``<split>_<row>``; unique."""
-    return _split_names(meta, n, split)
-
-
-def read_truth_file(path: Path) -> ImageFile:
-    """A truth file's values as stored (S, 1, H, W) in ``values``, read as the loaders read mask files."""
-    return _read_truth(path)
+class RunNotWritable(SynthmedError):
+    """The run folder refuses the calibrated threshold (read-only): nothing is written; give one by hand."""
 
 
 # ------------------------------------------------------------------------------------ settings and records
@@ -125,16 +116,19 @@ class Settings:
     Args:
         method: ``fanogan`` or ``anogan``.
         smooth: Gaussian sigma of the maps in px (0: none).
+        foreground_level: the foreground's fraction of each image's range, in [0, 1) (0: the whole image).
         anogan_steps: AnoGAN search steps per image.
         anogan_lambda: weight of AnoGAN's feature loss.
         anogan_restarts: AnoGAN starting points per image.
         anogan_lr: Adam learning rate of the search.
         seed: seed of the search's starting points.
-        batch_size: images per pass (not part of the identity).
+        batch_size: images per pass (not part of the identity: the recipe draws every image's starting points up
+            front, so no score depends on it).
     """
 
     method: str = "fanogan"
     smooth: float = SMOOTH
+    foreground_level: float = FOREGROUND_LEVEL
     anogan_steps: int = 500
     anogan_lambda: float = 0.1
     anogan_restarts: int = 1
@@ -147,6 +141,9 @@ class Settings:
         problems = [
             (self.method not in METHODS, f"--method must be one of {', '.join(METHODS)} (got {self.method!r})"),
             (not (math.isfinite(self.smooth) and self.smooth >= 0), f"--smooth must be 0 or more (got {self.smooth})"),
+            (not 0.0 <= self.foreground_level < 1.0,
+             f"--foreground-level must be in [0, 1): a fraction of each image's range, 0 for the whole image (got "
+             f"{self.foreground_level})"),
             (self.anogan_steps < 1, f"--anogan-steps must be at least 1 (got {self.anogan_steps})"),
             (not 0.0 <= self.anogan_lambda <= 1.0, f"--anogan-lambda must be in [0, 1] (got {self.anogan_lambda})"),
             (self.anogan_restarts < 1, f"--anogan-restarts must be at least 1 (got {self.anogan_restarts})"),
@@ -159,9 +156,11 @@ class Settings:
         return self
 
     def identity(self) -> dict[str, Any]:
-        """What a score or a map depends on besides the checkpoint (the search only for AnoGAN)."""
+        """What a score, a map or a threshold depends on besides the checkpoint and the run's data: the method, the
+        maps' smoothing and foreground level, and for AnoGAN its search (steps, lambda, restarts, lr, seed); not
+        ``batch_size``."""
         found: dict[str, Any] = {"method": self.method, "smooth": float(self.smooth),
-                                 "foreground_level": FOREGROUND_LEVEL}
+                                 "foreground_level": float(self.foreground_level)}
         if self.method == "anogan":
             found["anogan"] = {"steps": self.anogan_steps, "lambda": float(self.anogan_lambda),
                                "restarts": self.anogan_restarts, "lr": float(self.anogan_lr), "seed": self.seed}
@@ -183,6 +182,8 @@ class Calibration:
     pixel_percentile: float | None = None
 
     def check(self) -> Calibration:
+        """``self``, or a one-line :class:`ConfigError` naming the bad option (an unknown rule, a percentile
+        outside (0, 100))."""
         if self.rule is not None and self.rule not in RULES:
             raise ConfigError(f"--rule must be one of {', '.join(RULES)} (got {self.rule!r})")
         for flag, value in (("--percentile", self.percentile), ("--pixel-percentile", self.pixel_percentile)):
@@ -245,18 +246,25 @@ def _record_of(path: Path) -> dict[str, Any]:
         raise SynthmedError(f"{path}: cannot read checkpoint ({exc})") from None
 
 
-def check_anomaly_run(model: Any, method: str) -> AnomalyGAN:
+def check_anomaly_run(model: Any, method: str, checkpoint: str | Path | None = None) -> AnomalyGAN:
     """The run's recipe if it is an anomaly model at a step where ``method`` can score; one line otherwise.
 
     Args:
         model: a loaded run (:func:`synthmed.api.load`).
         method: ``fanogan`` (needs the encoder phase: step > ``gan_steps``) or ``anogan`` (G and D: step >= 1).
+        checkpoint: the checkpoint asked (``"best"``, a JSON path, or None), for the message.
     """
     recipe = model.recipe
     if not isinstance(recipe, AnomalyGAN):
         raise SynthmedError(f"{model.run_dir}: recipe {getattr(recipe, 'name', '?')!r} is not an anomaly model; "
                             "train --recipe anomaly")
     gan_steps = int(recipe.config.gan_steps)
+    best = checkpoint is not None and (str(checkpoint) == "best" or Path(str(checkpoint)).name == "best.json")
+    if method == "fanogan" and model.step <= gan_steps and best:
+        # --eval-every scores the generator by FID, and G is frozen after the GAN phase: best.* is a GAN-phase step.
+        raise ConfigError(f"{model.run_dir}: best.* (step {model.step}) was chosen by FID during the GAN phase "
+                          f"(gan_steps={gan_steps}), and the encoder was not trained at that checkpoint; use "
+                          "--checkpoint latest for f-AnoGAN (or --method anogan with best)")
     if method == "fanogan" and model.step <= gan_steps:
         raise ConfigError(f"{model.run_dir}: the checkpoint at step {model.step} is still in the GAN phase "
                           f"(gan_steps={gan_steps}), so f-AnoGAN has no trained encoder; train on (synthmed train "
@@ -286,8 +294,11 @@ class Scored:
 
 def foreground_mask(images: torch.Tensor, level: float = FOREGROUND_LEVEL) -> np.ndarray:
     """Body (or brain) masks (N, H, W) bool of images (N, C, H, W): pixels above ``level`` of each image's own
-    range, holes filled, the largest connected component; a flat image is foreground everywhere."""
+    range, holes filled, the largest connected component; a flat image, or any image at ``level`` 0, is
+    foreground everywhere."""
     grey = images.float().mean(dim=1).numpy()
+    if level <= 0:
+        return np.ones(grey.shape, bool)
     return np.stack([_body(g, level) for g in grey]) if len(grey) else np.zeros(grey.shape, bool)
 
 
@@ -346,7 +357,7 @@ def score_images(recipe: AnomalyGAN, images: torch.Tensor, settings: Settings,
         scores = recipe.fanogan_scores(images, batch_size=settings.batch_size)
     if progress is not None:
         progress(n, n)
-    foreground = foreground_mask(images)
+    foreground = foreground_mask(images, settings.foreground_level)
     return Scored(scores, anomaly_maps(images, scores.reconstruction, foreground, settings.smooth), foreground)
 
 
@@ -385,16 +396,34 @@ def input_mapping(recipe: AnomalyGAN) -> IntensityMapping:
     return mapping_from_info(recipe.data_info) or IntensityMapping(kind="fixed", low=0.0, high=255.0)
 
 
-def fit_to_model(images: torch.Tensor, side: int, what: str | Path) -> torch.Tensor:
-    """(N, C, H, W) images at ``side`` x ``side``: as they are, or centre-cropped to square and resized (as the
-    training loaders do for ``--size``) with a warning naming ``what``."""
-    height, width = int(images.shape[-2]), int(images.shape[-1])
-    if (height, width) == (side, side):
+def fit_to_model(images: torch.Tensor, side: int) -> torch.Tensor:
+    """(N, C, H, W) images at ``side`` x ``side``: as they are, or centre-cropped to square and resized as the
+    training loaders do for ``--size`` (:func:`warn_resized` tells the user, once for a set)."""
+    if tuple(images.shape[-2:]) == (side, side):
         return images
-    crop = " (centre-cropped to square first)" if height != width else ""
-    warnings.warn(f"{what}: {width}x{height} px resized to the model's {side}x{side} px{crop}; maps are at the "
-                  "model's size", stacklevel=2)
     return resize(center_crop_square(images.float()), side)
+
+
+def warn_resized(sizes: list[tuple[int, int]], side: int, what: str | Path) -> None:
+    """One warning for a set of images, when any was resized to the model's ``side`` px: how many, from what.
+
+    Args:
+        sizes: each image's (width, height) as read.
+        side: the model's side.
+        what: the input (file, folder or npz), for the message.
+    """
+    resized = [size for size in sizes if size != (side, side)]
+    if not resized:
+        return
+    shown = sorted(set(resized))
+    listed = ", ".join(f"{w}x{h}" for w, h in shown[:3]) + (", ..." if len(shown) > 3 else "")
+    crop = " (non-square ones centre-cropped to square first)" if any(w != h for w, h in resized) else ""
+    warnings.warn(f"{what}: {len(resized)} of {len(sizes)} images resized from {listed} px to the model's "
+                  f"{side}x{side} px{crop}; maps are at the model's size", stacklevel=3)
+
+
+def _sizes(images: torch.Tensor) -> list[tuple[int, int]]:
+    return [(int(images.shape[-1]), int(images.shape[-2]))] * int(images.shape[0])
 
 
 def fit_masks(masks: np.ndarray, side: int) -> np.ndarray:
@@ -422,6 +451,55 @@ def read_truth_mask(path: Path, like: ImageFile) -> np.ndarray:
     return raw > mask_threshold(raw)
 
 
+def image_truth(recipe: AnomalyGAN, masks: torch.Tensor | None, labels: torch.Tensor | None, source: str
+                ) -> tuple[np.ndarray | None, str]:
+    """Image labels (1 anomalous, 0 normal) by the rule training kept its normal images by
+    (:meth:`AnomalyGAN.normal_rows`, the run's ``normal`` option), and how they were made, in words.
+
+    Where that rule calls every image normal (``all``, or ``auto`` on data without masks) or lacks the truth it
+    reads (a class without labels, ``empty-mask`` without masks), masks still give the truth
+    (:func:`~synthmed.recipes.anomaly.has_lesion`: a non-empty mask is anomalous); class labels alone give none.
+
+    Args:
+        recipe: the run's recipe.
+        masks: (N, H, W) or (N, 1, H, W) truth masks at the model's size, or None.
+        labels: (N,) class indices in the run's classes, or None.
+        source: the images, for messages.
+    """
+    if masks is None and labels is None:
+        return None, ""
+    choice = str(recipe.config.normal)
+    decides = labels is not None if choice not in NORMAL_CHOICES else (masks is not None or choice != "empty-mask")
+    if decides:
+        keep, described = recipe.normal_rows(masks, labels, source)
+        if keep is not None:
+            return (~keep).numpy().astype(np.int64), (f"the run's normal={choice!r}: {described} are normal, the "
+                                                      "rest anomalous")
+    if masks is not None:
+        return has_lesion(masks).numpy().astype(np.int64), "from masks: a non-empty mask is anomalous"
+    why = (f"normal='empty-mask' reads normal images from masks, and {source} has none" if choice == "empty-mask"
+           else f"normal={choice!r} trained on every image" + (" (its data had no masks)" if choice == "auto" else ""))
+    return None, f"none: the run's {why}, so class labels do not say which images are normal; give masks for truth"
+
+
+def _run_classes(recipe: AnomalyGAN, labels: torch.Tensor, names: tuple[str, ...], what: str | Path
+                 ) -> torch.Tensor:
+    """An input's class labels as the run's class indices: matched by name where both name their classes.
+
+    Raises:
+        DataError: the input holds a class the run does not know.
+    """
+    known = tuple(recipe.data_info.class_names)
+    if not names or not known or names == known:
+        return labels
+    used = [names[i] for i in sorted({int(v) for v in labels.tolist()})]
+    unknown = [name for name in used if name not in known]
+    if unknown:
+        raise DataError(what, f"holds class {unknown[0]!r}, which is not one of the run's classes "
+                              f"({', '.join(known)})")
+    return torch.tensor([known.index(name) if name in known else -1 for name in names])[labels]
+
+
 def _check_channels(found: int, recipe: AnomalyGAN, what: str | Path, run_name: str) -> None:
     expected = recipe.data_info.channels
     if found != expected:
@@ -437,22 +515,23 @@ def read_files(recipe: AnomalyGAN, source: str | Path, masks: str | Path | None)
         masks: a folder of truth masks matched to the inputs by file name, or None.
     """
     root = Path(source).expanduser()
-    files = input_files(root)
+    files = input_files(root, task="score")
     base = root if root.is_dir() else root.parent
     mapping = input_mapping(recipe)
     read = [read_image_file(path, mapping, channels=recipe.data_info.channels) for path in files]
     relatives = [p.relative_to(base).with_name(file_stem(p)) for p in files]
     normalize_files(read, mapping, [patient_of(r) for r in relatives])
     truths = targets_for(files, root, masks, "truth masks", any_format=True) if masks is not None else None
-    parts = [_file_part(f, r, None if truths is None else truths[i], recipe.train_size)
+    side = recipe.train_size
+    parts = [_file_part(f, r, None if truths is None else truths[i], side)
              for i, (f, r) in enumerate(zip(read, relatives, strict=True))]
+    warn_resized([size for f in read for size in _sizes(f.images)], side, root)
     images = torch.cat([p[0] for p in parts])
     names = [name for p in parts for name in p[1]]
     patients = [patient for p in parts for patient in p[2]]
     truth = None if truths is None else np.concatenate([p[3] for p in parts])
-    labels = None if truth is None else truth.any(axis=(1, 2)).astype(np.int64)
-    return Inputs(images, names, patients, truth, labels, str(source),
-                  "from masks: a non-empty mask is anomalous" if truth is not None else "")
+    labels, words = image_truth(recipe, None if truth is None else torch.from_numpy(truth), None, str(source))
+    return Inputs(images, names, patients, truth, labels, str(source), words)
 
 
 def _file_part(file: ImageFile, relative: Path, truth_path: Path | None, side: int
@@ -463,71 +542,118 @@ def _file_part(file: ImageFile, relative: Path, truth_path: Path | None, side: i
     names = [stem] if slices == 1 else [f"{stem}_{s:03d}" for s in range(slices)]
     patient = relative.parts[0] if len(relative.parts) > 1 else (relative.name if slices > 1 else "")
     truth = None if truth_path is None else fit_masks(read_truth_mask(truth_path, file), side)
-    return fit_to_model(file.images, side, file.path), names, [patient] * slices, truth
+    return fit_to_model(file.images, side), names, [patient] * slices, truth
 
 
 def read_npz_input(model: Any, recipe: AnomalyGAN, path: Path) -> Inputs:
-    """An npz of named arrays (images, optional masks / labels / patient ids) read with the run's data options."""
+    """An npz of named arrays (images, optional masks / labels / patient ids, under the run's keys) read with the
+    run's recorded intensity mapping: its fixed range whatever the file's dtype, as folders are read, and its
+    ``normalize`` (per ``patient`` array, else per image) after resizing, as the loaders normalise.
+
+    Raises:
+        DataError: the run's mapping is per image (an npz cannot be read that way; files can), a MedMNIST-layout
+            file scaled otherwise than the run's images, another channel count.
+    """
     from synthmed.data import load_dataset
+    from synthmed.data.npz import is_medmnist_layout, open_npz
 
     data = model.config.data
-    keys = ("image_key", "label_key", "mask_key", "patient_key", "channels", "intensity_range", "normalize")
-    data_set = load_dataset(path, split="all", **{k: getattr(data, k) for k in keys})
-    _check_channels(int(data_set.images.shape[1]), recipe, path, model.run_dir.name)
+    mapping = input_mapping(recipe)
+    run_name = model.run_dir.name
+    if mapping.kind != "fixed":
+        raise DataError(path, f"{run_name} mapped its images' intensities per image ({mapping.kind}), which an npz "
+                              "cannot reproduce; give the images as files (a folder) to read them as the run did")
+    keys = list(open_npz(path).keys())
+    medmnist = is_medmnist_layout(keys) and data.image_key == "images" and "images" not in keys  # as read_npz
+    options = {k: getattr(data, k) for k in ("image_key", "label_key", "mask_key", "patient_key", "channels")}
+    data_set = load_dataset(path, split="all", intensity_range=None if medmnist else (mapping.low, mapping.high),
+                            normalize="none", **options)
+    read = mapping_from_info(data_set.info)
+    if read is not None and (read.low, read.high) != (mapping.low, mapping.high):
+        raise DataError(path, f"holds MedMNIST-layout images, scaled {read.low:g}..{read.high:g}, but {run_name} "
+                              f"read its images with {mapping.low:g}..{mapping.high:g}; save them as named arrays "
+                              "(images=...)")
+    _check_channels(int(data_set.images.shape[1]), recipe, path, run_name)
     rows = [int(m.get("index", i)) for i, m in enumerate(data_set.meta or [{}] * len(data_set))]
-    return _from_dataset(model, recipe, data_set, [f"{row:04d}" for row in rows], str(path), path)
+    return _from_dataset(recipe, data_set, [f"{row:04d}" for row in rows], str(path), path, normalize=mapping)
+
+
+def check_split(split: str) -> None:
+    """Refuse a split detection cannot score: only the held-out ``test`` and ``val``."""
+    if split not in SPLITS:
+        raise ConfigError(f"--split {split}: score a held-out split, test or val (the run trained on its train split)")
+
+
+def check_request(source: str | Path | None, split: str | None, masks: str | Path | None) -> None:
+    """Refuse, in one line and before anything is loaded, what detection cannot serve: INPUT and ``split`` both or
+    neither, a split other than test or val, ``masks`` without INPUT files."""
+    if (source is None) == (split is None):
+        raise ConfigError("give INPUT (a file, folder or npz to score) or --split test (the run's held-out images), "
+                          "one of them")
+    if split is not None:
+        check_split(split)
+    if masks is not None and source is None:
+        raise ConfigError("--masks goes with INPUT files; --split reads the run's own masks")
 
 
 def read_split(model: Any, recipe: AnomalyGAN, split: str) -> Inputs:
     """The run's held-out ``split`` read as the run read its data (its options: ``normalize``, ``size``, ...).
 
     Raises:
-        ConfigError: the run trained on split ``all`` (nothing held out), or ``split`` is not test or val.
+        ConfigError: ``split`` is not test or val, the run trained on split ``all`` (nothing held out), or the
+            split is empty (e.g. ``val_fraction`` 0).
     """
     from synthmed.data import load_training_set
 
     data = model.config.data
-    if split not in SPLITS:
-        raise ConfigError(f"--split {split}: score a held-out split, test or val (the run trained on its train split)")
+    check_split(split)
     if data.split == "all":
         raise ConfigError(f"{model.run_dir}: the run trained on split 'all', so its data hold nothing out for "
                           f"--split {split}; give held-out images as INPUT (and a threshold with --threshold)")
     options = data.loader_options()
     options.update(split=split)
-    data_set = load_training_set(data.source, **options)
+    try:
+        data_set = load_training_set(data.source, **options)
+    except DataError as exc:
+        if not exc.problem.startswith(f"split '{split}' is empty"):
+            raise
+        data_set = None
+    if data_set is None or len(data_set) == 0:
+        raise ConfigError(_empty_split(model, split))
     names = split_names(list(data_set.meta or []), len(data_set), split)
-    return _from_dataset(model, recipe, data_set, names, f"{data.source} ({split} split)", data.source)
+    return _from_dataset(recipe, data_set, names, f"{data.source} ({split} split)", data.source)
 
 
-def _from_dataset(model: Any, recipe: AnomalyGAN, data_set: Any, names: list[str], source: str,
-                  what: str | Path) -> Inputs:
-    """Inputs of a loaded image set: images at the model's size, truth from masks, else from class labels."""
+def _empty_split(model: Any, split: str) -> str:
+    """Why the run's ``split`` is empty, and what to do instead."""
+    fraction = float(getattr(model.config.data, f"{split}_fraction", 0.0) or 0.0)
+    why = f"{split}_fraction {fraction:g}" if fraction == 0 else "the data's own split holds none"
+    if split == "val":
+        return (f"{model.run_dir}: the run's val split is empty ({why}), so there is nothing to calibrate a "
+                "threshold on (or to score); give the threshold by hand (--threshold VALUE) and the images as INPUT")
+    return f"{model.run_dir}: the run's {split} split is empty ({why}); give the images to score as INPUT"
+
+
+def _from_dataset(recipe: AnomalyGAN, data_set: Any, names: list[str], source: str, what: str | Path,
+                  normalize: IntensityMapping | None = None) -> Inputs:
+    """Inputs of a loaded image set: images at the model's size (then normalised by ``normalize``'s option, as
+    the loaders normalise after resizing), truth by :func:`image_truth`."""
+    from synthmed.data.normalize import normalize_images
+
     side = recipe.train_size
     if len(data_set) == 0:
         raise DataError(what, f"holds no images for {source}")
-    images = fit_to_model(data_set.images, side, what)
+    images = fit_to_model(data_set.images, side)
+    warn_resized(_sizes(data_set.images), side, what)
+    if normalize is not None:
+        images = normalize_images(images, normalize.normalize, data_set.patients, normalize.normalize_percentiles)
     patients = [""] * len(names) if data_set.patients is None else [str(p) for p in data_set.patients]
-    if data_set.masks is not None:
-        masks = fit_masks(data_set.masks[:, 0].numpy() > 0.5, side)
-        return Inputs(images, names, patients, masks, masks.any(axis=(1, 2)).astype(np.int64), source,
-                      "from masks: a non-empty mask is anomalous")
-    if data_set.labels is None:
-        return Inputs(images, names, patients, source=source)
-    normal, words = _normal_class(str(recipe.config.normal), tuple(data_set.info.class_names))
-    labels = (data_set.labels.numpy() != normal).astype(np.int64)
-    return Inputs(images, names, patients, labels=labels, source=source, truth=words)
-
-
-def _normal_class(option: str, class_names: tuple[str, ...]) -> tuple[int, str]:
-    """The normal class index: the one the run's ``normal`` option names, else 0."""
-    if option in class_names:
-        index = class_names.index(option)
-    elif option.lstrip("-").isdigit():
-        index = int(option)
-    else:
-        index = 0
-    shown = class_names[index] if index < len(class_names) else index
-    return index, f"from class labels: class {shown} is normal, every other class anomalous"
+    masks = None if data_set.masks is None else fit_masks(data_set.masks[:, 0].numpy() > 0.5, side)
+    labels = data_set.labels
+    if labels is not None and str(recipe.config.normal) not in NORMAL_CHOICES:
+        labels = _run_classes(recipe, labels, tuple(data_set.info.class_names), what)
+    truth, words = image_truth(recipe, None if masks is None else torch.from_numpy(masks), labels, source)
+    return Inputs(images, names, patients, masks, truth, source, words)
 
 
 # -------------------------------------------------------------------------------------------- thresholds
@@ -543,9 +669,52 @@ def read_threshold(run_dir: Path, method: str) -> dict[str, Any] | None:
     path = threshold_path(run_dir, method)
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        if not (isinstance(record, dict) and record.get("format") == THRESHOLD_FORMAT):
+            return None
+        threshold_value(record["pixel"])  # every value readable
+        return record if threshold_value(record) is not None else None
+    except (OSError, ValueError, TypeError, KeyError):
         return None
-    return record if isinstance(record, dict) and record.get("format") == THRESHOLD_FORMAT else None
+
+
+def json_threshold(entry: dict[str, Any], what: str) -> dict[str, Any]:
+    """``entry`` with its ``value`` as JSON holds it: an infinite one (JSON has none) as null, with ``infinite``
+    (``"-inf"`` / ``"inf"``) and a ``note`` (``-inf: every image anomalous``); :func:`threshold_value` reads it.
+
+    Args:
+        entry: a dict with ``value``, a threshold or None.
+        what: what the threshold decides on (``image``, ``pixel``), for the note.
+    """
+    value = entry.get("value")
+    if value is None or math.isfinite(value):
+        return entry
+    sign = "-inf" if value < 0 else "inf"
+    says = f"{sign}: {'every' if value < 0 else 'no'} {what} anomalous (JSON has no infinity)"
+    return {**entry, "value": None, "infinite": sign, "note": "; ".join(filter(None, (entry.get("note"), says)))}
+
+
+def threshold_value(entry: dict[str, Any] | None) -> float | None:
+    """The threshold of an entry :func:`json_threshold` wrote: ``value``, or -inf / inf where ``infinite`` says
+    so; None when there is none."""
+    if not entry:
+        return None
+    if entry.get("value") is None:
+        return float(entry["infinite"]) if entry.get("infinite") in ("-inf", "inf") else None
+    return float(entry["value"])
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with any infinite float left as null (thresholds say why themselves: :func:`json_threshold`)."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def json_text(document: Any) -> str:
+    """``document`` as strict JSON (NaN and infinities as null: no ``NaN`` / ``Infinity`` tokens), indented."""
+    return json.dumps(_finite(plain_json(document)), indent=2, allow_nan=False) + "\n"
 
 
 def stale_reason(record: dict[str, Any], checkpoint: CheckpointId, settings: Settings,
@@ -607,22 +776,35 @@ def calibrate(val: Inputs, scored: Scored, calibration: Calibration) -> dict[str
 
 def _pixel_threshold(val: Inputs, scored: Scored, rule: Calibration) -> dict[str, Any]:
     """The 99th (``pixel_percentile``) percentile of normal map values inside the foreground; with a labelled
-    rule and val masks holding anomalies, the threshold of the best pooled Dice."""
+    rule and val masks holding anomalies, the threshold of the best pooled Dice (-inf when that calls every pixel
+    anomalous), or, with a note, the percentile when no lesion pixel lies inside the foreground."""
     from synthmed.metrics import anomaly as am
 
+    note = None
     if rule.rule != "percentile" and val.masks is not None and val.masks.any():
         best = am.pixel_metrics(scored.maps, val.masks, foreground=scored.foreground)
-        return {"rule": "best-dice", "percentile": rule.pixel_percentile,
-                "value": float(best["best_dice_threshold"])}
+        if best["best_dice"] is not None:
+            cut = best["best_dice_threshold"]  # None with a best Dice: -inf, every pixel (JSON has no infinity)
+            return {"rule": "best-dice", "percentile": rule.pixel_percentile,
+                    "value": -math.inf if cut is None else float(cut)}
+        note = ("no val lesion pixel lies inside the foreground, so there is no Dice to maximise: the percentile of "
+                "the normal val images' map values instead")
     normal = val.normal()
     values = scored.maps[normal][scored.foreground[normal]]
     value = am.percentile_threshold(values, rule.pixel_percentile) if values.size else None
-    return {"rule": "percentile", "percentile": rule.pixel_percentile, "value": value}
+    found = {"rule": "percentile", "percentile": rule.pixel_percentile, "value": value}
+    return found if note is None else {**found, "note": note}
 
 
 def store_threshold(run_dir: Path, found: dict[str, Any], val: Inputs, checkpoint: CheckpointId,
                     settings: Settings, split: str = "val") -> dict[str, Any]:
-    """The full record of a calibration, written atomically to :func:`threshold_path`; returned."""
+    """The full record of a calibration, written atomically to :func:`threshold_path` (infinite thresholds as
+    :func:`json_threshold` writes them); returned as written.
+
+    Raises:
+        RunNotWritable: the run folder cannot be written (read-only): one line naming it, and the threshold just
+            calibrated to give by hand.
+    """
     normal = val.normal()
     record = {"format": THRESHOLD_FORMAT, "method": settings.method, **found, "split": split,
               "counts": {"images": len(val.names), "normal": int(normal.sum()),
@@ -630,8 +812,16 @@ def store_threshold(run_dir: Path, found: dict[str, Any], val: Inputs, checkpoin
               "truth": val.truth or "none: every val image counts as normal",
               "checkpoint": checkpoint.to_dict(), "settings": settings.identity(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-    record = plain_json(record)
-    atomic_write_text(threshold_path(run_dir, settings.method), json.dumps(record, indent=2) + "\n")
+    record = plain_json({**json_threshold(record, "image"), "pixel": json_threshold(found["pixel"], "pixel")})
+    path = threshold_path(run_dir, settings.method)
+    try:
+        atomic_write_text(path, json_text(record))
+    except OSError as exc:
+        value = threshold_value(record)
+        given = f"--threshold {value!r}, the one just calibrated" if value is not None and math.isfinite(value) \
+            else "--threshold VALUE"
+        raise RunNotWritable(f"{path.parent}: cannot store the calibrated threshold there ({exc.strerror or exc}); "
+                             f"make the run folder writable, or give the threshold by hand ({given})") from None
     return record
 
 
@@ -651,10 +841,18 @@ class Threshold:
     pixel: float | None
     record: dict[str, Any] | None
     source: str
-    val: tuple[Inputs, Scored] | None = None
+    val: tuple[Inputs, Scored] | None = field(default=None, repr=False)  # images and maps: too long to print
 
     def header(self) -> dict[str, Any]:
-        return {"source": self.source, "value": self.value, "pixel_value": self.pixel, "record": self.record}
+        """The thresholds as ``detection.json`` and ``metrics.json`` record them: ``source``, ``value``,
+        ``pixel_value`` and the stored ``record``; infinite ones as null, named in ``infinite``, with a ``note``."""
+        image = json_threshold({"value": self.value}, "image")
+        pixel = json_threshold({"value": self.pixel}, "pixel")
+        found = {"source": self.source, "value": image["value"], "pixel_value": pixel["value"], "record": self.record}
+        infinite = {key: e["infinite"] for key, e in (("value", image), ("pixel_value", pixel)) if "infinite" in e}
+        if infinite:
+            found.update(infinite=infinite, note="; ".join(e["note"] for e in (image, pixel) if "note" in e))
+        return found
 
 
 def choose_threshold(model: Any, recipe: AnomalyGAN, checkpoint: CheckpointId, settings: Settings,
@@ -681,11 +879,11 @@ def choose_threshold(model: Any, recipe: AnomalyGAN, checkpoint: CheckpointId, s
     reason = None if record is None else stale_reason(record, checkpoint, settings, calibration)
     if given is not None:
         kept = record if record is not None and reason is None else None
-        pixel = given_pixel if given_pixel is not None else (kept or {}).get("pixel", {}).get("value")
+        pixel = given_pixel if given_pixel is not None else threshold_value((kept or {}).get("pixel"))
         return Threshold(float(given), None if pixel is None else float(pixel), kept, "given")
     if record is not None and reason is None and not recalibrate:
-        pixel = given_pixel if given_pixel is not None else record["pixel"]["value"]
-        return Threshold(float(record["value"]), pixel, record, "stored")
+        pixel = given_pixel if given_pixel is not None else threshold_value(record["pixel"])
+        return Threshold(_image_value(record), pixel, record, "stored")
     why = ("--recalibrate" if recalibrate else "no threshold is stored" if record is None
            else f"the stored threshold does not apply: {reason}")
     if model.config.data.split == "all":
@@ -698,10 +896,21 @@ def choose_threshold(model: Any, recipe: AnomalyGAN, checkpoint: CheckpointId, s
         f"rule {rule.rule})")
     scored = score_images(recipe, val.images, settings, progress)
     stored = store_threshold(model.run_dir, calibrate(val, scored, rule), val, checkpoint, settings)
-    say(f"stored threshold {stored['value']:.6g} (pixel {_number(stored['pixel']['value'])}) in "
+    value, stored_pixel = _image_value(stored), threshold_value(stored["pixel"])
+    say(f"stored threshold {value:.6g} (pixel {_number(stored_pixel)}) in "
         f"{threshold_path(model.run_dir, settings.method)}")
-    pixel = given_pixel if given_pixel is not None else stored["pixel"]["value"]
-    return Threshold(float(stored["value"]), pixel, stored, "calibrated", (val, scored))
+    if stored["pixel"].get("note"):
+        say(f"pixel threshold: {stored['pixel']['note']}")
+    pixel = given_pixel if given_pixel is not None else stored_pixel
+    return Threshold(value, pixel, stored, "calibrated", (val, scored))
+
+
+def _image_value(record: dict[str, Any]) -> float:
+    """The image threshold of a stored record (:func:`read_threshold` and :func:`store_threshold` ensure one)."""
+    value = threshold_value(record)
+    if value is None:
+        raise SynthmedError(f"threshold record without an image threshold: {record}")
+    return value
 
 
 def _number(value: float | None) -> str:
@@ -725,9 +934,9 @@ class DetectionResult:
     """
 
     out: Path
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)  # one per image
     threshold: Threshold | None = None
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict, repr=False)
     checkpoint: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -876,6 +1085,8 @@ def _write_sheets(staging: Path, inputs: Inputs, scored: Scored, scale: float, p
 
 def _header(model: Any, inputs: Inputs, settings: Settings, threshold: Threshold, checkpoint: CheckpointId
             ) -> dict[str, Any]:
+    """The ``detection.json`` document (and the head of ``metrics.json``): the run, checkpoint, method and
+    settings, the thresholds, counts, how the truth was made, and the conventions of the maps and pixel scores."""
     normal = inputs.normal()
     known = inputs.labels is not None
     return {"run": str(model.run_dir), "recipe": model.recipe.name, "checkpoint": checkpoint.to_dict(),
@@ -886,9 +1097,14 @@ def _header(model: Any, inputs: Inputs, settings: Settings, threshold: Threshold
                        "anomalous": int((~normal).sum()) if known else None,
                        "with_masks": int(len(inputs.names)) if inputs.masks is not None else 0},
             "truth": inputs.truth or "none", "empty_masks": EMPTY_MASKS,
-            "foreground": f"pixels above {FOREGROUND_LEVEL:g} of each image's range, holes filled, largest "
-                          "connected component",
+            "foreground": _foreground_words(settings.foreground_level),
             "maps": f"|x - x_hat| mean over channels, masked, Gaussian sigma {settings.smooth:g} px, masked again"}
+
+
+def _foreground_words(level: float) -> str:
+    if level <= 0:
+        return "the whole image (--foreground-level 0: no mask)"
+    return f"pixels above {level:g} of each image's range, holes filled, largest connected component"
 
 
 def _write_outputs(staging: Path, model: Any, inputs: Inputs, scored: Scored, settings: Settings,
@@ -898,10 +1114,10 @@ def _write_outputs(staging: Path, model: Any, inputs: Inputs, scored: Scored, se
     scale = _write_maps(staging, inputs, scored, threshold.pixel)
     _write_sheets(staging, inputs, scored, scale, threshold.pixel)
     header = {**_header(model, inputs, settings, threshold, checkpoint), "map_png_scale": scale}
-    (staging / "detection.json").write_text(json.dumps(plain_json(header), indent=2) + "\n", encoding="utf-8")
+    (staging / "detection.json").write_text(json_text(header), encoding="utf-8")
     if inputs.labels is not None or inputs.masks is not None:
-        result.metrics = plain_json({**header, **_metrics(inputs, scored, threshold)})
-        (staging / "metrics.json").write_text(json.dumps(result.metrics, indent=2) + "\n", encoding="utf-8")
+        result.metrics = json.loads(json_text({**header, **_metrics(inputs, scored, threshold)}))
+        (staging / "metrics.json").write_text(json_text(result.metrics), encoding="utf-8")
 
 
 # ----------------------------------------------------------------------------------------------- top level
@@ -920,7 +1136,7 @@ def detect(model: Any, out: str | Path, *, source: str | Path | None = None, spl
         source: a file, a folder or an npz; or None with ``split``.
         split: ``test`` or ``val``: the run's own held-out images.
         masks: with ``source`` files: a folder of truth masks matched by name.
-        settings: method and scoring options [default: f-AnoGAN, smoothing 1 px].
+        settings: method and scoring options [default: f-AnoGAN, smoothing 1 px, foreground level 0.1].
         calibration: the threshold rule asked [default: the stored one, else the 95th percentile].
         checkpoint: the checkpoint loaded (:func:`identify_checkpoint`).
         threshold: a hand-given image threshold (overrides; not stored).
@@ -931,16 +1147,13 @@ def detect(model: Any, out: str | Path, *, source: str | Path | None = None, spl
 
     Raises:
         SynthmedError: not an anomaly run, a checkpoint the method cannot use, bad options, a non-empty ``out``,
-            unreadable inputs, another channel count: one line, nothing written in ``out``.
+            unreadable inputs, another channel count, nothing to calibrate on, a read-only run folder
+            (:class:`RunNotWritable`): one line, nothing written in ``out``.
     """
     settings = (settings or Settings()).check()
     calibration = (calibration or Calibration()).check()
-    recipe = check_anomaly_run(model, settings.method)
-    if (source is None) == (split is None):
-        raise ConfigError("give INPUT (a file, folder or npz to score) or --split test (the run's held-out images), "
-                          "one of them")
-    if masks is not None and source is None:
-        raise ConfigError("--masks goes with INPUT files; --split reads the run's own masks")
+    check_request(source, split, masks)
+    recipe = check_anomaly_run(model, settings.method, checkpoint.file)
     _check_given(threshold, pixel_threshold, recalibrate)
     out = empty_output_folder(out)
     inputs = read_split(model, recipe, split) if split is not None else _read_source(model, recipe, source, masks)

@@ -214,9 +214,9 @@ class _Item:
                        None if self.fov is None else cut(self.fov), self.spacing)
 
 
-def _read_truth(path: Path) -> ImageFile:
+def read_truth_file(path: Path) -> ImageFile:
     """A truth file's values as stored, (S, 1, H, W) in ``values`` (pictures as the loaders read mask files:
-    palette indices kept, 1-bit as 0 / 255, colour as grey)."""
+    palette indices kept, 1-bit as 0 / 255, colour as grey); shared with :mod:`synthmed.detect`."""
     if path.suffix.lower() not in PICTURE_FORMATS:
         return read_image_file(path, IntensityMapping(kind="fixed", low=0.0, high=1.0), channels=1)
     from synthmed.data.folder import _mask_pixels
@@ -237,7 +237,7 @@ def truth_labels(path: Path, like: ImageFile, recipe: SegmentationRecipe, run_na
     Raises:
         DataError: another size than the input, a label map given to a binary run, labels the run does not know.
     """
-    truth = _read_truth(path)
+    truth = read_truth_file(path)
     check_same_size(like, truth)
     raw = np.asarray(truth.values)[:, 0]
     if recipe.binary:
@@ -287,7 +287,8 @@ def _spacing(file: ImageFile, given: tuple[float, ...] | None) -> tuple[float, .
     return given if given is not None and len(given) == dims else header_spacing(file, dims)
 
 
-def _patient(relative: Path) -> str:
+def patient_of(relative: Path) -> str:
+    """The patient of a file by its path under the input folder: the first sub-folder, else the file."""
     return relative.parts[0] if len(relative.parts) > 1 else relative.name
 
 
@@ -295,7 +296,7 @@ def _normalize_inputs(recipe: SegmentationRecipe, jobs: list[Any], base: Path) -
     """Inputs of a run trained with ``normalize`` normalised as its images were: per patient (the first
     sub-folder, else the file), or per image; see the module docstring."""
     mapping = side_mappings(recipe, "AtoB")[0]
-    groups = [_patient(job.file.path.relative_to(base)) for job in jobs]
+    groups = [patient_of(job.file.path.relative_to(base)) for job in jobs]
     normalize_files([job.file for job in jobs], mapping, groups)
 
 
@@ -381,12 +382,13 @@ def _write_pictures(staging: Path, items: list[_Item]) -> None:
     _save_sheet(staging / "overlays.jpg", [pictures[i] for i in spread_indices(len(pictures), SHEET)])
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able: NaN as ``null``, numpy scalars as numbers, dict keys as text."""
+def plain_json(value: Any) -> Any:
+    """``value`` JSON-able: NaN as ``null``, numpy scalars as numbers, dict keys as text (shared with
+    :mod:`synthmed.detect`)."""
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [plain_json(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
     return None if isinstance(value, float) and math.isnan(value) else value
@@ -401,8 +403,8 @@ def _report(summary: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
                    "per_patient_interval": scores["per_patient"]["dice_interval"],
                    "pooled": scores["pooled"]["dice"]}
     counts = {"images": summary["n_images"], "patients": summary["n_patients"], "classes": header["num_classes"]}
-    return _plain({**header, "counts": counts, "dice": dice, "classes": summary["classes"],
-                   "bootstrap": summary["bootstrap"], "empty_conventions": summary["empty_conventions"]})
+    return plain_json({**header, "counts": counts, "dice": dice, "classes": summary["classes"],
+                       "bootstrap": summary["bootstrap"], "empty_conventions": summary["empty_conventions"]})
 
 
 def _write_scores(staging: Path, items: list[_Item], recipe: SegmentationRecipe, header: dict[str, Any],
@@ -467,7 +469,7 @@ def segment_files(model: Any, source: str | Path, out: str | Path, *, compare: s
     if fov is not None and compare is None:
         raise ConfigError("--fov restricts the metrics of --compare; give --compare TRUTH_DIR too")
     root = Path(source).expanduser()
-    files = input_files(root)
+    files = input_files(root, task="segment")
     jobs = list(read_jobs(recipe, files, root, "AtoB", None, fov, normalize=False))  # every check before any write
     truths = targets_for(files, root, compare, "truth masks", any_format=True) if compare is not None else \
         [None] * len(files)
@@ -476,7 +478,7 @@ def segment_files(model: Any, source: str | Path, out: str | Path, *, compare: s
     items = []
     for job, truth_path in zip(jobs, truths, strict=True):
         relative = job.file.path.relative_to(base).with_name(file_stem(job.file.path))
-        item = _Item(relative.as_posix(), _patient(relative), job.file.images, job.file,
+        item = _Item(relative.as_posix(), patient_of(relative), job.file.images, job.file,
                      fov=None if job.fov is None else job.fov[:, 0] > 0, spacing=_spacing(job.file, spacing))
         if truth_path is not None:
             item.truth = truth_labels(truth_path, job.file, recipe, model.run_dir.name)
@@ -500,13 +502,16 @@ def segment_files(model: Any, source: str | Path, out: str | Path, *, compare: s
     return result
 
 
-def _split_names(meta: list[dict[str, Any]], n: int, split: str) -> list[str]:
+def split_names(meta: list[dict[str, Any]], n: int, split: str) -> list[str]:
     """Output names of the split's samples: their files' stems where known, else ``<split>_<row>``; unique."""
     names = [file_stem(Path(m["path"])) if m.get("path") else f"{split}_{int(m.get('index', i)):04d}"
              for i, m in enumerate(meta or [{}] * n)]
     if len(set(names)) < len(names):  # the same stem in two patients' folders
         names = [f"{i:04d}_{name}" for i, name in enumerate(names)]
     return names
+
+
+_split_names = split_names  # the name benchmarks/segmentation_figures.py imports
 
 
 def segment_split(model: Any, out: str | Path, *, split: str = "test", batch_size: int = 4,
@@ -532,7 +537,7 @@ def segment_split(model: Any, out: str | Path, *, split: str = "test", batch_siz
     held_out = load_held_out(model.config.data, split)
     images, targets = held_out.tensors["image"], held_out.tensors["target"]
     fov = held_out.tensors.get("mask")
-    names = _split_names(list(getattr(held_out, "meta", []) or []), len(images), split)
+    names = split_names(list(getattr(held_out, "meta", []) or []), len(images), split)
     patients = names if held_out.patients is None else [str(p) for p in held_out.patients]
     like = ImageFile(Path("mask.png"), torch.empty(0), "png", "uint8", 0.0, 1.0)
     items = [_Item(names[i], patients[i], images[i:i + 1], like, truth=targets[i:i + 1, 0].round().long().numpy(),

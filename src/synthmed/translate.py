@@ -143,8 +143,9 @@ def file_stem(path: Path) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else path.stem
 
 
-def input_files(source: str | Path) -> list[Path]:
-    """The files to translate: ``source`` itself, or the image / DICOM / NIfTI / npy files under a folder."""
+def input_files(source: str | Path, task: str = "translate") -> list[Path]:
+    """The files to ``task`` (translate, segment, score): ``source`` itself, or the image / DICOM / NIfTI / npy files
+    under a folder."""
     from synthmed.data.dicom import looks_like_dicom
     from synthmed.data.folder import list_files
 
@@ -156,7 +157,7 @@ def input_files(source: str | Path) -> list[Path]:
     files = [p for p in list_files(path) if p.name.lower().endswith(INPUT_SUFFIXES) or
              (not p.suffix and looks_like_dicom(p))]
     if not files:
-        raise DataError(path, "contains no images to translate (PNG, TIFF, JPEG, BMP, GIF, DICOM, NIfTI, npy)")
+        raise DataError(path, f"contains no images to {task} (PNG, TIFF, JPEG, BMP, GIF, DICOM, NIfTI, npy)")
     stems: dict[str, Path] = {}
     for f in files:
         key = str(f.relative_to(path).with_name(file_stem(f)))

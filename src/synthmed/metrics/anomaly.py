@@ -14,7 +14,8 @@ Conventions (one for every function here):
   scikit-learn's ``average_precision_score`` (no interpolation, so it is not the trapezoidal area).
 * Pixel metrics pool every pixel of every image (inside ``foreground`` when given) into one set: images whose
   mask is empty (normal images) add negative pixels only, so their false positives lower precision and Dice.
-* Undefined values (a class missing) are ``None`` with a ``note`` saying why, so a JSON report stays valid.
+* Undefined values (a class missing) are ``None`` with a ``note`` saying why, so a JSON report stays valid; so is
+  a report's threshold of -inf (JSON has no infinity), with a note saying that it calls every case anomalous.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from synthmed.metrics.classification import roc_auc, sensitivity_at_specificity
 
 ArrayLike = np.ndarray | torch.Tensor | Sequence[float]
 SPECIFICITY = 0.95
-EMPTY_MASKS = "negatives only"
+#: How images with an empty mask count, for reports (``empty_masks``): here and in ``synthmed detect``.
+EMPTY_MASKS = ("an image whose mask is empty is normal (label 0), one with a non-empty mask anomalous (1); pixel "
+               "metrics pool every scored pixel (inside the foreground when one is given) of every image, so the "
+               "pixels of empty-mask images are negatives only: their false positives lower the pooled Dice and "
+               "AUPRC")
 THRESHOLD_RULES = ("youden", "f1")
 
 
@@ -143,10 +148,12 @@ def image_metrics(scores: ArrayLike, labels: ArrayLike) -> dict[str, Any]:
 def pixel_metrics(maps: ArrayLike, masks: ArrayLike, foreground: ArrayLike | None = None) -> dict[str, Any]:
     """AUPRC and the best Dice of anomaly maps against lesion masks, every scored pixel of every image pooled.
 
-    Images whose mask is empty contribute negative pixels only (``empty_masks: "negatives only"``): a normal image
-    that lights up counts as false positives, as it would in use. The best Dice is exact: the pooled Dice
+    Images whose mask is empty contribute negative pixels only (``empty_masks``: :data:`EMPTY_MASKS`): a normal
+    image that lights up counts as false positives, as it would in use. The best Dice is exact: the pooled Dice
     ``2 TP / (2 TP + FP + FN)`` of ``maps > t`` at every distinct map value (one sort), not on a grid of thresholds;
     ``best_dice_threshold`` is the midpoint below the distinct value where it peaks (ties: the highest threshold).
+    When the peak calls every scored pixel anomalous (t = -inf) it is None, with a ``note``, so the report stays
+    valid JSON: ``best_dice`` set and ``best_dice_threshold`` None means -inf.
 
     Args:
         maps: (N, H, W) or (N, 1, H, W) anomaly maps, higher meaning more anomalous.
@@ -156,7 +163,8 @@ def pixel_metrics(maps: ArrayLike, masks: ArrayLike, foreground: ArrayLike | Non
 
     Returns:
         ``auprc``, ``best_dice``, ``best_dice_threshold`` (None, with a ``note``, when no scored pixel is
-        anomalous), ``n_pixels``, ``n_images``, ``n_images_with_anomaly``, ``empty_masks``.
+        anomalous, with ``best_dice`` None too; or when it is -inf), ``n_pixels``, ``n_images``,
+        ``n_images_with_anomaly``, ``empty_masks``.
     """
     values, truth, per_image = _pixels(maps, masks, foreground)
     out: dict[str, Any] = {"auprc": None, "best_dice": None, "best_dice_threshold": None, "n_pixels": int(values.size),
@@ -169,8 +177,11 @@ def pixel_metrics(maps: ArrayLike, masks: ArrayLike, foreground: ArrayLike | Non
     distinct, tp, fp = _steps(values, truth)
     dice = 2.0 * tp / (tp + fp + n_true)  # 2 TP / (2 TP + FP + FN), as FN = n_true - TP
     best = int(np.argmax(dice))  # the first maximum: the highest threshold of the ties
+    cut = float(_cut_below(distinct)[best])
     out.update(auprc=_average_precision(tp, fp), best_dice=float(dice[best]),
-               best_dice_threshold=float(_cut_below(distinct)[best]))
+               best_dice_threshold=cut if math.isfinite(cut) else None)
+    if not math.isfinite(cut):
+        out["note"] = "the best Dice calls every scored pixel anomalous (threshold -inf, which JSON cannot hold)"
     return out
 
 
