@@ -441,8 +441,10 @@ def detect(
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
-    """Score images for anomalies with an AnoGAN / f-AnoGAN run: a score and a map per image, a decision at the
-    threshold stored with the model (calibrated on the run's val split when none applies), metrics with truth.
+    """Score images for anomalies with an f-AnoGAN / AnoGAN run: scores, maps, decisions, metrics with truth.
+
+    Each image gets a score and a map, and a decision at the threshold stored with the model (calibrated on the
+    run's val split when none applies).
     """
     from synthmed import api
 
