@@ -7,7 +7,8 @@
 method the table gives, per seed and over seeds (mean and a 95% t-interval when there are several), the image-level
 AUROC, AUPRC and sensitivity at 95% specificity (tumour slice vs slice without tumour), the pixel-level AUPRC and
 best Dice (pooled over every foreground pixel of the test slices; slices without tumour contribute negatives only),
-and, where a threshold was calibrated on the validation split, sensitivity and specificity at it. Each image AUROC
+and, where a threshold was calibrated on the validation split (not one given by hand), sensitivity and
+specificity at it. Each image AUROC
 also gets a 95% bootstrap interval over the test patients (slices of one patient resampled together: 2,000
 resamples), the uncertainty a single seed's figure carries. Writes ``table.json`` and ``table.md``; with
 ``--images`` also ``roc.png`` (ROC curves) and ``scores.png`` (score histograms, no tumour vs tumour).
@@ -71,7 +72,9 @@ def read_runs(eval_dir: Path) -> dict[tuple[str, str], dict[int, dict[str, Any]]
             continue
         metrics = json.loads(path.read_text(encoding="utf-8"))
         image, pixel = metrics["image"], metrics["pixel"]
-        at = image.get("at_threshold") or {}
+        # A threshold given by hand (e.g. a dummy one where calibration was skipped) says nothing about the model.
+        calibrated = (metrics.get("threshold") or {}).get("source") != "given"
+        at = (image.get("at_threshold") or {}) if calibrated else {}
         scores, labels, patients = read_scores(path.parent / "scores.csv")
         runs.setdefault((match["data"], match["method"]), {})[int(match["seed"])] = {
             "image_auroc": image["auroc"], "image_auprc": image["auprc"],
