@@ -152,3 +152,14 @@ class PeakMemory:
     def to_dict(self) -> dict[str, Any]:
         kind = "cuda max_memory_allocated" if self.device.type == "cuda" else "process peak RSS (VmHWM)"
         return {"what": kind, "peak_mb": self.peak_mb, "above_start_mb": self.above_start_mb}
+
+
+def mean_and_interval(stat: dict[str, Any] | None, digits: int = 3) -> str:
+    """A :func:`synthmed.metrics.stats.mean_interval` result as a table cell: ``mean [low, high]``, the mean alone
+    for one seed, ``-`` for none."""
+    if not stat:
+        return "-"
+    if stat["interval"] is None:
+        return f"{stat['mean']:.{digits}f}"
+    low, high = stat["interval"]
+    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"

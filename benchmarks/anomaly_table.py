@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from _common import mean_and_interval
 from synthmed.metrics.anomaly import image_metrics
 from synthmed.metrics.stats import mean_interval
 
@@ -101,20 +102,11 @@ def summarise(runs: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[di
     return rows
 
 
-def _cell(stat: dict[str, Any] | None) -> str:
-    if stat is None:
-        return "-"
-    if stat["interval"] is None:
-        return f"{stat['mean']:.3f}"
-    low, high = stat["interval"]
-    return f"{stat['mean']:.3f} [{low:.3f}, {high:.3f}]"
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = "| data | method | seeds | " + " | ".join(label for _, label in METRICS) + " |"
     lines = [head, "|" + "---|" * (3 + len(METRICS))]
     for row in rows:
-        cells = [row["data"], row["method"], str(len(row["seeds"]))] + [_cell(row[k]) for k, _ in METRICS]
+        cells = [row["data"], row["method"], str(len(row["seeds"]))] + [mean_and_interval(row[k]) for k, _ in METRICS]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Per seed (image AUROC with a 95% bootstrap interval over test patients):", ""]
     for row in rows:

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from _common import mean_and_interval
 from synthmed.metrics.stats import mean_interval, paired_comparison
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,15 +95,6 @@ def summarise(runs: dict[tuple[str, str], dict[int, dict[str, Any]]]) -> list[di
     return rows
 
 
-def _interval(stat: dict[str, Any] | None, digits: int = 3) -> str:
-    if not stat:
-        return "-"
-    if stat["interval"] is None:
-        return f"{stat['mean']:.{digits}f}"
-    low, high = stat["interval"]
-    return f"{stat['mean']:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
-
-
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| data | method | headline Dice (test) | Dice per image | HD95 px (lesion images) | lesions missed |"
              " vs U-Net (same seeds) | seeds |", "|---|---|---|---|---|---|---|---|"]
@@ -112,9 +104,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
             c = row["vs_unet"]
             p = "n/a" if c["p_value"] is None else f"{c['p_value']:.2f}"
             versus = f"{c['mean_difference']:+.3f} [{c['interval'][0]:+.3f}, {c['interval'][1]:+.3f}], p={p}"
-        lines.append(f"| {row['data']} ({row['headline']}) | {row['method']} | {_interval(row['headline_dice'])} | "
-                     f"{_interval(row['per_image'])} | {_interval(row['hd95_px'], 2)} | "
-                     f"{_interval(row['missed'], 3)} | {versus} | "
+        headline = mean_and_interval(row["headline_dice"])
+        lines.append(f"| {row['data']} ({row['headline']}) | {row['method']} | {headline} | "
+                     f"{mean_and_interval(row['per_image'])} | {mean_and_interval(row['hd95_px'], 2)} | "
+                     f"{mean_and_interval(row['missed'], 3)} | {versus} | "
                      f"{len(row['seeds'])} |")
     return "\n".join(lines) + "\n"
 
