@@ -703,18 +703,10 @@ def threshold_value(entry: dict[str, Any] | None) -> float | None:
     return float(entry["value"])
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with any infinite float left as null (thresholds say why themselves: :func:`json_threshold`)."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
 def json_text(document: Any) -> str:
-    """``document`` as strict JSON (NaN and infinities as null: no ``NaN`` / ``Infinity`` tokens), indented."""
-    return json.dumps(_finite(plain_json(document)), indent=2, allow_nan=False) + "\n"
+    """``document`` as strict JSON (NaN and infinities as null: no ``NaN`` / ``Infinity`` tokens), indented; infinite
+    thresholds say why themselves (:func:`json_threshold`)."""
+    return json.dumps(plain_json(document), indent=2, allow_nan=False) + "\n"
 
 
 def stale_reason(record: dict[str, Any], checkpoint: CheckpointId, settings: Settings,

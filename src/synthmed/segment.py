@@ -383,15 +383,15 @@ def _write_pictures(staging: Path, items: list[_Item]) -> None:
 
 
 def plain_json(value: Any) -> Any:
-    """``value`` JSON-able: NaN as ``null``, numpy scalars as numbers, dict keys as text (shared with
-    :mod:`synthmed.detect`)."""
+    """``value`` JSON-able: NaN and infinities as ``null`` (JSON has neither), numpy scalars as numbers, dict keys as
+    text (shared with :mod:`synthmed.detect`)."""
     if isinstance(value, dict):
         return {str(k): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_json(v) for v in value]
     if isinstance(value, np.generic):
         value = value.item()
-    return None if isinstance(value, float) and math.isnan(value) else value
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _report(summary: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
