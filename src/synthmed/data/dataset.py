@@ -36,6 +36,11 @@ class DataInfo:
     ``mask_classes``: for label-map mask targets (data option ``mask_values="labels"``), the number of classes
     (largest label + 1, background 0 included; >= 2), the ``target`` holding class indices as float32 values;
     0 for binary {0, 1} masks.
+    ``vocabulary``: for records, what each column of ``columns`` means (plain JSON-able lists, one entry per
+    column in column order): ``values`` (``"binary"``: every cell 0 or 1, or ``"count"``), and, when the records
+    came with a vocabulary file (``synthmed ehr extract`` writes one), ``concept_id`` (int, or None), ``concept_name``
+    and ``domain`` (``condition``, ``drug``, ``person`` or ``""``), so a run can write OMOP-shaped tables without
+    its training data. Empty for images.
     """
 
     source: str
@@ -57,6 +62,7 @@ class DataInfo:
     intensity: dict[str, Any] = field(default_factory=dict, hash=False)
     target_intensity: dict[str, Any] = field(default_factory=dict, hash=False)
     mask_classes: int = 0
+    vocabulary: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def image_size(self) -> int:
@@ -75,7 +81,7 @@ class DataInfo:
         for name in _TUPLE_FIELDS:
             if name in data:
                 data[name] = tuple(int(v) for v in data[name]) if name == "sizes" else tuple(data[name])
-        for name in ("intensity", "target_intensity"):  # absent in older configs; null in hand-edited ones
+        for name in ("intensity", "target_intensity", "vocabulary"):  # absent in older configs; null in hand-edited ones
             data[name] = dict(data.get(name) or {})
         return cls(**data)
 
