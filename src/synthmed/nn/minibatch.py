@@ -36,3 +36,17 @@ class MinibatchDiscrimination(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, num_kernels={self.num_kernels}, kernel_dim={self.kernel_dim}"
+
+
+class MinibatchAveraging(nn.Module):
+    """medGAN's minibatch averaging (Choi et al. 2017, sec. 3.2): append the batch's mean record to every record.
+
+    The output is ``[x_i, mean_j x_j]`` of shape (N, 2 * features). The discriminator then judges each record
+    together with its batch's code frequencies, so a generator that draws the same few records (whose batch mean
+    is far from the real batches') is caught. Under torchrun the mean is over each process's batch, as in the
+    reference's one-device training. No parameters.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        return torch.cat([x, x.mean(0, keepdim=True).expand_as(x)], dim=1)

@@ -14,6 +14,7 @@ from synthmed.recipes.base import (
     Phase,
     Preview,
     Recipe,
+    RecordsRecipe,
     SegmentationRecipe,
     TranslationRecipe,
     config_to_dict,
@@ -22,6 +23,7 @@ from synthmed.recipes.base import (
     register_recipe,
 )
 from synthmed.recipes.conditional import ACGAN, ConditionalGAN, ConditionalWGANGP  # noqa: F401 (registers them)
+from synthmed.recipes.medgan import MedGAN  # noqa: F401 (registers medgan)
 from synthmed.recipes.segmentation import Pix2PixSeg, SegAN, UNet  # noqa: F401 (registers unet, segan, pix2pix-seg)
 from synthmed.recipes.step import StepContext, frozen
 from synthmed.recipes.translation import CycleGAN, Pix2Pix  # noqa: F401 (registers pix2pix and cyclegan)
@@ -44,6 +46,7 @@ __all__ = [
     "Phase",
     "Preview",
     "Recipe",
+    "RecordsRecipe",
     "SegmentationRecipe",
     "StepContext",
     "TranslationRecipe",

@@ -278,6 +278,62 @@ class ConditionalGenerativeRecipe(GenerativeRecipe):
                        names=self.class_names)
 
 
+#: How :meth:`RecordsRecipe.sample` turns a generator's outputs into records.
+RECORD_SAMPLING = ("round", "draw")
+
+
+class RecordsRecipe(Recipe):
+    """A recipe whose trained model maps a latent vector to a patient record (``synthmed ehr generate``).
+
+    Records are rows of ``data_info.columns`` codes holding ``binary`` (0/1) or ``count`` values
+    (:attr:`values`). :meth:`generate` returns what the network outputs (probabilities or expected counts);
+    :meth:`sample` turns them into records.
+    """
+
+    latent_dim: int = 0
+
+    @classmethod
+    def data_spec(cls, config: Any) -> DataSpec:
+        return DataSpec("records", {"record": None})
+
+    @property
+    @abc.abstractmethod
+    def values(self) -> str:
+        """``binary`` or ``count``: what the generated records hold."""
+
+    @abc.abstractmethod
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Per-code probabilities in [0, 1] (binary) or expected counts >= 0 (count), (N, D), from latents ``z``;
+        uses the EMA networks if any."""
+
+    @torch.no_grad()
+    def sample(self, n: int, seed: int = 0, batch_size: int = 1024, sampling: str = "round") -> torch.Tensor:
+        """``n`` records (N, D) float32 on the CPU, reproducible from ``seed``.
+
+        ``sampling="round"``: a code is present where its probability is >= 0.5, counts rounded to the nearest
+        integer (medGAN's paper); ``"draw"``: each code drawn from Bernoulli(p), each count from Poisson(mean),
+        with a generator seeded from ``seed``, so rare codes keep their frequency instead of vanishing.
+        """
+        if sampling not in RECORD_SAMPLING:
+            raise ConfigError(f"sampling must be one of {', '.join(RECORD_SAMPLING)} (got {sampling!r})")
+        gen = torch.Generator(device="cpu").manual_seed(seed)
+        chunks = []
+        for start in range(0, n, batch_size):
+            z = torch.randn(min(batch_size, n - start), self.latent_dim, generator=gen)
+            outputs = self.generate(z.to(self.device)).float().cpu()
+            chunks.append(self._to_records(outputs, sampling, gen))
+        return torch.cat(chunks) if chunks else torch.empty(0, len(self.data_info.columns))
+
+    def _to_records(self, outputs: torch.Tensor, sampling: str, gen: torch.Generator) -> torch.Tensor:
+        if self.values == "binary":
+            if sampling == "draw":
+                return torch.bernoulli(outputs.clamp(0, 1), generator=gen)
+            return (outputs >= 0.5).float()
+        if sampling == "draw":
+            return torch.poisson(outputs.clamp_min(0), generator=gen)
+        return outputs.clamp_min(0).round()
+
+
 DIRECTIONS = ("AtoB", "BtoA")
 
 
