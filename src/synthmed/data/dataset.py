@@ -81,7 +81,7 @@ class DataInfo:
         for name in _TUPLE_FIELDS:
             if name in data:
                 data[name] = tuple(int(v) for v in data[name]) if name == "sizes" else tuple(data[name])
-        for name in ("intensity", "target_intensity", "vocabulary"):  # absent in older configs; null in hand-edited ones
+        for name in ("intensity", "target_intensity", "vocabulary"):  # absent in older configs; null if hand-edited
             data[name] = dict(data.get(name) or {})
         return cls(**data)
 

@@ -12,7 +12,14 @@ The result is a :class:`~synthmed.data.sets.TensorSet` of kind ``records`` whose
 
 Splits are made by patient when a patient column exists (``patient_key``, or found by name: ``patient``,
 ``patient_id``, ``subject_id``, ``person_id``, ... in any case), so no patient's visits cross splits; else per
-row, with a warning. A ``split_key`` column of ``train``/``val``/``test`` gives the split explicitly.
+row, with a warning. A ``split_key`` column of ``train``/``val``/``test`` gives the split explicitly; without
+``split_key``, a column named ``split`` (any case) whose values are all train/val/test does the same.
+
+``DataInfo.vocabulary`` says what the columns hold: ``values`` is ``binary`` when every cell of the file is 0 or 1,
+else ``count``; when a vocabulary file sits beside the records (``<stem>.vocabulary.csv``, else ``vocabulary.csv``
+in the same folder, as ``synthmed ehr extract`` writes it), it adds each column's ``concept_id``, ``concept_name``
+and ``domain`` (:func:`synthmed.data.omop.read_vocabulary`). A vocabulary file that does not fit the records is
+refused, not ignored.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.data._core import split_indices
+from synthmed.data._core import SPLIT_ALIASES, split_indices
 from synthmed.data.dataset import DataInfo
+from synthmed.data.omop import VOCABULARY_FILE, read_vocabulary
 from synthmed.data.paired import refuse_options
 from synthmed.data.sets import TensorSet
 from synthmed.data.splits import SPLITS, random_split
@@ -122,6 +130,37 @@ def _values(path: Path, cells: np.ndarray, columns: list[str], places: list[str]
     return values
 
 
+def _auto_split_column(header: list[str], cells: np.ndarray, patient_col: int | None) -> int | None:
+    """The column named ``split`` (any case) when every value names a split, so written splits are kept."""
+    found = [i for i, name in enumerate(header) if name.strip().lower() == "split" and i != patient_col]
+    if len(found) != 1:
+        return None
+    names = {str(v).strip().lower() for v in cells[:, found[0]]}
+    return found[0] if names <= set(SPLIT_ALIASES) else None
+
+
+def _vocabulary_file(path: Path) -> Path | None:
+    """``<stem>.vocabulary.csv`` beside the records, else ``vocabulary.csv`` in their folder; None if neither."""
+    name = path.name
+    for suffix in (".csv.gz", ".csv", ".parquet"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    for candidate in (path.with_name(f"{name}.vocabulary.csv"), path.with_name(VOCABULARY_FILE)):
+        if candidate.is_file() and candidate.resolve() != path.resolve():
+            return candidate
+    return None
+
+
+def _vocabulary(path: Path, values: np.ndarray, columns: list[str]) -> dict[str, Any]:
+    """``DataInfo.vocabulary`` of the whole file (before any split)."""
+    vocabulary: dict[str, Any] = {"values": "binary" if np.isin(values, (0.0, 1.0)).all() else "count"}
+    file = _vocabulary_file(path)
+    if file is not None:
+        vocabulary.update(read_vocabulary(file, columns))
+    return vocabulary
+
+
 def load_records(
     source: str | Path | None,
     *,
@@ -145,14 +184,16 @@ def load_records(
         test_fraction: fraction of patients (or rows) in ``test``.
         patient_key: the patient id column (default: found by name, see :data:`PATIENT_COLUMNS`); it is not
             part of the vocabulary.
-        split_key: a column naming each row's split (``train``/``val``/``test``), used instead of a made split.
+        split_key: a column naming each row's split (``train``/``val``/``test``), used instead of a made split;
+            default: a column named ``split`` (any case) when all its values are train/val/test, else none.
         ignored_image_options: image options of :func:`~synthmed.data.load_dataset`; they do not apply to records
             and must keep their defaults (``size``, ``channels``, ...), else a :class:`ConfigError` says so.
 
     Raises:
         ConfigError: image options given, an unknown split.
         DataError: an unreadable file, ragged rows, a non-numeric, non-finite or negative cell (naming the row
-            and column), no code columns, an empty split.
+            and column), no code columns, an empty split, a vocabulary file beside the records that does not fit
+            them (naming the vocabulary file).
     """
     refuse_options(ignored_image_options, _OPTIONS, "records (a CSV or parquet matrix)")
     if source is None:
@@ -173,14 +214,18 @@ def load_records(
         raise DataError(path, "has a header but no rows")
 
     patient_col = _find_column(header, patient_key, "patient ids", path, PATIENT_COLUMNS)
-    split_col = _find_column(header, split_key, "split", path, ()) if split_key is not None else None
+    cells = np.asarray(rows, dtype=object)
+    if split_key is not None:
+        split_col = _find_column(header, split_key, "split", path, ())
+    else:
+        split_col = _auto_split_column(header, cells, patient_col)
     id_cols = {c for c in (patient_col, split_col) if c is not None}
     value_cols = [i for i in range(len(header)) if i not in id_cols]
     if not value_cols:
         raise DataError(path, "has no code columns besides the patient id")
-    cells = np.asarray(rows, dtype=object)
     columns = [header[i] for i in value_cols]
     values = _values(path, cells[:, value_cols], columns, places)
+    vocabulary = _vocabulary(path, values, columns)
 
     patients = None
     if patient_col is not None:
@@ -205,7 +250,7 @@ def load_records(
     rows_kept = range(len(rows)) if idx is None else idx.tolist()
 
     info = DataInfo(source=str(path), channels=len(columns), height=1, width=1, split=split, kind="records",
-                    columns=tuple(columns))
+                    columns=tuple(columns), vocabulary=vocabulary)
     return TensorSet(
         tensors={"record": torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))}, info=info,
         kind="records", patients=patients, columns=tuple(columns),
