@@ -254,3 +254,66 @@ def test_extract_eunomia_by_name(tmp_path: Path) -> None:
     assert code == 0, output
     assert "2694 persons x 168 codes (condition 76, drug 92" in output
     assert shipped.stat().st_mtime_ns == before
+
+
+def test_evaluate_bad_requests_are_one_line(binary_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """Regression: errors of the metrics (ValueError) ended in a traceback with exit code 1."""
+    records, _ = binary_run
+    _one_line_error(*_cli("ehr", "evaluate", "--real", str(records), "--synthetic", str(records), "--out",
+                          str(tmp_path / "a"), "--top-k", "0"), "--top-k must be at least 1")
+    one_code = tmp_path / "one.csv"
+    one_code.write_text("person_id,split,condition_101\n1,train,1\n2,train,0\n3,test,1\n4,test,0\n", encoding="utf-8")
+    synthetic = tmp_path / "one_synthetic.csv"
+    synthetic.write_text("person_id,condition_101\n1,1\n2,0\n", encoding="utf-8")
+    _one_line_error(*_cli("ehr", "evaluate", "--real", str(one_code), "--synthetic", str(synthetic), "--out",
+                          str(tmp_path / "b")), str(one_code), "at least 2 codes")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_split_column_of_other_values_is_a_code_not_a_split(tmp_path: Path) -> None:
+    """A column named split that holds codes is not read as the split (as the data layer reads it): evaluate asks
+    for --train instead of splitting the file at random."""
+    coded = tmp_path / "coded.csv"
+    coded.write_text("person_id,split,condition_101\n1,1,0\n2,0,1\n3,1,1\n", encoding="utf-8")
+    _one_line_error(*_cli("ehr", "evaluate", "--real", str(coded), "--synthetic", str(coded), "--out",
+                          str(tmp_path / "e")), "give --train")
+
+
+def test_generate_refuses_a_run_that_stopped_before_its_gan_phase(tmp_path: Path) -> None:
+    records = _extract(tmp_path)
+    code, output = _cli("train", "--data", str(records), "--recipe", "medgan", "--steps", "4", "--ae-steps", "6",
+                        "--batch-size", "16", "--out", str(tmp_path / "run"), "--quiet", *TINY)
+    assert code == 0, output
+    _one_line_error(*_cli("ehr", "generate", str(tmp_path / "run"), "-n", "5", "--out", str(tmp_path / "gen")),
+                    "autoencoder phase", "untrained")
+    assert not (tmp_path / "gen").exists()
+
+
+def test_duckdb_output_needs_omop_concepts(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.csv"
+    rows = ["person_id,a,b,c"] + [f"{i},{i % 2},{(i // 2) % 2},{int(i % 3 == 0)}" for i in range(40)]
+    plain.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    run = _train(plain, tmp_path / "run")
+    _one_line_error(*_cli("ehr", "generate", str(run), "-n", "5", "--out", str(tmp_path / "gen"), "--format",
+                          "duckdb"), "no OMOP concept ids")
+    code, output = _cli("ehr", "generate", str(run), "-n", "5", "--out", str(tmp_path / "csv"))
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["generation.json", "records.csv"]
+
+
+def test_omop_tables_have_the_cdm_columns_a_loader_expects(binary_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """The CDM v5.4 columns that are required (not null) are present in every table written."""
+    _, run = binary_run
+    assert _cli("ehr", "generate", str(run), "-n", "10", "--out", str(tmp_path / "gen"))[0] == 0
+    required = {
+        "person": {"person_id", "gender_concept_id", "year_of_birth", "race_concept_id", "ethnicity_concept_id"},
+        "condition_occurrence": {"condition_occurrence_id", "person_id", "condition_concept_id",
+                                 "condition_start_date", "condition_type_concept_id"},
+        "drug_exposure": {"drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
+                          "drug_exposure_end_date", "drug_type_concept_id"},
+    }
+    for table, columns in required.items():
+        with (tmp_path / "gen" / f"{table}.csv").open(newline="", encoding="utf-8") as fh:
+            assert columns <= set(next(csv.reader(fh))), table
+    notes = json.loads((tmp_path / "gen" / "generation.json").read_text())["notes"]
+    assert any("dates" in note for note in notes)

@@ -214,13 +214,35 @@ def test_attribute_disclosure_default_knows_half_the_most_prevalent_codes() -> N
 def test_distance_to_closest_record_by_hand_with_ties() -> None:
     train = np.array([[0, 0, 0], [1, 1, 1]], dtype=float)
     holdout = np.array([[1, 0, 0], [0, 1, 1]], dtype=float)
-    # (0,0,0): 0 to train, 1 to holdout -> closer to train; (1,1,0): 1 and 1 -> tie; (1,0,1): 1 and 1 -> tie.
+    # (0,0,0): 0 to train, 1 to holdout -> closer to train; (1,1,0): one record at 1 in each -> 1/2; (1,0,1): the same.
     synthetic = np.array([[0, 0, 0], [1, 1, 0], [1, 0, 1]], dtype=float)
     out = ehr.distance_to_closest_record(train, holdout, synthetic)
     assert out["closer_to_train_share"] == pytest.approx((1 + 0.5 + 0.5) / 3)
-    assert (out["median_to_train"], out["median_to_holdout"], out["median_ratio"]) == (1.0, 1.0, 1.0)
+    assert out["expected_share"] == 0.5  # N / (N + H)
+    assert (out["median_to_train"], out["median_to_holdout"]) == (1.0, 1.0)
     assert out["baseline_median_holdout_to_train"] == 1.0  # (1,0,0) -> (0,0,0) and (0,1,1) -> (1,1,1), both 1
-    assert (out["n_reference"], out["n_synthetic"]) == (2, 3)
+    assert (out["n_train"], out["n_holdout"], out["n_synthetic"]) == (2, 2, 3)
+
+
+def test_distance_to_closest_record_splits_ties_by_how_many_records_tie() -> None:
+    """Two training records and one held-out record at the closest distance: the record counts 2/3 to train."""
+    train = np.array([[1, 1, 1], [0, 1, 0]], dtype=float)
+    holdout = np.array([[1, 0, 0], [0, 0, 1]], dtype=float)
+    out = ehr.distance_to_closest_record(train, holdout, np.array([[1, 1, 0]], dtype=float))
+    assert out["closer_to_train_share"] == pytest.approx(2 / 3)
+
+
+def test_distance_to_closest_record_flags_copies_when_train_is_larger_than_holdout() -> None:
+    """Regression: the references were sub-sampled to the smaller size, so most copies of training records were
+    no longer in the training reference and a copying generator looked like a fresh sample."""
+    kwargs = {"codes": 40, "groups": 4, "inside": 0.5, "outside": 0.1}
+    train, holdout = _clustered(700, seed=1, **kwargs), _clustered(200, seed=2, **kwargs)
+    copied = ehr.distance_to_closest_record(train, holdout, train)
+    assert copied["median_to_train"] == 0.0 < copied["baseline_median_holdout_to_train"]
+    assert copied["closer_to_train_share"] > 0.95
+    fresh = ehr.distance_to_closest_record(train, holdout, _clustered(700, seed=3, **kwargs))
+    assert fresh["expected_share"] == pytest.approx(700 / 900)
+    assert abs(fresh["closer_to_train_share"] - fresh["expected_share"]) < 0.05
 
 
 def test_copy_rate_by_hand() -> None:
@@ -257,6 +279,7 @@ def test_copied_training_records_score_as_leaking(leak_sets: dict[str, np.ndarra
     assert ehr.copy_rate(train, holdout, independent)["copy_rate"] < 0.05
     assert ehr.distance_to_closest_record(train, holdout, train)["closer_to_train_share"] == 1.0
     assert abs(ehr.distance_to_closest_record(train, holdout, independent)["closer_to_train_share"] - 0.5) < 0.1
+    assert ehr.distance_to_closest_record(train, holdout, independent)["expected_share"] == 0.5
     disclosed = ehr.attribute_disclosure(train, holdout, train)
     assert disclosed["train"]["f1"] > disclosed["holdout"]["f1"] + 0.3
     baseline = ehr.attribute_disclosure(train, holdout, independent)
@@ -287,12 +310,12 @@ def test_evaluate_records_is_strict_json_with_counts(values: str) -> None:
 
 
 def test_evaluate_records_nulls_undefined_values() -> None:
-    records = np.ones((6, 3))  # every code always present: no r, no eligible code, no held-out distance
+    records = np.ones((6, 3))  # every code always present: no r, no eligible code
     doc = ehr.evaluate_records(records, records, records, columns=["a", "b", "c"], known_top=1)
     json.dumps(doc, allow_nan=False)
     assert doc["fidelity"]["dimension_wise_probability"]["pearson_r"] is None
     assert doc["utility"]["dimension_wise_prediction"]["mean_f1_real"] is None
-    assert doc["privacy"]["distance_to_closest_record"]["median_ratio"] is None
+    assert doc["privacy"]["distance_to_closest_record"]["closer_to_train_share"] == 0.5  # all tied: 6 and 6
 
 
 @pytest.mark.parametrize(("change", "message"), [

@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from synthmed.errors import SynthmedError
+from synthmed.errors import SynthmedError, one_line
 
 DOWNLOAD_TIMEOUT = 60.0  # seconds without data before a download is given up (urllib socket timeout)
 
@@ -29,10 +29,6 @@ class DownloadError(SynthmedError):
         self.url = url
         self.reason = reason
         super().__init__(f"download of {url}: {reason}")
-
-
-def one_line(value: object) -> str:
-    return " ".join(str(value).split()) or type(value).__name__
 
 
 def why(exc: OSError) -> str:

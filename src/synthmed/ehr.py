@@ -16,7 +16,6 @@ run was trained with them (``extract --domains condition,drug,person``), else 0 
 from __future__ import annotations
 
 import csv
-import gzip
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -24,21 +23,31 @@ from typing import Any
 
 import numpy as np
 
-from synthmed.errors import ConfigError, DataError, SynthmedError
+from synthmed.data.omop import listing as _listing
+from synthmed.errors import ConfigError, DataError, SynthmedError, one_line
 from synthmed.io import empty_output_folder, write_folder_atomically
 
 FORMATS = ("csv", "duckdb")
-#: OMOP tables written for synthetic persons, with their columns (a subset of CDM v5.4's, required ones first).
+#: OMOP tables written for synthetic persons: CDM v5.4's required columns (and a source value that says the row
+#: is synthetic). Dates are empty: medGAN's records carry no time (see :data:`OMOP_NOTES`).
 OMOP_TABLES: dict[str, tuple[str, ...]] = {
     "person": ("person_id", "gender_concept_id", "year_of_birth", "race_concept_id", "ethnicity_concept_id",
                "person_source_value"),
     "condition_occurrence": ("condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
                              "condition_type_concept_id", "condition_source_value"),
     "drug_exposure": ("drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
-                      "drug_type_concept_id", "drug_source_value"),
+                      "drug_exposure_end_date", "drug_type_concept_id", "drug_source_value"),
 }
 _SQL_TYPES = {"person_source_value": "VARCHAR", "condition_source_value": "VARCHAR", "drug_source_value": "VARCHAR",
-              "condition_start_date": "DATE", "drug_exposure_start_date": "DATE"}
+              "condition_start_date": "DATE", "drug_exposure_start_date": "DATE", "drug_exposure_end_date": "DATE"}
+#: What a user of the OMOP tables must know (also in every generation.json).
+OMOP_NOTES = (
+    "medGAN's records carry no time: condition_start_date, drug_exposure_start_date and drug_exposure_end_date are "
+    "empty (the CDM requires them: supply dates before loading into a CDM database)",
+    "type concepts are 0 (no matching concept); race and ethnicity concepts are 0",
+    "gender_concept_id and year_of_birth (the decade's first year) come from the person domain's columns when the "
+    "run was trained with them (ehr extract --domains condition,drug,person); otherwise 0 and empty",
+)
 
 
 # --- extract -----------------------------------------------------------------------------------------------
@@ -128,18 +137,24 @@ def generate(model: Any, n: int, out: str | Path, *, seed: int = 0, sampling: st
     if not isinstance(recipe, RecordsRecipe):
         raise ConfigError(f"{model.run_dir}: recipe {model.config.recipe!r} does not generate records; train with "
                           "--recipe medgan on a records CSV (synthmed ehr extract makes one from OMOP)")
-    recipe.refresh_sampling_statistics()
-    records = recipe.sample(n, seed=seed, sampling=sampling).numpy()
+    if not recipe.generator_trained:
+        raise ConfigError(f"{model.run_dir}: the run stopped in its autoencoder phase (step {model.step}): its "
+                          "generator is untrained; resume it with more --steps")
     columns = list(recipe.data_info.columns)
     vocabulary = dict(recipe.data_info.vocabulary)
     omop = _has_concepts(vocabulary)
+    if fmt == "duckdb" and not omop:
+        raise ConfigError(f"{model.run_dir}: --format duckdb writes OMOP tables, but the run's records have no OMOP "
+                          "concept ids (train on synthmed ehr extract's records.csv, with its vocabulary.csv)")
+    recipe.refresh_sampling_statistics()
+    records = recipe.sample(n, seed=seed, sampling=sampling).numpy()
     document = {
         "run": str(model.run_dir), "step": model.step, "recipe": model.config.recipe,
         "variant": getattr(recipe.config, "variant", ""), "values": recipe.values, "n": n, "seed": seed,
         "sampling": sampling, "codes": len(columns), "format": fmt,
         "mean_codes_per_record": float(records.sum(1).mean()),
         "empty_records": int((records.sum(1) == 0).sum()),
-        "omop": omop,
+        "omop": omop, "notes": list(OMOP_NOTES) if omop else [],
     }
 
     def write(folder: Path) -> None:
@@ -192,19 +207,20 @@ def omop_tables(records: np.ndarray, vocabulary: dict[str, Any], columns: list[s
     decade_cols = [j for j, c in enumerate(columns) if domains[j] == "person" and c.startswith("birth_decade_")]
     by_domain = {"condition": ("condition_occurrence", "condition"), "drug": ("drug_exposure", "drug")}
     next_id = {"condition_occurrence": 1, "drug_exposure": 1}
+    decades = [int(c.rsplit("_", 1)[1]) if j in set(decade_cols) else None for j, c in enumerate(columns)]
     for i, row in enumerate(counts):
         person_id = i + 1
         gender = _strongest(row, gender_cols, concept_ids)
-        decade = _strongest(row, decade_cols, [int(columns[j].rsplit("_", 1)[1]) if j in decade_cols else None
-                                               for j in range(len(columns))])
+        decade = _strongest(row, decade_cols, decades)
         tables["person"].append((person_id, gender or 0, decade, 0, 0, f"{source}:{person_id}"))
         for j in np.flatnonzero(row > 0):
             target = by_domain.get(domains[j])
             if target is None or concept_ids[j] is None:
                 continue
             table, _ = target
+            dates = (None, None) if table == "drug_exposure" else (None,)  # start (and end) dates: none known
             for _ in range(int(row[j])):
-                tables[table].append((next_id[table], person_id, int(concept_ids[j]), None, 0, columns[j]))
+                tables[table].append((next_id[table], person_id, int(concept_ids[j]), *dates, 0, columns[j]))
                 next_id[table] += 1
     return tables
 
@@ -259,24 +275,11 @@ def _read(path: str | Path, split: str, role: str) -> tuple[np.ndarray, tuple[st
 
 
 def _split_of(path: str | Path, wanted: str) -> str:
-    """``wanted`` when the file has a ``split`` column (as ``extract`` writes), else ``all``: the file holds only
-    that part (never a fresh random split, which would mix training and held-out patients)."""
-    path = Path(path)
-    if path.suffix.lower() == ".parquet":
-        try:
-            import pyarrow.parquet as pq
+    """``wanted`` when the file has a split column (as ``extract`` writes, by the data layer's rule), else ``all``:
+    the file holds only that part (never a fresh random split, which would mix training and held-out patients)."""
+    from synthmed.data.records import has_split_column
 
-            names = list(pq.read_schema(path).names)
-        except Exception:  # unreadable: load_records reports it with its own one-line error
-            return "all"
-    else:
-        opener: Any = gzip.open if path.name.lower().endswith(".gz") else open
-        try:
-            with opener(path, "rt", newline="", encoding="utf-8-sig") as handle:
-                names = next(csv.reader(handle), [])
-        except (OSError, UnicodeDecodeError, csv.Error, EOFError):
-            return "all"
-    return wanted if any(str(n).strip().lower() == "split" for n in names) else "all"
+    return wanted if has_split_column(path) else "all"
 
 
 def _aligned(records: np.ndarray, columns: tuple[str, ...], reference: tuple[str, ...], path: str | Path,
@@ -285,10 +288,11 @@ def _aligned(records: np.ndarray, columns: tuple[str, ...], reference: tuple[str
     missing = [c for c in reference if c not in columns]
     extra = [c for c in columns if c not in reference]
     if missing or extra:
-        parts = ([f"lacks {len(missing)} code column(s) of the training records ({', '.join(missing[:5])}"
-                  f"{', ...' if len(missing) > 5 else ''})"] if missing else []) + \
-                ([f"has {len(extra)} column(s) the training records lack ({', '.join(extra[:5])}"
-                  f"{', ...' if len(extra) > 5 else ''})"] if extra else [])
+        parts = []
+        if missing:
+            parts.append(f"lacks {len(missing)} code column(s) of the training records ({_listing(missing, 5)})")
+        if extra:
+            parts.append(f"has {len(extra)} column(s) the training records lack ({_listing(extra, 5)})")
         raise DataError(Path(path), f"the {role} records do not match the training records' codes: "
                                     f"{'; '.join(parts)}")
     index = [columns.index(c) for c in reference]
@@ -317,6 +321,10 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, train:
     """
     from synthmed.metrics.ehr import evaluate_records
 
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1 (got {top_k})")
+    if seed < 0:
+        raise ConfigError(f"--seed must be 0 or more (got {seed})")
     out = empty_output_folder(out)
     train_path = train if train is not None else real
     if train is None and _split_of(real, real_split) == "all":
@@ -326,8 +334,14 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, train:
     held_out = _aligned(held_out, held_columns, columns, real, "held-out")
     synthetic_records, synthetic_columns = _read(synthetic, "all", "synthetic")
     synthetic_records = _aligned(synthetic_records, synthetic_columns, columns, synthetic, "synthetic")
-    document = evaluate_records(train_records, held_out, synthetic_records, columns=list(columns), seed=seed,
-                                top_k=top_k)
+    try:
+        document = evaluate_records(train_records, held_out, synthetic_records, columns=list(columns), seed=seed,
+                                    top_k=top_k)
+    except ImportError as exc:  # scikit-learn, for the logistic regressions of dimension-wise prediction
+        raise ConfigError(f"evaluating records needs {exc.name or 'scikit-learn'}: pip install "
+                          "\"synthmed[ehr]\"") from exc
+    except ValueError as exc:  # records the metrics cannot score (e.g. a single code)
+        raise DataError(Path(real), one_line(exc)) from exc
     document["files"] = {"train": str(train_path), "real": str(real), "synthetic": str(synthetic)}
 
     def write(folder: Path) -> None:

@@ -5,6 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(exc: BaseException | object, limit: int | None = None) -> str:
+    """An exception's (or any value's) text on one line, whitespace collapsed, the type's name when it has none;
+    cut to ``limit`` characters (ending in ``...``) when given, for messages that quote a library's long text."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
 class SynthmedError(Exception):
     """A problem the user can fix: the CLI prints ``str(error)`` on one line and exits with code 2."""
 

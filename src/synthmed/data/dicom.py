@@ -30,7 +30,7 @@ import numpy as np
 from synthmed.data._core import RawData, assemble, refuse_non_finite
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.transforms import fit_square, normalize
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
@@ -103,10 +103,6 @@ def voi_window(values: np.ndarray, center: float, width: float, function: str = 
     return normalize(values, window_limits(center, width, function))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _palette_rgb(path: Path, ds: Any, pixels: np.ndarray) -> np.ndarray:
     """PALETTE COLOR indices -> (F, 3, H, W) in [-1, 1] through the file's colour lookup table."""
     try:
@@ -116,7 +112,7 @@ def _palette_rgb(path: Path, ds: Any, pixels: np.ndarray) -> np.ndarray:
     try:
         rgb = apply_color_lut(pixels, ds)
     except Exception as exc:  # missing / malformed lookup tables raise several types
-        raise DataError(path, f"PALETTE COLOR image without a usable colour lookup table ({_one_line(exc)})") from exc
+        raise DataError(path, f"PALETTE COLOR image without a usable colour lookup table ({one_line(exc)})") from exc
     rgb = rgb[None] if rgb.ndim == 3 else rgb  # (F, H, W, 3)
     top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
     return np.moveaxis(normalize(rgb, (0.0, top)), -1, 1)
@@ -132,7 +128,7 @@ def _frames(
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing codecs / corrupt data
         raise DataError(
-            path, f"cannot decode pixel data ({_one_line(exc)}); compressed files may need pylibjpeg or gdcm"
+            path, f"cannot decode pixel data ({one_line(exc)}); compressed files may need pylibjpeg or gdcm"
         ) from exc
     frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
@@ -212,7 +208,7 @@ def _read(pydicom: Any, path: Path) -> Any:
     except pydicom.errors.InvalidDicomError:
         problem = "no 'DICM' header and no readable DICOM elements"
     except Exception as exc:  # EOFError, struct / value errors on truncated files
-        raise DataError(path, f"not a valid DICOM file ({_one_line(exc)})") from exc
+        raise DataError(path, f"not a valid DICOM file ({one_line(exc)})") from exc
     try:
         ds = pydicom.dcmread(path, force=True)
     except Exception as exc:

@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 
 __all__ = [
     "KINDS",
@@ -384,7 +384,7 @@ def _dicom_colour(path: Path, ds: Any, pixels: np.ndarray, photometric: str) -> 
             rgb = apply_color_lut(pixels, ds)
         except Exception as exc:  # missing / malformed lookup tables raise several types
             raise DataError(path, "PALETTE COLOR image without a usable colour lookup table "
-                                  f"({dcm._one_line(exc)})") from exc
+                                  f"({one_line(exc)})") from exc
         rgb = rgb[None] if rgb.ndim == 3 else rgb
         top = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
         return np.moveaxis(rgb, -1, 1).astype(np.float64), top, rgb.dtype.name
@@ -411,7 +411,7 @@ def _read_dicom(path: Path, mapping: IntensityMapping) -> ImageFile:
     try:
         pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for missing codecs / corrupt data
-        raise DataError(path, f"cannot decode pixel data ({dcm._one_line(exc)}); compressed files may need "
+        raise DataError(path, f"cannot decode pixel data ({one_line(exc)}); compressed files may need "
                               "pylibjpeg or gdcm") from exc
     photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
     samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)

@@ -16,8 +16,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from synthmed.download import DownloadError, download, one_line
-from synthmed.errors import DataError
+from synthmed.download import DownloadError, download
+from synthmed.errors import DataError, one_line
 
 MEDMNIST_BASE_URL = "https://zenodo.org/records/10519652/files"
 SIZES = (28, 64, 128, 224)

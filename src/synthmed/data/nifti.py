@@ -37,7 +37,7 @@ import numpy as np
 from synthmed.data._core import RawData, assemble, refuse_non_finite
 from synthmed.data.dataset import ImageDataset
 from synthmed.data.transforms import fit_square, normalize, parse_channels
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -102,10 +102,6 @@ def _nibabel(path: Path) -> Any:
     return nibabel
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
 def _volume(path: Path) -> np.ndarray:
     """(X, Y, Z, T) float32 data in RAS orientation."""
     return _canonical(path)[1]
@@ -126,7 +122,7 @@ def _canonical(path: Path) -> tuple[Any, np.ndarray]:
         img = nib.as_closest_canonical(nib.load(path))
         data = np.asarray(img.get_fdata(dtype=np.float32))
     except Exception as exc:  # ImageFileError, gzip / EOF errors on truncated files, header errors
-        raise DataError(path, f"not a valid NIfTI file ({_one_line(exc)})") from exc
+        raise DataError(path, f"not a valid NIfTI file ({one_line(exc)})") from exc
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 3:

@@ -34,7 +34,7 @@ from synthmed.data.transforms import (
     label_problem,
     value_range,
 )
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 
 MEDMNIST_SPLITS = ("train", "val", "test")
 
@@ -57,7 +57,7 @@ def open_npz(path: Path) -> NpzArrays:
     try:
         data = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise DataError(path, f"not a valid .npz file ({_one_line(exc)})") from exc
+        raise DataError(path, f"not a valid .npz file ({one_line(exc)})") from exc
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise DataError(path, "is a single .npy array, not an .npz archive of named arrays")
     return NpzArrays(path, data)
@@ -82,15 +82,11 @@ class NpzArrays:
         except ValueError as exc:  # object arrays need pickle, which is never enabled on user files
             raise DataError(
                 self.path,
-                f"array '{key}' cannot be read without pickle ({_one_line(exc)}); "
+                f"array '{key}' cannot be read without pickle ({one_line(exc)}); "
                 "store strings as fixed-width unicode arrays",
             ) from exc
         except (OSError, zipfile.BadZipFile, EOFError) as exc:
-            raise DataError(self.path, f"array '{key}' is corrupt ({_one_line(exc)})") from exc
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+            raise DataError(self.path, f"array '{key}' is corrupt ({one_line(exc)})") from exc
 
 
 def is_medmnist_layout(keys: list[str]) -> bool:

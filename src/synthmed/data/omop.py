@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from synthmed.data.splits import patient_split
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 from synthmed.io import empty_output_folder, write_folder_atomically
 
 __all__ = ["DOMAINS", "OmopRecords", "VocabularyEntry", "read_omop", "read_vocabulary", "write_records"]
@@ -88,12 +88,7 @@ class OmopRecords:
         return [entry.column for entry in self.vocabulary]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
-
-
-def _listing(names: Sequence[str], limit: int = 12) -> str:
+def listing(names: Sequence[str], limit: int = 12) -> str:
     """``a, b, c`` or ``a, b, ... (40 in all)``: error messages stay one readable line."""
     shown = ", ".join(names[:limit])
     return shown if len(names) <= limit else f"{shown}, ... ({len(names)} in all)"
@@ -130,12 +125,12 @@ class _Database:
         if missing:
             reasons = "; ".join(f"{t} ({why[t]})" for t in missing)
             raise DataError(self.path, f"has no table {reasons}; its tables: "
-                                       f"{_listing(sorted(self.tables)) or 'none'}")
+                                       f"{listing(sorted(self.tables)) or 'none'}")
         for table, columns in needs.items():
             absent = [c for c in columns if c not in self.columns[table]]
             if absent:
                 raise DataError(self.path, f"table {table} has no column {', '.join(absent)}; its columns: "
-                                           f"{_listing(sorted(self.columns[table]))}")
+                                           f"{listing(sorted(self.columns[table]))}")
 
     def column(self, table: str, name: str) -> str:
         return _quote(self.columns[table][name])
@@ -161,7 +156,7 @@ def _connect(path: Path) -> Any:
     try:
         return duckdb.connect(str(path), read_only=True, config=config)
     except duckdb.Error as exc:
-        raise DataError(path, f"cannot open read-only ({_one_line(exc)})") from exc
+        raise DataError(path, f"cannot open read-only ({one_line(exc, limit=200)})") from exc
 
 
 def _check_options(domains: Sequence[str], values: str, min_patients: int) -> tuple[str, ...]:
@@ -437,7 +432,7 @@ def read_vocabulary(path: str | Path, columns: Sequence[str]) -> dict[str, list[
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = list(csv.reader(handle))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(path, f"cannot read the vocabulary ({_one_line(exc)})") from exc
+        raise DataError(path, f"cannot read the vocabulary ({one_line(exc, limit=200)})") from exc
     header = [name.strip().lower() for name in rows[0]] if rows else []
     missing = [name for name in VOCABULARY_HEADER[:4] if name not in header]
     if missing:
@@ -460,7 +455,7 @@ def read_vocabulary(path: str | Path, columns: Sequence[str]) -> dict[str, list[
         entries[name] = (concept_id, row[at["concept_name"]], row[at["domain"]].strip())
     absent = [c for c in columns if c not in entries]
     if absent:
-        raise DataError(path, f"vocabulary lacks {len(absent)} record column(s): {_listing(absent, 5)}")
+        raise DataError(path, f"vocabulary lacks {len(absent)} record column(s): {listing(absent, 5)}")
     chosen = [entries[c] for c in columns]
     return {"concept_id": [e[0] for e in chosen], "concept_name": [e[1] for e in chosen],
             "domain": [e[2] for e in chosen]}

@@ -40,17 +40,13 @@ from synthmed.data.omop import VOCABULARY_FILE, read_vocabulary
 from synthmed.data.paired import refuse_options
 from synthmed.data.sets import TensorSet
 from synthmed.data.splits import SPLITS, random_split
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 
-__all__ = ["PATIENT_COLUMNS", "load_records"]
+__all__ = ["PATIENT_COLUMNS", "has_split_column", "load_records"]
 
 # Column names read as the patient id when patient_key is not given (compared lower-case, "-"/" " as "_").
 PATIENT_COLUMNS = ("patient", "patient_id", "patientid", "subject", "subject_id", "person", "person_id", "id")
 _OPTIONS = frozenset({"split", "seed", "val_fraction", "test_fraction", "patient_key", "split_key"})
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _read_csv(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
@@ -65,7 +61,7 @@ def _read_csv(path: Path) -> tuple[list[str], list[list[str]], list[str]]:
                     rows.append(row)
                     places.append(f"line {reader.line_num}")
     except (OSError, UnicodeDecodeError, csv.Error, EOFError) as exc:
-        raise DataError(path, f"cannot read CSV ({_one_line(exc)})") from exc
+        raise DataError(path, f"cannot read CSV ({one_line(exc)})") from exc
     if not rows:
         raise DataError(path, "is empty; records need a header row and one row per patient or visit")
     header = [name.strip() for name in rows[0]]
@@ -85,7 +81,7 @@ def _read_parquet(path: Path) -> tuple[list[str], list[list[Any]], list[str]]:
     try:
         frame = pd.read_parquet(path)
     except Exception as exc:  # pyarrow raises many types for a bad file; all mean "cannot read it"
-        raise DataError(path, f"cannot read parquet ({_one_line(exc)})") from exc
+        raise DataError(path, f"cannot read parquet ({one_line(exc)})") from exc
     header = [str(name) for name in frame.columns]
     rows = frame.astype(object).where(frame.notna(), float("nan")).to_numpy().tolist()
     return header, rows, [f"row {i + 1}" for i in range(len(rows))]
@@ -161,6 +157,40 @@ def _vocabulary(path: Path, values: np.ndarray, columns: list[str]) -> dict[str,
     return vocabulary
 
 
+def _read_table(source: str | Path | None) -> tuple[Path, list[str], list[list[Any]], list[str]]:
+    """The file's path, header, rows and row places, with one-line errors for what no records file may be."""
+    if source is None:
+        raise ConfigError("records need a CSV or parquet file")
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(path, "no such file" if not path.exists() else "is a folder; records are a CSV or parquet file")
+    if path.suffix.lower() == ".parquet":
+        header, rows, places = _read_parquet(path)
+    else:
+        header, rows, places = _read_csv(path)
+    if not all(header):
+        raise DataError(path, f"column {header.index('') + 1} has no name; every column needs one (the vocabulary)")
+    repeated = [name for name, count in Counter(header).items() if count > 1]
+    if repeated:
+        raise DataError(path, f"column {repeated[0]!r} appears more than once; every code needs its own column")
+    if not rows:
+        raise DataError(path, "has a header but no rows")
+    return path, header, rows, places
+
+
+def has_split_column(source: str | Path, patient_key: str | None = None) -> bool:
+    """Whether :func:`load_records` takes the file's splits from a ``split`` column (one named so, any case, whose
+    values all name splits), as ``synthmed ehr extract`` writes it; a ``split`` column of other values is a code.
+
+    Args:
+        source: a records file (CSV or parquet).
+        patient_key: the patient id column, when not found by name.
+    """
+    path, header, rows, _ = _read_table(source)
+    patient_col = _find_column(header, patient_key, "patient ids", path, PATIENT_COLUMNS)
+    return _auto_split_column(header, np.asarray(rows, dtype=object), patient_col) is not None
+
+
 def load_records(
     source: str | Path | None,
     *,
@@ -196,23 +226,7 @@ def load_records(
             them (naming the vocabulary file).
     """
     refuse_options(ignored_image_options, _OPTIONS, "records (a CSV or parquet matrix)")
-    if source is None:
-        raise ConfigError("records need a CSV or parquet file")
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise DataError(path, "no such file" if not path.exists() else "is a folder; records are a CSV or parquet file")
-    if path.suffix.lower() == ".parquet":
-        header, rows, places = _read_parquet(path)
-    else:
-        header, rows, places = _read_csv(path)
-    if not all(header):
-        raise DataError(path, f"column {header.index('') + 1} has no name; every column needs one (the vocabulary)")
-    repeated = [name for name, count in Counter(header).items() if count > 1]
-    if repeated:
-        raise DataError(path, f"column {repeated[0]!r} appears more than once; every code needs its own column")
-    if not rows:
-        raise DataError(path, "has a header but no rows")
-
+    path, header, rows, places = _read_table(source)
     patient_col = _find_column(header, patient_key, "patient ids", path, PATIENT_COLUMNS)
     cells = np.asarray(rows, dtype=object)
     if split_key is not None:

@@ -536,48 +536,57 @@ def attribute_disclosure(train: Any, holdout: Any, synthetic: Any, *, known_code
             "binarised": BINARISED}
 
 
-def distance_to_closest_record(train: Any, holdout: Any, synthetic: Any, *, seed: int = 0) -> dict[str, Any]:
-    """Distance to closest record (DCR): is each synthetic record nearer to a training record than to a held-out
-    one?
+def _closest_with_ties(query: np.ndarray, reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per query record: the distance to its closest reference record and how many reference records lie at it."""
+    closest, ties = np.empty(query.shape[0]), np.empty(query.shape[0], dtype=np.int64)
+    for start, d in _distance_chunks(query, reference):
+        low = d.min(axis=1)
+        closest[start:start + d.shape[0]] = low
+        ties[start:start + d.shape[0]] = (d == low[:, None]).sum(axis=1)
+    return closest, ties
 
-    Training and held-out references are sub-sampled (``seed``) to the same size n = min(N, H), so a record drawn
-    from the population, not copied, is as likely to be nearer either: ``closer_to_train_share`` (ties count one
-    half) is then about 0.5, and a generator that copies training records pushes it to 1. The baseline is the
-    held-out records' own distance to their closest training record: what a new real patient's DCR looks like.
+
+def distance_to_closest_record(train: Any, holdout: Any, synthetic: Any, *, seed: int = 0) -> dict[str, Any]:
+    """Distance to closest record (DCR): is the real record nearest to each synthetic one a training record?
+
+    Against all N training and all H held-out records: for each synthetic record, its nearest real record is a
+    training record with probability ``c_train / (c_train + c_holdout)``, where the c are the numbers of training
+    and held-out records at the smallest distance (1 or 0 without ties). For a record drawn from the population
+    the generator learnt from, not copied, every real record is equally likely to be the nearest, so
+    ``closer_to_train_share`` is then about ``expected_share`` = N / (N + H); a generator that copies training
+    records pushes it to 1. (Sub-sampling both to one size would drop most copies' originals from the training
+    reference whenever N > H.) The baseline is the held-out records' own distance to their closest training record:
+    what a new real patient's DCR looks like.
 
     Args:
         train: (N, D) records the generator was trained on.
         holdout: (H, D) real records it never saw.
         synthetic: (M, D) synthetic records.
-        seed: Seed of the sub-sampling.
+        seed: Unused (kept so every privacy metric takes a seed); the measure uses every record.
 
     Returns:
-        ``median_to_train``, ``median_to_holdout`` (of the synthetic records), ``median_ratio``
-        (to_train / to_holdout; None, with a ``note``, when the holdout median is 0), ``percentile_5_to_train``,
-        ``percentile_5_to_holdout``, ``closer_to_train_share``, ``baseline_median_holdout_to_train``,
-        ``baseline_percentile_5_holdout_to_train``, ``n_reference`` (rows of each reference), ``n_synthetic``,
-        ``distance``.
+        ``median_to_train``, ``median_to_holdout`` (of the synthetic records), ``percentile_5_to_train``,
+        ``percentile_5_to_holdout``, ``closer_to_train_share``, ``expected_share``,
+        ``baseline_median_holdout_to_train``, ``baseline_percentile_5_holdout_to_train``, ``n_train``,
+        ``n_holdout``, ``n_synthetic``, ``distance``.
     """
     train, holdout, synthetic = _checked(train=train, holdout=holdout, synthetic=synthetic)
-    n = min(train.shape[0], holdout.shape[0])
-    rng = np.random.default_rng(seed)
-    train_ref, holdout_ref = _subsample(train, n, rng), _subsample(holdout, n, rng)
-    to_train, to_holdout = closest_distance(synthetic, train_ref), closest_distance(synthetic, holdout_ref)
-    baseline = closest_distance(holdout_ref, train_ref)
-    median_train, median_holdout = float(np.median(to_train)), float(np.median(to_holdout))
-    out: dict[str, Any] = {
-        "median_to_train": median_train, "median_to_holdout": median_holdout,
-        "median_ratio": median_train / median_holdout if median_holdout > 0 else None,
+    to_train, train_ties = _closest_with_ties(synthetic, train)
+    to_holdout, holdout_ties = _closest_with_ties(synthetic, holdout)
+    tied = train_ties / (train_ties + holdout_ties)
+    share = np.where(to_train < to_holdout, 1.0, np.where(to_train > to_holdout, 0.0, tied))
+    baseline = closest_distance(holdout, train)
+    n, h = train.shape[0], holdout.shape[0]
+    return {
+        "median_to_train": float(np.median(to_train)), "median_to_holdout": float(np.median(to_holdout)),
         "percentile_5_to_train": float(np.percentile(to_train, 5)),
         "percentile_5_to_holdout": float(np.percentile(to_holdout, 5)),
-        "closer_to_train_share": float(np.mean((to_train < to_holdout) + 0.5 * (to_train == to_holdout))),
+        "closer_to_train_share": float(share.mean()), "expected_share": n / (n + h),
         "baseline_median_holdout_to_train": float(np.median(baseline)),
         "baseline_percentile_5_holdout_to_train": float(np.percentile(baseline, 5)),
-        "n_reference": n, "n_synthetic": int(synthetic.shape[0]), "distance": _kind(train, holdout, synthetic)[1],
+        "n_train": int(n), "n_holdout": int(h), "n_synthetic": int(synthetic.shape[0]),
+        "distance": _kind(train, holdout, synthetic)[1],
     }
-    if median_holdout == 0:
-        out["note"] = "median_ratio undefined: the median distance to the held-out records is 0"
-    return out
 
 
 def _row_keys(records: np.ndarray) -> list[bytes]:

@@ -301,6 +301,11 @@ class RecordsRecipe(Recipe):
     def values(self) -> str:
         """``binary`` or ``count``: what the generated records hold."""
 
+    @property
+    def generator_trained(self) -> bool:
+        """False while the generator has not trained yet (e.g. a run stopped in a pre-training phase)."""
+        return True
+
     @abc.abstractmethod
     def generate(self, z: torch.Tensor) -> torch.Tensor:
         """Per-code probabilities in [0, 1] (binary) or expected counts >= 0 (count), (N, D), from latents ``z``;

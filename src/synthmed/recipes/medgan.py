@@ -175,6 +175,10 @@ class MedGAN(RecordsRecipe):
     def values(self) -> str:
         return self._values
 
+    @property
+    def generator_trained(self) -> bool:
+        return self._phase == GAN
+
     # --- set-up ----------------------------------------------------------------------------------------
     def phases(self) -> list[Phase]:
         if not self.pretrained:

@@ -49,6 +49,27 @@ def _diagonal_scatter(ax: Any, x: np.ndarray, y: np.ndarray, top: float) -> None
     ax.grid(alpha=0.3)
 
 
+def _pair(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray, names: str
+          ) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"{names} must be two equal 1-D arrays (got {a.shape} and {b.shape})")
+    return a, b
+
+
+def _scatter_figure(path: str | Path, x: np.ndarray, y: np.ndarray, top: float, labels: tuple[str, str],
+                    legend: str, title: str) -> Path:
+    """One real-against-synthetic scatter with its diagonal, axis labels, a legend line and a title."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(4.8, 5.0))
+    _diagonal_scatter(ax, x, y, top)
+    ax.set_xlabel(labels[0])
+    ax.set_ylabel(labels[1])
+    ax.legend([ax.lines[0]], [legend], fontsize=8, loc="upper left")
+    ax.set_title(title, fontsize=9)
+    return _save(fig, Path(path))
+
+
 def save_probability_scatter(path: str | Path, real_prev: Sequence[float] | np.ndarray,
                              synth_prev: Sequence[float] | np.ndarray, *, r: float | None, rmse: float,
                              n_real: int, n_synthetic: int, title: str = "") -> Path:
@@ -64,19 +85,13 @@ def save_probability_scatter(path: str | Path, real_prev: Sequence[float] | np.n
         n_synthetic: Synthetic records behind ``synth_prev``.
         title: First title line; the method and counts follow.
     """
-    x, y = np.asarray(real_prev, dtype=float), np.asarray(synth_prev, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"real_prev and synth_prev must be two equal 1-D arrays (got {x.shape} and {y.shape})")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 5.0))
+    x, y = _pair(real_prev, synth_prev, "real_prev and synth_prev")
     top = float(max(x.max(initial=0.0), y.max(initial=0.0))) or 1.0
-    _diagonal_scatter(ax, x, y, top * 1.02)
-    ax.set_xlabel(f"real prevalence ({n_real} records)")
-    ax.set_ylabel(f"synthetic prevalence ({n_synthetic} records)")
-    ax.legend([ax.lines[0]], [f"equal; r = {_fmt(r)}, RMSE = {_fmt(rmse, '.4f')}"], fontsize=8, loc="upper left")
     method = f"dimension-wise probability (presence): {x.size} codes,\n{n_real} real vs {n_synthetic} synthetic records"
-    ax.set_title("\n".join(t for t in (title, method) if t), fontsize=9)
-    return _save(fig, Path(path))
+    return _scatter_figure(path, x, y, top * 1.02, (f"real prevalence ({n_real} records)",
+                                                   f"synthetic prevalence ({n_synthetic} records)"),
+                           f"equal; r = {_fmt(r)}, RMSE = {_fmt(rmse, '.4f')}",
+                           "\n".join(t for t in (title, method) if t))
 
 
 def save_prediction_scatter(path: str | Path, f1_real: Sequence[float] | np.ndarray,
@@ -94,19 +109,11 @@ def save_prediction_scatter(path: str | Path, f1_real: Sequence[float] | np.ndar
         n_test: Real test records.
         title: First title line; the method and counts follow.
     """
-    x, y = np.asarray(f1_real, dtype=float), np.asarray(f1_synth, dtype=float)
-    if x.shape != y.shape or x.ndim != 1:
-        raise ValueError(f"f1_real and f1_synth must be two equal 1-D arrays (got {x.shape} and {y.shape})")
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.8, 5.0))
-    _diagonal_scatter(ax, x, y, 1.0)
-    ax.set_xlabel("F1, trained on real records")
-    ax.set_ylabel("F1, trained on synthetic records")
-    ax.legend([ax.lines[0]], [f"equal; mean |F1 gap| = {_fmt(mean_gap)}"], fontsize=8, loc="upper left")
+    x, y = _pair(f1_real, f1_synth, "f1_real and f1_synth")
     method = (f"dimension-wise prediction (logistic regression): {n_codes} codes,\n{n_train} training rows each, "
               f"{n_test} real test records")
-    ax.set_title("\n".join(t for t in (title, method) if t), fontsize=9)
-    return _save(fig, Path(path))
+    return _scatter_figure(path, x, y, 1.0, ("F1, trained on real records", "F1, trained on synthetic records"),
+                           f"equal; mean |F1 gap| = {_fmt(mean_gap)}", "\n".join(t for t in (title, method) if t))
 
 
 def save_cooccurrence_difference(path: str | Path, real_corr: np.ndarray, synth_corr: np.ndarray, *, n_real: int,
