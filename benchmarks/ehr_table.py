@@ -37,6 +37,7 @@ import numpy as np
 from _common import machine, mean_and_interval, source_state
 from synthmed.ehr import HEADLINE, headline
 from synthmed.metrics.stats import mean_interval
+from synthmed.viz.ehr import diagonal_scatter
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("gan", "gan-p", "gan-pd", "gan-pa", "medgan")
@@ -140,9 +141,7 @@ def draw(work: Path, images: Path, rows: list[str]) -> None:
                 x, y = part["f1_real"], part["f1_synthetic"]
                 note = f"mean |F1 gap| {part['mean_abs_f1_gap']:.3f} ({part['n_codes']} codes)"
                 xlabel, ylabel = "F1, trained on real", "F1, trained on synthetic"
-            ax.scatter(x, y, s=8, alpha=0.7)
-            ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-            ax.set_xlim(0, 1), ax.set_ylim(0, 1), ax.set_aspect("equal")
+            diagonal_scatter(ax, np.asarray(x), np.asarray(y), 1.0)
             ax.set_title(f"{row}\n{note}", fontsize=8)
             ax.set_xlabel(xlabel, fontsize=8), ax.set_ylabel(ylabel, fontsize=8)
             ax.tick_params(labelsize=7)

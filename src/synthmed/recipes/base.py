@@ -315,9 +315,13 @@ class RecordsRecipe(Recipe):
     def sample(self, n: int, seed: int = 0, batch_size: int = 1024, sampling: str = "round") -> torch.Tensor:
         """``n`` records (N, D) float32 on the CPU, reproducible from ``seed``.
 
-        ``sampling="round"``: a code is present where its probability is >= 0.5, counts rounded to the nearest
-        integer (medGAN's paper); ``"draw"``: each code drawn from Bernoulli(p), each count from Poisson(mean),
-        with a generator seeded from ``seed``, so rare codes keep their frequency instead of vanishing.
+        Args:
+            n: records to generate.
+            seed: seed of the latents (and of the draws).
+            batch_size: records generated at once.
+            sampling: ``round``: a code is present where its probability is >= 0.5, counts rounded to the nearest
+                integer (medGAN's paper); ``draw``: each code drawn from Bernoulli(p), each count from
+                Poisson(mean), so rare codes keep their frequency instead of vanishing.
         """
         if sampling not in RECORD_SAMPLING:
             raise ConfigError(f"sampling must be one of {', '.join(RECORD_SAMPLING)} (got {sampling!r})")

@@ -35,7 +35,9 @@ generator update (``--n_discriminator_update 2``), each on a fresh batch. Deviat
 * the generator's batch norm uses batch statistics in the discriminator step too (the reference switches it to
   its moving averages there); sampling re-estimates the statistics from the generator's own outputs, as the
   reference's 1,000-batch "burn-in" before generating;
-* binary outputs are probabilities; records come from rounding (the paper) or drawing (``sampling="draw"``).
+* binary outputs are probabilities; records come from rounding (the paper) or drawing (``sampling="draw"``);
+* like every synthmed recipe, samples come from exponential moving averages of the generator's and the decoder's
+  weights (``--ema-beta``, default 0.999; 0 samples the raw networks, as the reference).
 
 Counts are never binarised: ``values=binary`` on records that hold counts is refused (the reference clipped them
 to [0, 1] silently; medGAN pull request #17). ``values=auto`` takes the kind the data layer found.
@@ -119,6 +121,11 @@ def _check_options(config: MedGANConfig) -> None:
         (config.n_critic < 1, f"n_critic must be at least 1 (got {config.n_critic})"),
         (config.l2 < 0, f"l2 must be 0 or more (got {config.l2})"),
         (not 0.0 <= config.dropout < 1.0, f"dropout must be in [0, 1) (got {config.dropout})"),
+    ]
+    problems += [
+        (min(config.lr_ae, config.lr_g, config.lr_d) <= 0, "lr_ae, lr_g and lr_d must be positive"),
+        (len(config.betas) != 2 or not all(0.0 <= b < 1.0 for b in config.betas),
+         f"betas must be two numbers in [0, 1) (got {','.join(map(str, config.betas))})"),
     ]
     for failed, message in problems:
         if failed:
@@ -237,7 +244,7 @@ class MedGAN(RecordsRecipe):
         return self.networks["decoder"].values(self.networks["G"](torch.randn(n, self.latent_dim, device=device)))
 
     def _adversarial_step(self, batch: dict[str, torch.Tensor], ctx: StepContext) -> dict[str, torch.Tensor]:
-        D = self.networks["D"]
+        D, n = self.networks["D"], batch["record"].shape[0]
         for i in range(self.config.n_critic):
             real = (batch if i == 0 else ctx.draw_batch())["record"]
             with ctx.autocast():
@@ -248,7 +255,7 @@ class MedGAN(RecordsRecipe):
             ctx.optimize("D", loss_d)
         with frozen(D):  # D's weight gradients would be thrown away
             with ctx.autocast():
-                loss_g = L.g_loss_nonsaturating(D(self._fake(real.shape[0], real.device)).float())
+                loss_g = L.g_loss_nonsaturating(D(self._fake(n, real.device)).float())
             ctx.optimize("G", loss_g)
         accuracy = torch.cat([real_logits.detach() > 0, fake_logits.detach() <= 0]).float().mean()
         return {"loss_d": loss_d.detach(), "loss_g": loss_g.detach(), "d_accuracy": accuracy}
@@ -303,7 +310,11 @@ class MedGAN(RecordsRecipe):
     @torch.no_grad()
     def validation_score(self, data: TensorSet) -> float:
         """Pearson r between the codes' frequencies in the validation records and in as many synthetic records
-        (at least :attr:`frequency_samples`), seed 0: medGAN's dimension-wise probability."""
+        (at least :attr:`frequency_samples`), seed 0: medGAN's dimension-wise probability.
+
+        Args:
+            data: the validation split (records).
+        """
         real = (data.tensors["record"] > 0).float().mean(0)
         self.refresh_sampling_statistics()
         synthetic = (self.sample(max(len(data), self.frequency_samples), seed=0) > 0).float().mean(0)

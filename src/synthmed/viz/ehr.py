@@ -39,8 +39,15 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "undefined" if value is None else format(value, spec)
 
 
-def _diagonal_scatter(ax: Any, x: np.ndarray, y: np.ndarray, top: float) -> None:
-    """Points, the diagonal (equal values) and square axes from 0 to ``top``."""
+def diagonal_scatter(ax: Any, x: np.ndarray, y: np.ndarray, top: float) -> None:
+    """Points, the diagonal (equal values) and square axes from 0 to ``top``.
+
+    Args:
+        ax: a matplotlib axes.
+        x: real values (one per code).
+        y: synthetic values.
+        top: upper end of both axes.
+    """
     ax.plot([0, top], [0, top], color="0.6", lw=1, ls="--", label="equal")
     ax.scatter(x, y, s=10, alpha=0.7, color="C0")
     ax.set_xlim(0, top)
@@ -62,7 +69,7 @@ def _scatter_figure(path: str | Path, x: np.ndarray, y: np.ndarray, top: float, 
     """One real-against-synthetic scatter with its diagonal, axis labels, a legend line and a title."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(4.8, 5.0))
-    _diagonal_scatter(ax, x, y, top)
+    diagonal_scatter(ax, x, y, top)
     ax.set_xlabel(labels[0])
     ax.set_ylabel(labels[1])
     ax.legend([ax.lines[0]], [legend], fontsize=8, loc="upper left")
