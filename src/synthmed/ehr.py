@@ -394,6 +394,7 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attribute-disclosure F1", ("privacy", "attribute_disclosure", "train", "f1")),
     ("attribute-disclosure F1 (held-out)", ("privacy", "attribute_disclosure", "holdout", "f1")),
     ("DCR share closer to train", ("privacy", "distance_to_closest_record", "closer_to_train_share")),
+    ("DCR share expected without copying", ("privacy", "distance_to_closest_record", "expected_share")),
     ("copy rate", ("privacy", "copy_rate", "copy_rate")),
     ("copy rate of held-out records", ("privacy", "copy_rate", "baseline_holdout_copy_rate")),
 )

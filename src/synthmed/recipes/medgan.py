@@ -79,7 +79,8 @@ class MedGANConfig:
     """Options of the medgan recipe; the defaults are the medGAN reference code's.
 
     Args:
-        variant: gan, gan-p, gan-pd, gan-pa or medgan (see the module docstring).
+        variant: gan (no pre-training), gan-p (a pre-trained autoencoder), gan-pd (gan-p + minibatch
+            discrimination), gan-pa (gan-p + minibatch averaging) or medgan (gan-pa + batch norm and shortcuts in G).
         values: binary (0/1 codes), count, or auto (what the data holds). Counts are never binarised.
         embedding_dim: Width of the autoencoder's code, which the generator writes.
         noise_dim: Length of the generator's input noise (medgan: equal to the generator widths, for shortcuts).
@@ -177,6 +178,7 @@ class MedGAN(RecordsRecipe):
         self._real_frequencies: torch.Tensor | None = None
         self._examples: torch.Tensor | None = None
         self._phase = self.phases()[0].name
+        self._training_records: int | None = None
 
     @property
     def values(self) -> str:
@@ -214,6 +216,7 @@ class MedGAN(RecordsRecipe):
                               f"holds {float(records[:, column].max()):g}: values=binary needs 0/1 records; train "
                               "with values=count (counts are never binarised)")
         self._real_frequencies = (records > 0).float().mean(0).cpu()
+        self._training_records = int(records.shape[0])
         self._examples = records[:512].cpu()
         return data
 
@@ -221,7 +224,8 @@ class MedGAN(RecordsRecipe):
         return ["loss_ae", "loss_d", "loss_g", "d_accuracy"]
 
     def summary(self) -> dict[str, Any]:
-        return {**super().summary(), "values": self._values, "variant": self.config.variant}
+        return {**super().summary(), "values": self._values, "variant": self.config.variant,
+                "training_records": self._training_records, "codes": len(self.data_info.columns)}
 
     # --- training --------------------------------------------------------------------------------------
     def reconstruction_loss(self, records: torch.Tensor) -> torch.Tensor:
