@@ -273,3 +273,35 @@ def test_a_registered_family_is_usable_by_name(restore_families) -> None:
     with pytest.raises(ConfigError, match="^d_norm applies to arch='dcgan' or arch='dcgan-sn'; the resnet "
                                           "discriminator uses spectral norm$"):
         build_recipe("unconditional", {"arch": "resnet", "d_norm": "layer", **tiny}, info)
+
+
+def _minibatch_features_by_definition(layer: MinibatchDiscrimination, x: torch.Tensor) -> torch.Tensor:
+    """o(x_i)_b = sum_{j != i} exp(-||M_i,b - M_j,b||_1), written out with broadcasting (Salimans et al. sec. 3.2)."""
+    t = layer.theta * (layer.log_scale.exp() / layer.theta.norm(dim=0))
+    m = (x.flatten(1) @ t).view(x.shape[0], layer.num_kernels, layer.kernel_dim)
+    d = (m.unsqueeze(1) - m.unsqueeze(0)).abs().sum(-1)
+    return (torch.exp(-d) * (1 - torch.eye(x.shape[0])).unsqueeze(-1)).sum(1)
+
+
+def test_minibatch_discrimination_matches_its_definition_and_its_gradient() -> None:
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3)
+    x = torch.randn(9, 12, requires_grad=True)
+    expected = _minibatch_features_by_definition(layer, x)
+    got = layer(x)[:, 12:]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    (grad_got,) = torch.autograd.grad(got.square().sum(), x)
+    torch.testing.assert_close(grad_got, grad_expected, atol=1e-4, rtol=1e-4)
+
+
+def test_minibatch_discrimination_in_groups_compares_samples_within_their_group() -> None:
+    torch.manual_seed(0)
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3, group_size=4)
+    x = torch.randn(8, 12)
+    got = layer(x)[:, 12:]
+    for start in (0, 4):  # each group of 4 is its own minibatch
+        torch.testing.assert_close(got[start:start + 4], _minibatch_features_by_definition(layer, x[start:start + 4]),
+                                   atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="group_size"):
+        MinibatchDiscrimination(12, group_size=1)

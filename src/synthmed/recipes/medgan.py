@@ -31,7 +31,9 @@ generator update (``--n_discriminator_update 2``), each on a fresh batch. Deviat
 * lengths in steps, not epochs, and one batch size for both phases (the reference: 100 pre-training, 1,000 GAN);
   ``--batch-size`` sets it: with a few thousand patients, 512 to 1,000 is the reference's regime;
 * ``gan-pd``'s minibatch discrimination (Salimans et al. 2016) looks at the records themselves, where
-  averaging does, so the two variants differ only in the batch statistic (the paper does not say where);
+  averaging does, so the two variants differ only in the batch statistic (the paper does not say where), and
+  compares each record with the others of its group of 64 (the minibatch sizes Salimans et al. used): over a
+  whole batch of 512 its cost, quadratic in the batch, made one step take 18 s on a CPU core;
 * the generator's batch norm uses batch statistics in the discriminator step too (the reference switches it to
   its moving averages there); sampling re-estimates the statistics from the generator's own outputs, as the
   reference's 1,000-batch "burn-in" before generating;
