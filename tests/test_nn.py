@@ -283,9 +283,10 @@ def _minibatch_features_by_definition(layer: MinibatchDiscrimination, x: torch.T
     return (torch.exp(-d) * (1 - torch.eye(x.shape[0])).unsqueeze(-1)).sum(1)
 
 
-def test_minibatch_discrimination_matches_its_definition_and_its_gradient() -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_minibatch_discrimination_matches_its_definition_and_its_gradient(fast: bool) -> None:
     torch.manual_seed(0)
-    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3)
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3, fast=fast)
     x = torch.randn(9, 12, requires_grad=True)
     expected = _minibatch_features_by_definition(layer, x)
     got = layer(x)[:, 12:]
@@ -295,9 +296,10 @@ def test_minibatch_discrimination_matches_its_definition_and_its_gradient() -> N
     torch.testing.assert_close(grad_got, grad_expected, atol=1e-4, rtol=1e-4)
 
 
-def test_minibatch_discrimination_in_groups_compares_samples_within_their_group() -> None:
+@pytest.mark.parametrize("fast", [False, True])
+def test_minibatch_discrimination_in_groups_compares_samples_within_their_group(fast: bool) -> None:
     torch.manual_seed(0)
-    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3, group_size=4)
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3, group_size=4, fast=fast)
     x = torch.randn(8, 12)
     got = layer(x)[:, 12:]
     for start in (0, 4):  # each group of 4 is its own minibatch
@@ -305,3 +307,12 @@ def test_minibatch_discrimination_in_groups_compares_samples_within_their_group(
                                    atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="group_size"):
         MinibatchDiscrimination(12, group_size=1)
+
+
+def test_minibatch_discrimination_has_a_second_derivative_by_default() -> None:
+    """Regression: with torch.cdist the layer had no double backward, so R1 with minibatch discrimination failed."""
+    layer = MinibatchDiscrimination(12, num_kernels=7, kernel_dim=3)
+    x = torch.randn(6, 12, requires_grad=True)
+    (grad,) = torch.autograd.grad(layer(x)[:, 12:].sum(), x, create_graph=True)
+    grad.square().sum().backward()
+    assert layer.theta.grad is not None

@@ -397,6 +397,7 @@ HEADLINE: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("DCR share expected without copying", ("privacy", "distance_to_closest_record", "expected_share")),
     ("copy rate", ("privacy", "copy_rate", "copy_rate")),
     ("copy rate of held-out records", ("privacy", "copy_rate", "baseline_holdout_copy_rate")),
+    ("unique synthetic records", ("privacy", "copy_rate", "unique_within_synthetic")),
 )
 
 

@@ -164,7 +164,7 @@ class RecordDiscriminator(nn.Module):
             self.batch_layer: nn.Module = MinibatchAveraging()
             width = 2 * record_dim
         elif batch_features == "discrimination":
-            self.batch_layer = MinibatchDiscrimination(record_dim, group_size=DISCRIMINATION_GROUP)
+            self.batch_layer = MinibatchDiscrimination(record_dim, group_size=DISCRIMINATION_GROUP, fast=True)
             width = self.batch_layer.out_features
         else:
             self.batch_layer, width = nn.Identity(), record_dim
