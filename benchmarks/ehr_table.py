@@ -113,7 +113,8 @@ def summarise(work: Path, rows: list[str], seeds: list[int]) -> dict[str, Any]:
 
 def markdown(table: dict[str, Any]) -> str:
     labels = [label for label, _ in HEADLINE]
-    lines = ["| variant | seeds | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
+    header = [label.replace("|", "\\|") for label in labels]  # a bare | would end the markdown cell
+    lines = ["| variant | seeds | " + " | ".join(header) + " |", "|---|---|" + "---|" * len(labels)]
     for row, entry in table.items():
         cells = [mean_and_interval(entry["figures"][label]) for label in labels]
         lines.append(f"| {row} | {len(entry['seeds'])} | " + " | ".join(cells) + " |")
@@ -129,8 +130,12 @@ def draw(work: Path, images: Path, rows: list[str]) -> None:
     images.mkdir(parents=True, exist_ok=True)
     documents = {row: json.loads((work / "eval" / f"{row}-s0" / "metrics.json").read_text()) for row in rows}
     for kind in ("probability", "prediction"):
-        fig, axes = plt.subplots(1, len(rows), figsize=(3.0 * len(rows), 3.3), squeeze=False)
-        for ax, (row, document) in zip(axes[0], documents.items(), strict=True):
+        columns = min(3, len(rows))
+        lines = -(-len(rows) // columns)
+        fig, axes = plt.subplots(lines, columns, figsize=(3.3 * columns, 3.5 * lines), squeeze=False)
+        for ax in axes.flat[len(rows):]:
+            ax.axis("off")
+        for ax, (row, document) in zip(axes.flat, documents.items(), strict=False):
             if kind == "probability":
                 part = document["fidelity"]["dimension_wise_probability"]
                 x, y = part["prevalence_real"], part["prevalence_synthetic"]
@@ -148,9 +153,10 @@ def draw(work: Path, images: Path, rows: list[str]) -> None:
         counts = next(iter(documents.values()))["counts"]
         method = ("dimension-wise probability (share of patients with each code)" if kind == "probability" else
                   "dimension-wise prediction (logistic regression per frequent code, tested on held-out real)")
-        fig.suptitle(f"Eunomia, seed 0: {method}; {counts['train']} training, {counts['holdout']} test patients, "
-                     f"{counts['codes']} codes", fontsize=9)
-        fig.tight_layout()
+        fig.suptitle(f"Eunomia, seed 0: {method};\n{counts['train']} training, {counts['holdout']} test patients, "
+                     f"{counts['codes']} codes, as many synthetic patients as training ones (real-val: the "
+                     "269 val patients)", fontsize=9)
+        fig.tight_layout(h_pad=2.0)
         fig.savefig(images / f"{kind}.png", dpi=110)
         plt.close(fig)
 
