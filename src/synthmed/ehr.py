@@ -211,19 +211,19 @@ def omop_tables(records: np.ndarray, vocabulary: dict[str, Any], columns: list[s
     counts = np.rint(records).astype(np.int64)
     gender_cols = [j for j, c in enumerate(columns) if domains[j] == "person" and c.startswith("gender_")]
     decade_cols = [j for j, c in enumerate(columns) if domains[j] == "person" and c.startswith("birth_decade_")]
-    by_domain = {"condition": ("condition_occurrence", "condition"), "drug": ("drug_exposure", "drug")}
+    table_of = {"condition": "condition_occurrence", "drug": "drug_exposure"}
     next_id = {"condition_occurrence": 1, "drug_exposure": 1}
-    decades = [int(c.rsplit("_", 1)[1]) if j in set(decade_cols) else None for j, c in enumerate(columns)]
+    decade_set = set(decade_cols)
+    decades = [int(c.rsplit("_", 1)[1]) if j in decade_set else None for j, c in enumerate(columns)]
     for i, row in enumerate(counts):
         person_id = i + 1
         gender = _strongest(row, gender_cols, concept_ids)
         decade = _strongest(row, decade_cols, decades)
         tables["person"].append((person_id, gender or 0, decade, 0, 0, f"{source}:{person_id}"))
         for j in np.flatnonzero(row > 0):
-            target = by_domain.get(domains[j])
-            if target is None or concept_ids[j] is None:
+            table = table_of.get(domains[j])
+            if table is None or concept_ids[j] is None:
                 continue
-            table, _ = target
             dates = (None, None) if table == "drug_exposure" else (None,)  # start (and end) dates: none known
             for _ in range(int(row[j])):
                 tables[table].append((next_id[table], person_id, int(concept_ids[j]), *dates, 0, columns[j]))
@@ -280,12 +280,15 @@ def _read(path: str | Path, split: str, role: str) -> tuple[np.ndarray, tuple[st
     return records, tuple(data.columns)
 
 
-def _split_of(path: str | Path, wanted: str) -> str:
+def _split_of(path: str | Path, wanted: str, known: dict[str, bool]) -> str:
     """``wanted`` when the file has a split column (as ``extract`` writes, by the data layer's rule), else ``all``:
-    the file holds only that part (never a fresh random split, which would mix training and held-out patients)."""
+    the file holds only that part (never a fresh random split, which would mix training and held-out patients).
+    ``known`` remembers each file's answer: finding it reads the whole file."""
     from synthmed.data.records import has_split_column
 
-    return wanted if has_split_column(path) else "all"
+    if str(path) not in known:
+        known[str(path)] = has_split_column(path)
+    return wanted if known[str(path)] else "all"
 
 
 def _aligned(records: np.ndarray, columns: tuple[str, ...], reference: tuple[str, ...], path: str | Path,
@@ -333,10 +336,12 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, train:
         raise ConfigError(f"--seed must be 0 or more (got {seed})")
     out = empty_output_folder(out)
     train_path = train if train is not None else real
-    if train is None and _split_of(real, real_split) == "all":
+    split_columns: dict[str, bool] = {}
+    real_part = _split_of(real, real_split, split_columns)
+    if train is None and real_part == "all":
         raise ConfigError(f"{real}: has no split column, so the training records cannot come from it: give --train")
-    train_records, columns = _read(train_path, _split_of(train_path, train_split), "training")
-    held_out, held_columns = _read(real, _split_of(real, real_split), "held-out")
+    train_records, columns = _read(train_path, _split_of(train_path, train_split, split_columns), "training")
+    held_out, held_columns = _read(real, real_part, "held-out")
     held_out = _aligned(held_out, held_columns, columns, real, "held-out")
     synthetic_records, synthetic_columns = _read(synthetic, "all", "synthetic")
     synthetic_records = _aligned(synthetic_records, synthetic_columns, columns, synthetic, "synthetic")

@@ -212,8 +212,9 @@ class MedGAN(RecordsRecipe):
 
     def prepare_data(self, data: TensorSet) -> TensorSet:
         records = data.tensors["record"]
-        if self._values == "binary" and bool(((records != 0) & (records != 1)).any()):
-            column = int(((records != 0) & (records != 1)).any(0).nonzero()[0])
+        not_binary = ((records != 0) & (records != 1)).any(0)
+        if self._values == "binary" and bool(not_binary.any()):
+            column = int(not_binary.nonzero()[0])
             raise ConfigError(f"{self.data_info.source or 'the records'}: column {self.data_info.columns[column]!r} "
                               f"holds {float(records[:, column].max()):g}: values=binary needs 0/1 records; train "
                               "with values=count (counts are never binarised)")
@@ -302,16 +303,13 @@ class MedGAN(RecordsRecipe):
         else:
             self.refresh_sampling_statistics()
             made, label = self.generate(inputs["z"]), "synthetic"
-        synthetic = (self._binary_view(made) > 0).float().mean(0).cpu()
+        # Presence as rounding makes records (sample(sampling="round")): p >= 0.5, or a count that rounds to >= 1.
+        synthetic = (made >= 0.5).float().mean(0).cpu()
         return Preview(frequencies={"real": self._real_frequencies, label: synthetic},
                        names=tuple(self.data_info.columns))
 
     def start_phase(self, phase: str, resumed: bool = False) -> None:
         self._phase = phase  # previews show reconstructions until the generator trains
-
-    def _binary_view(self, outputs: torch.Tensor) -> torch.Tensor:
-        """Outputs as records by rounding (presence where p >= 0.5 or a count rounds to >= 1)."""
-        return (outputs >= 0.5).float()
 
     @torch.no_grad()
     def validation_score(self, data: TensorSet) -> float:
