@@ -555,6 +555,29 @@ def ehr_evaluate(
         print(f"{label}: {'n/a' if value is None else f'{value:.3f}'}")
 
 
+@app.command()
+def serve(
+    root: Path = typer.Option(Path("runs"), "--root", help="The folder of runs to show (every run under it)."),
+    port: int = typer.Option(8000, "--port", help="TCP port."),
+    db: Path = typer.Option(None, "--db", help="SQLite file of the Turing-test studies [default: "
+                            "ROOT/synthmed-web.sqlite3]."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; anything but loopback opens the "
+                             "server to the network (readers on other machines), deliberately."),
+    source_dir: list[Path] = typer.Option(None, "--source-dir", help="A further folder that study images may be "
+                                          "read from, besides --root (repeatable)."),
+) -> None:
+    """Web app: runs dashboard, latent explorer, visual Turing test, GAN Lab."""
+    try:
+        from synthmed.web.server import check_settings, serve as run_server
+    except ImportError as exc:
+        _fail(f"synthmed serve needs the web extras: pip install 'synthmed[web]' ({exc})")
+    try:
+        settings = check_settings(root, db, source_dir, port, host=host)
+        run_server(settings, port=port)
+    except SynthmedError as exc:
+        _fail(str(exc))
+
+
 experiment_app = typer.Typer(help="Studies that answer a question with intervals over seeds.")
 app.add_typer(experiment_app, name="experiment")
 

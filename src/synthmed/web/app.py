@@ -1,0 +1,176 @@
+"""The FastAPI application: settings, guards, organiser sign-in, pages and static files; features add routers."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from urllib.parse import parse_qsl, urlencode
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+
+from synthmed.web import db
+from synthmed.web.security import (
+    SAFE_METHODS,
+    cross_site_problem,
+    host_allowed,
+    path_problem,
+    same_token,
+)
+
+TOKEN_HEADER = "x-synthmed-token"
+TOKEN_COOKIE = "synthmed_organiser"
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "[::1]"})
+
+_SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    # Reader and organiser links carry tokens: never send them on to another site.
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; "
+                               "script-src 'self'; frame-ancestors 'none'; form-action 'self'",
+    "Cache-Control": "no-store",
+}
+
+
+@dataclass
+class WebSettings:
+    """What the server serves.
+
+    Args:
+        root: The runs folder: every run under it is listed; run files are served from it only.
+        database: The SQLite file of the Turing-test studies (created when missing).
+        source_dirs: Further folders a study's real or synthetic images may be read from (besides ``root``).
+        organiser_token: Use this organiser token instead of the one kept in the database.
+        host: The address bound; Host headers naming anything but it (or loopback names) are refused.
+    """
+
+    root: Path
+    database: Path
+    source_dirs: tuple[Path, ...] = ()
+    organiser_token: str | None = None
+    host: str = "127.0.0.1"
+    allowed_hosts: frozenset[str] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self.database = Path(self.database)
+        self.source_dirs = tuple(Path(p).resolve() for p in self.source_dirs)
+        if self.allowed_hosts is None and self.host in ("127.0.0.1", "localhost", "::1"):
+            self.allowed_hosts = LOOPBACK_NAMES
+
+
+def static_dir() -> Path:
+    return Path(str(resources.files("synthmed.web") / "static"))
+
+
+def _static_files() -> dict[str, Path]:
+    """The served static files by name: only what ships in the package (no path from a URL reaches the disk)."""
+    return {p.name: p for p in static_dir().iterdir() if p.suffix in (".js", ".css", ".html", ".svg")}
+
+
+_MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+
+
+def organiser_signed_in(request: Request) -> bool:
+    """Whether the request carries the organiser token: the header always; the cookie for safe methods only."""
+    expected = request.app.state.organiser_token
+    if same_token(request.headers.get(TOKEN_HEADER), expected):
+        return True
+    return request.method in SAFE_METHODS and same_token(request.cookies.get(TOKEN_COOKIE), expected)
+
+
+def require_organiser(request: Request) -> None:
+    """FastAPI dependency of every organiser endpoint: 403 without the organiser token."""
+    if not organiser_signed_in(request):
+        raise HTTPException(403, "organiser token required (open the link that synthmed serve printed)")
+
+
+def render_page(file_name: str, token: str, title: str) -> HTMLResponse:
+    """A page of ``static/`` with the caller's token put where its scripts read it (``meta[name=synthmed-token]``)."""
+    text = (static_dir() / file_name).read_text(encoding="utf-8")
+    text = text.replace("{{TOKEN}}", html.escape(token, quote=True)).replace("{{TITLE}}", html.escape(title))
+    return HTMLResponse(text)
+
+
+def organiser_page(request: Request, file_name: str, title: str) -> Response:
+    """An organiser page, or a one-paragraph refusal page (403) without the organiser token."""
+    if not organiser_signed_in(request):
+        return HTMLResponse("<!doctype html><title>synthmed</title><p>This page needs the organiser link that "
+                            "<code>synthmed serve</code> printed.</p>", status_code=403)
+    return render_page(file_name, request.app.state.organiser_token, title)
+
+
+def _refuse(status: int, message: str) -> Response:
+    return JSONResponse({"detail": message}, status_code=status, headers=_SECURITY_HEADERS)
+
+
+def _sign_in_redirect(request: Request) -> Response | None:
+    """``GET /page?token=ORGANISER``: set the cookie and redirect to the page without the token in its URL."""
+    if request.method != "GET" or "token" not in request.query_params:
+        return None
+    if not same_token(request.query_params["token"], request.app.state.organiser_token):
+        return None
+    rest = [(k, v) for k, v in parse_qsl(request.url.query) if k != "token"]
+    target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
+    response = RedirectResponse(target, status_code=303)
+    response.set_cookie(TOKEN_COOKIE, request.app.state.organiser_token, httponly=True, samesite="strict",
+                        path="/")
+    return response
+
+
+def _install_guards(app: FastAPI) -> None:
+    @app.middleware("http")
+    async def guards(request: Request, call_next):  # noqa: ANN001, ANN202
+        settings: WebSettings = request.app.state.settings
+        raw_path = request.scope.get("raw_path", b"").decode("latin-1") or request.url.path
+        problem = path_problem(raw_path, request.url.query)
+        if problem:
+            return _refuse(400, problem)
+        if not host_allowed(request.headers.get("host"), settings.allowed_hosts):
+            return _refuse(400, "unexpected Host header")
+        problem = cross_site_problem(request.method, request.headers.get("origin"),
+                                     request.headers.get("sec-fetch-site"), request.headers.get("host"),
+                                     request.url.scheme)
+        if problem:
+            return _refuse(403, problem)
+        response = _sign_in_redirect(request) or await call_next(request)
+        for key, value in _SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+
+def _install_core_routes(app: FastAPI) -> None:
+    files = _static_files()
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str) -> Response:
+        path = files.get(name)
+        if path is None:
+            raise HTTPException(404, "no such file")
+        return Response(path.read_bytes(), media_type=_MEDIA[path.suffix],
+                        headers={"Cache-Control": "no-cache"})
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+
+def create_app(settings: WebSettings) -> FastAPI:
+    """The whole web app for ``settings``: guards, the organiser token, and each feature's router."""
+    from synthmed.web import ganlab, latent, runs, studies
+
+    app = FastAPI(title="synthmed", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    conn = db.open_database(settings.database)
+    try:
+        app.state.organiser_token = db.organiser_token(conn, settings.organiser_token)
+    finally:
+        conn.close()
+    _install_guards(app)
+    _install_core_routes(app)
+    for feature in (runs, latent, studies, ganlab):
+        feature.install(app)
+    return app
