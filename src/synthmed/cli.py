@@ -568,7 +568,8 @@ def serve(
 ) -> None:
     """Web app: runs dashboard, latent explorer, visual Turing test, GAN Lab."""
     try:
-        from synthmed.web.server import check_settings, serve as run_server
+        from synthmed.web.server import check_settings
+        from synthmed.web.server import serve as run_server
     except ImportError as exc:
         _fail(f"synthmed serve needs the web extras: pip install 'synthmed[web]' ({exc})")
     try:
