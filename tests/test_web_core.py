@@ -76,6 +76,7 @@ def test_organiser_link_sets_an_http_only_strict_cookie_and_drops_the_token_from
     assert response.headers["location"] == "/explore?run=abc"
     cookie = response.headers["set-cookie"]
     assert f"{TOKEN_COOKIE}={token}" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    client.cookies.clear()  # the client kept the cookie the valid link set
     wrong = client.get("/explore?token=not-the-token-at-all-xxxxxxxx")
     assert "set-cookie" not in wrong.headers and wrong.status_code == 403
 
@@ -149,3 +150,18 @@ def test_serve_refuses_bad_settings_with_one_line(tmp_path: Path) -> None:
         result = runner.invoke(cli_app, ["serve", "--root", str(tmp_path), "--port", str(port)])
     assert result.exit_code == 2 and f"port {port}" in result.output
     assert not (tmp_path / "synthmed-web.sqlite3").exists()  # nothing written for a server that never started
+
+
+def test_validation_errors_are_one_line(settings) -> None:
+    from fastapi import Query
+
+    app = create_app(settings)
+
+    @app.get("/typed")
+    def typed(n: int = Query(..., ge=1)) -> dict:
+        return {"n": n}
+
+    client = TestClient(app, base_url="http://127.0.0.1:8000")
+    response = client.get("/typed?n=0")
+    assert response.status_code == 422
+    assert response.json() == {"detail": "n: Input should be greater than or equal to 1"}

@@ -9,6 +9,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from synthmed.web import db
@@ -142,8 +143,24 @@ def _install_guards(app: FastAPI) -> None:
         return response
 
 
+def validation_message(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one line: the first one, with where it is."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
+    where = ".".join(str(part) for part in first.get("loc", ()) if part not in ("body", "query", "path"))
+    message = " ".join(str(first.get("msg", "invalid value")).split())
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {message}{more}" if where else message + more
+
+
 def _install_core_routes(app: FastAPI) -> None:
     files = _static_files()
+
+    @app.exception_handler(RequestValidationError)
+    async def one_line_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return JSONResponse({"detail": validation_message(exc)}, status_code=422)
 
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str) -> Response:
