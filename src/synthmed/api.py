@@ -484,3 +484,35 @@ def ehr_evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, tr
     return ehr.evaluate(real, synthetic, out, train=train, real_split=real_split, train_split=train_split,
                         seed=seed, top_k=top_k, note=note)
 
+
+
+def turing_study(database: str | Path, name: str, real: str | Path, synthetic: str | Path, *, n_per_class: int = 20,
+                 readers: int | list[str] = 3, seed: int = 0, root: str | Path = ".",
+                 source_dirs: tuple[str | Path, ...] = (), real_split: str = "test") -> Any:
+    """Create a visual Turing test (what the organiser's form on ``synthmed serve``'s /studies page does).
+
+    Args:
+        database: The SQLite file ``synthmed serve --db`` serves (created when missing).
+        name: The study's name.
+        real: A folder, an .npz, ``breastmnist`` or ``medmnist:NAME``; its ``real_split`` split is read.
+        synthetic: A run directory (sampled with its EMA generator, classes in turn), a folder or an .npz.
+        n_per_class: Images of each kind.
+        readers: How many readers, or their names; each gets a private token (link ``/read/<token>``).
+        seed: Picks the images and each reader's order.
+        root: The runs folder (``synthmed serve --root``): path sources (relative to the current directory, as
+            everywhere in this API) must lie in it or in ``source_dirs``.
+        source_dirs: Further folders sources may come from (``--source-dir``).
+        real_split: The real source's split (``test`` by default: images no GAN was trained on).
+
+    Returns:
+        The :class:`synthmed.web.study_store.Study`, with ``readers`` (name, token).
+    """
+    from synthmed.web.study_store import create_study  # its StudyError is a one-line SynthmedError
+
+    def from_here(source: str | Path) -> str:
+        named = str(source).lower() == "breastmnist" or str(source).lower().startswith("medmnist:")
+        return str(source) if named else str(Path(source).resolve())
+
+    allowed = [Path(root).resolve(), *(Path(d).resolve() for d in source_dirs)]
+    return create_study(database, name, from_here(real), from_here(synthetic), n_per_class, readers, seed,
+                        allowed_dirs=allowed, real_split=real_split)

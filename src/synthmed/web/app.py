@@ -170,6 +170,10 @@ def _install_core_routes(app: FastAPI) -> None:
         return Response(path.read_bytes(), media_type=_MEDIA[path.suffix],
                         headers={"Cache-Control": "no-cache"})
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon() -> Response:
+        return Response(status_code=204)  # no icon; answering keeps the browser console free of 404s
+
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> PlainTextResponse:
         return PlainTextResponse("ok")
