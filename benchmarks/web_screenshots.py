@@ -103,7 +103,9 @@ def shoot(page, expect, base_url: str, token: str, study: dict, reader: dict, ru
     page.click(f"tr.run-row >> text={runs[0].name}")
     page.wait_for_selector("#loss-chart[data-points]")
     page.wait_for_selector("#sample-grid[data-step]")
-    page.screenshot(path=out / "run.png", full_page=True)
+    page.set_viewport_size({"width": 1280, "height": 1280})  # the top of the run: curves and the grid timeline
+    page.screenshot(path=out / "run.png")
+    page.set_viewport_size({"width": 1280, "height": 860})
 
     page.goto(f"{base_url}/explore")
     conditional = runs[-1].name if len(runs) > 1 else runs[0].name

@@ -66,6 +66,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def start_server(root: Path, database: Path, sources: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
     process = subprocess.Popen([sys.executable, "-m", "synthmed", "serve", "--root", str(root), "--db",
@@ -163,7 +171,7 @@ def measure_ganlab(base_url: str, organiser: str, steps: int) -> dict[str, Any]:
     client = Client(base_url)
     result = {}
     for loss in ("bce", "lsgan", "wgan-gp", "hinge"):
-        session = client.json("POST", "/api/ganlab/sessions", organiser, {"loss": loss, "distribution": "ring"})
+        session = client.json("POST", "/api/ganlab/sessions", organiser, {"config": {"loss": loss, "distribution": "ring"}})
         start = time.perf_counter()
         for _ in range(steps // 10):
             state = client.json("POST", f"/api/ganlab/sessions/{session['id']}/step", organiser, {"steps": 10})
@@ -184,7 +192,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--latent-requests", type=int, default=30)
     parser.add_argument("--ganlab-steps", type=int, default=200)
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="[default: a free port]")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "web_speed_cpu.json")
     args = parser.parse_args()
     run = args.run.resolve()
@@ -194,9 +202,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         np.savez(sources / "real.npz", images=rng.integers(120, 250, (20, 28, 28), dtype=np.uint8))
         np.savez(sources / "synthetic.npz", images=rng.integers(0, 130, (20, 28, 28), dtype=np.uint8))
-        process = start_server(run.parent, database, sources, args.port)
+        port = args.port or free_port()
+        process = start_server(run.parent, database, sources, port)
         try:
-            base_url = f"http://127.0.0.1:{args.port}"
+            base_url = f"http://127.0.0.1:{port}"
             with sqlite3.connect(database) as db:
                 organiser = db.execute("SELECT value FROM meta WHERE key = 'organiser_token'").fetchone()[0]
             readers = [measure_readers(base_url, organiser, database, sources, args.readers, repeat)

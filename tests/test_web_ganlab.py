@@ -188,3 +188,12 @@ def test_page_serves_its_controls_with_the_registries_choices(client: TestClient
     for name in ("ganlab.js", "ganlab.css"):
         assert (Path(static_dir()) / name).is_file()
         assert client.get(f"/static/{name}").status_code == 200
+
+
+def test_settings_outside_config_are_refused_not_ignored(client: TestClient) -> None:
+    response = client.post("/api/ganlab/sessions", json={"loss": "hinge"})
+    assert response.status_code == 422 and one_line_detail(response).startswith("unknown field(s) loss")
+    created = new_session(client, loss="hinge")
+    assert created["state"]["config"]["loss"] == "hinge"
+    response = client.post(f"/api/ganlab/sessions/{created['id']}/step", json={"steps": 2, "n": 3})
+    assert response.status_code == 422 and "unknown field(s) n" in one_line_detail(response)

@@ -140,8 +140,16 @@ def _current(entry: _Entry) -> dict[str, Any]:
         return entry.session.state()
 
 
+def _only(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    """The body, if it names nothing but ``allowed`` (a misplaced setting must not be silently ignored)."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise HTTPException(422, f"unknown field(s) {', '.join(unknown)}; the body takes {', '.join(sorted(allowed))}")
+    return body
+
+
 def _steps(body: dict[str, Any]) -> int:
-    steps = body.get("steps", 1)
+    steps = _only(body, {"steps"}).get("steps", 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise HTTPException(422, f"steps must be a whole number from 1 to {MAX_STEPS} (got {steps!r})")
     return steps
@@ -165,7 +173,7 @@ def install(app: FastAPI) -> None:
 
     @api.post("/sessions")
     async def create_session(request: Request) -> JSONResponse:
-        body = await _json_object(request)
+        body = _only(await _json_object(request), {"config"})
         try:
             config = GanLabConfig.from_mapping(body.get("config"))
         except ConfigError as exc:

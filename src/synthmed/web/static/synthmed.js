@@ -66,7 +66,7 @@ const synthmed = (() => {
   // Line chart on a canvas: series = [{name, points: [[x, y], ...], color?}]; draws axes, ticks and a legend.
   function lineChart(canvas, { series, xLabel = "", yLabel = "", title = "" }) {
     const ctx = canvas.getContext("2d");
-    const W = canvas.width, H = canvas.height, L = 56, R = 12, T = title ? 26 : 12, B = 40;
+    const W = canvas.width, H = canvas.height, L = 56, R = 24, T = title ? 26 : 12, B = 40;
     ctx.clearRect(0, 0, W, H);
     const all = series.flatMap((s) => s.points).filter((p) => Number.isFinite(p[1]));
     ctx.font = "12px system-ui, sans-serif";
