@@ -14,7 +14,6 @@ Starts the real server (`python -m synthmed serve`) on loopback in a child proce
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import sqlite3
@@ -26,52 +25,20 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 
 from _common import ROOT, machine, source_state
 
+sys.path.insert(0, str(ROOT / "tests"))
+from webserver import Client, free_port  # noqa: E402  (the tests' client: one keep-alive connection, JSON)
+
 SRC = ROOT / "src"
-
-
-class Client:
-    """One keep-alive connection; JSON in and out; the token in the header as the pages send it."""
-
-    def __init__(self, base_url: str) -> None:
-        parts = urlsplit(base_url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=120)
-
-    def request(self, method: str, path: str, token: str | None = None, body: dict | None = None
-                ) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        if token:
-            headers["X-Synthmed-Token"] = token
-        self.connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        response = self.connection.getresponse()
-        return response.status, response.read()
-
-    def json(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> Any:
-        status, data = self.request(method, path, token, body)
-        if status >= 300:
-            raise RuntimeError(f"{method} {path}: {status} {data[:200]!r}")
-        return json.loads(data)
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def start_server(root: Path, database: Path, sources: Path, port: int) -> subprocess.Popen:
@@ -171,7 +138,8 @@ def measure_ganlab(base_url: str, organiser: str, steps: int) -> dict[str, Any]:
     client = Client(base_url)
     result = {}
     for loss in ("bce", "lsgan", "wgan-gp", "hinge"):
-        session = client.json("POST", "/api/ganlab/sessions", organiser, {"config": {"loss": loss, "distribution": "ring"}})
+        config = {"loss": loss, "distribution": "ring"}
+        session = client.json("POST", "/api/ganlab/sessions", organiser, {"config": config})
         start = time.perf_counter()
         for _ in range(steps // 10):
             state = client.json("POST", f"/api/ganlab/sessions/{session['id']}/step", organiser, {"steps": 10})

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from synthmed.cli import app as cli_app  # noqa: E402
-from synthmed.web.app import TOKEN_COOKIE, WebSettings, create_app  # noqa: E402
+from synthmed.web.app import TOKEN_COOKIE, WebSettings, cookie_value, create_app  # noqa: E402
 from synthmed.web.db import open_database  # noqa: E402
 from synthmed.web.security import cross_site_problem, host_allowed, path_problem  # noqa: E402
 from tests_web_paths import TRAVERSALS  # noqa: E402
@@ -75,7 +75,12 @@ def test_organiser_link_sets_an_http_only_strict_cookie_and_drops_the_token_from
     assert response.status_code == 303
     assert response.headers["location"] == "/explore?run=abc"
     cookie = response.headers["set-cookie"]
-    assert f"{TOKEN_COOKIE}={token}" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert f"{TOKEN_COOKIE}={cookie_value(token)}" in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert token not in cookie  # other services on 127.0.0.1 receive this cookie: never the token itself
+    assert client.get("/explore").status_code == 200  # the cookie signs the browser in
+    # ... but is no token: a state-changing request with it in the header is refused
+    refused = client.post("/api/ganlab/sessions", json={}, headers={"X-Synthmed-Token": cookie_value(token)})
+    assert refused.status_code == 403
     client.cookies.clear()  # the client kept the cookie the valid link set
     wrong = client.get("/explore?token=not-the-token-at-all-xxxxxxxx")
     assert "set-cookie" not in wrong.headers and wrong.status_code == 403
@@ -133,7 +138,9 @@ def test_traversal_on_a_real_server_is_refused_before_any_route(settings) -> Non
         token = app.state.organiser_token
         for path in TRAVERSALS:
             status, body = _raw_get(base_url, path.replace("TOKEN", token))
-            assert status in (400, 404), (path, status)
+            # Refused by the guard (400), except a double-encoded path, which decodes once to a harmless name that
+            # no route or index knows (404).
+            assert status == (404 if "%25" in path else 400), (path, status, body)
             assert b"root:x" not in body, path
 
 

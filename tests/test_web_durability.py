@@ -3,20 +3,18 @@ and 50 readers answering at once lose, duplicate or fail nothing."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import sqlite3
 import threading
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the web app needs synthmed[web] (pip install '.[dev]')")
 
-from webserver import process_server  # noqa: E402
+from webserver import Client, process_server  # noqa: E402
 
 READERS = 50
 PER_CLASS = 10
@@ -26,31 +24,6 @@ def write_sources(root: Path) -> None:
     rng = np.random.default_rng(2)
     np.savez(root / "real.npz", images=rng.integers(150, 250, (40, 16, 16), dtype=np.uint8))
     np.savez(root / "synthetic.npz", images=rng.integers(0, 100, (40, 16, 16), dtype=np.uint8))
-
-
-class Client:
-    """One keep-alive HTTP/1.1 connection, JSON in and out."""
-
-    def __init__(self, base_url: str) -> None:
-        parts = urlsplit(base_url)
-        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
-
-    def request(self, method: str, path: str, token: str | None = None, body: dict | None = None
-                ) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        if token:
-            headers["X-Synthmed-Token"] = token
-        self.connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-        response = self.connection.getresponse()
-        return response.status, response.read()
-
-    def json(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> dict:
-        status, data = self.request(method, path, token, body)
-        assert status < 300, (status, data)
-        return json.loads(data)
-
-    def close(self) -> None:
-        self.connection.close()
 
 
 def organiser_token(database: Path) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import socket
 import subprocess
@@ -12,6 +14,8 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -23,6 +27,32 @@ import uvicorn  # noqa: E402
 from synthmed.web.app import WebSettings, create_app  # noqa: E402
 
 SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+class Client:
+    """One keep-alive HTTP/1.1 connection, JSON in and out, the token in the header as the pages send it."""
+
+    def __init__(self, base_url: str, timeout: float = 120) -> None:
+        parts = urlsplit(base_url)
+        self.connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
+
+    def request(self, method: str, path: str, token: str | None = None, body: dict | None = None
+                ) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["X-Synthmed-Token"] = token
+        self.connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = self.connection.getresponse()
+        return response.status, response.read()
+
+    def json(self, method: str, path: str, token: str | None = None, body: dict | None = None) -> Any:
+        status, data = self.request(method, path, token, body)
+        if status >= 300:
+            raise AssertionError(f"{method} {path}: {status} {data[:200]!r}")
+        return json.loads(data)
+
+    def close(self) -> None:
+        self.connection.close()
 
 
 def free_port() -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from synthmed.recipes import ConditionalGenerativeRecipe, GenerativeRecipe, Reci
 from synthmed.training import checkpoint as ckpt
 from synthmed.training.config import DataConfig, RunConfig, TrainConfig, read_run_document
 from synthmed.training.trainer import TrainResult, fit, resolve_run_dir, resume
+
+if TYPE_CHECKING:  # the web extras are optional
+    from synthmed.web.study_store import Study
 
 _DATA_KEYS = {f for f in DataConfig.__dataclass_fields__ if f != "source"}
 _TRAIN_KEYS = set(TrainConfig.__dataclass_fields__)
@@ -488,7 +491,7 @@ def ehr_evaluate(real: str | Path, synthetic: str | Path, out: str | Path, *, tr
 
 def turing_study(database: str | Path, name: str, real: str | Path, synthetic: str | Path, *, n_per_class: int = 20,
                  readers: int | list[str] = 3, seed: int = 0, root: str | Path = ".",
-                 source_dirs: tuple[str | Path, ...] = (), real_split: str = "test") -> Any:
+                 source_dirs: tuple[str | Path, ...] = (), real_split: str = "test") -> Study:
     """Create a visual Turing test (what the organiser's form on ``synthmed serve``'s /studies page does).
 
     Args:

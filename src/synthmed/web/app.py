@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import html
 from dataclasses import dataclass, field
 from importlib import resources
@@ -75,12 +77,19 @@ def _static_files() -> dict[str, Path]:
 _MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
 
 
+def cookie_value(organiser_token: str) -> str:
+    """The sign-in cookie: derived from the organiser token, never the token itself. Browsers send cookies for
+    127.0.0.1 to every port, so other local services see it; it opens this app's pages but cannot be used as the
+    token in a header (state-changing requests) or turned back into it."""
+    return hmac.new(organiser_token.encode(), b"synthmed organiser cookie v1", hashlib.sha256).hexdigest()
+
+
 def organiser_signed_in(request: Request) -> bool:
     """Whether the request carries the organiser token: the header always; the cookie for safe methods only."""
     expected = request.app.state.organiser_token
     if same_token(request.headers.get(TOKEN_HEADER), expected):
         return True
-    return request.method in SAFE_METHODS and same_token(request.cookies.get(TOKEN_COOKIE), expected)
+    return request.method in SAFE_METHODS and same_token(request.cookies.get(TOKEN_COOKIE), cookie_value(expected))
 
 
 def require_organiser(request: Request) -> None:
@@ -117,8 +126,8 @@ def _sign_in_redirect(request: Request) -> Response | None:
     rest = [(k, v) for k, v in parse_qsl(request.url.query) if k != "token"]
     target = request.url.path + (f"?{urlencode(rest)}" if rest else "")
     response = RedirectResponse(target, status_code=303)
-    response.set_cookie(TOKEN_COOKIE, request.app.state.organiser_token, httponly=True, samesite="strict",
-                        path="/")
+    response.set_cookie(TOKEN_COOKIE, cookie_value(request.app.state.organiser_token), httponly=True,
+                        samesite="strict", path="/")
     return response
 
 
