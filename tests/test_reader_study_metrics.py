@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import typing
+from typing import Any
 
 import numpy as np
 import pytest
@@ -158,6 +160,17 @@ def test_small_study_per_reader_split() -> None:
     assert ravi["binomial_p"] == pytest.approx(1.0)
     assert ravi["auc"] == pytest.approx(0.75)
     assert ravi["accuracy_ci"] == pytest.approx(list(clopper_pearson(2, 4)))
+
+
+def test_readers_are_listed_in_natural_order_numbers_by_value() -> None:
+    names = ["reader 10", "reader 2", "Reader 3", "reader 1", "reader 2b", "ann"]
+    study = [answer(name, f"i{k}", "real", "real", 3) for k, name in enumerate(names)]
+    readers = [r["reader"] for r in reader_study_summary(study)["readers"]]
+    assert readers == ["ann", "reader 1", "reader 2", "reader 2b", "Reader 3", "reader 10"]
+
+
+def test_the_summary_is_typed_as_a_dict_of_str_keys() -> None:
+    assert typing.get_type_hints(reader_study_summary)["return"] == dict[str, Any]
 
 
 def test_small_study_calibration_by_hand() -> None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 import sqlite3
 import struct
+import time
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ pytest.importorskip("fastapi", reason="the web app needs synthmed[web] (pip inst
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from synthmed.web import study_store  # noqa: E402
 from synthmed.web.app import WebSettings, create_app  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -118,28 +121,96 @@ def test_a_study_holds_n_per_class_images_of_each_kind_in_one_size_and_mode_with
         assert db.execute("SELECT COUNT(*) FROM reader_items").fetchone()[0] == 40
 
 
-def test_every_reader_has_their_own_order_which_never_changes_and_follows_the_seed(client, app, tmp_path) -> None:
+def test_every_reader_has_their_own_order_which_never_changes_and_cannot_be_computed(client, app, root,
+                                                                                      tmp_path) -> None:
     study = make_study(client, app, readers=3)
     assert [r["name"] for r in study["readers"]] == ["reader 1", "reader 2", "reader 3"]
     tokens = [r["token"] for r in study["readers"]]
     orders = [[client.get(f"/api/read/{t}/image/{p}").content for p in range(20)] for t in tokens]
+    # Each order is one of 20! ~ 2.4e18 permutations drawn from 128 fresh random bits, so two orders coincide with
+    # probability about 1 / 20! ~ 4e-19 per pair: every "differ" below fails by chance far less than once in 1e17.
     assert orders[0] != orders[1] != orders[2] != orders[0]
     assert all(sorted(order) == sorted(orders[0]) for order in orders)
-    assert [client.get(f"/api/read/{tokens[0]}/image/{p}").content for p in range(20)] == orders[0]
-    again = make_study(client, app, readers=3)  # the same seed and sources: the same orders of the same images
+    restarted = create_app(WebSettings(root=root, database=tmp_path / "web.sqlite3"))  # the server restarted
+    again_client = TestClient(restarted, base_url="http://127.0.0.1")
+    assert [again_client.get(f"/api/read/{tokens[0]}/image/{p}").content for p in range(20)] == orders[0]
+    again = make_study(client, app, readers=3)  # the same seed and sources: the same images, other orders
     with sqlite3.connect(tmp_path / "web.sqlite3") as db:
         def order_of(study_id: str, ordinal: int) -> list[tuple[str, int]]:
             return db.execute("SELECT i.truth, i.source_index FROM reader_items ri JOIN readers r ON r.id = "
                               "ri.reader_id JOIN items i ON i.id = ri.item_id WHERE r.study_id = ? AND r.ordinal = ? "
                               "ORDER BY ri.position", (study_id, ordinal)).fetchall()
-        assert order_of(study["id"], 0) == order_of(again["id"], 0)
-        assert order_of(study["id"], 1) == order_of(again["id"], 1)
-        assert order_of(study["id"], 0) != order_of(study["id"], 1)
+        items = db.execute("SELECT truth, source_index FROM items WHERE study_id = ? ORDER BY ordinal",
+                           (study["id"],)).fetchall()
+        for ordinal in range(3):
+            assert sorted(order_of(study["id"], ordinal)) == sorted(items)  # the seed still picks the images
+            assert sorted(order_of(again["id"], ordinal)) == sorted(items)
+            assert order_of(study["id"], ordinal) != order_of(again["id"], ordinal)
+            # Nor is it what a reader could compute from the seed (3) and their number, as orders once were.
+            computed = [items[int(k)] for k in np.random.default_rng([3, 1000 + ordinal]).permutation(20)]
+            assert order_of(study["id"], ordinal) != computed
     added = client.post(f"/api/studies/{study['id']}/readers", json={"readers": 2}, headers=organiser(app))
     assert added.status_code == 201 and [r["name"] for r in added.json()["readers"]] == ["reader 4", "reader 5"]
     assert added.json()["readers"][0]["link"] == f"http://127.0.0.1/read/{added.json()['readers'][0]['token']}"
     clash = client.post(f"/api/studies/{study['id']}/readers", json={"readers": ["reader 2"]}, headers=organiser(app))
     assert "reader 2" in one_line_error(clash, 409)
+
+
+def test_every_image_of_a_study_is_the_same_number_of_bytes(client, app) -> None:
+    """A reader sees an image's Content-Length before its pixels; compressed, real and synthetic images differ in
+    length (the length alone once told them apart with AUC 0.69), so a study's PNGs are stored uncompressed."""
+    study = make_study(client, app)
+    token = study["readers"][0]["token"]
+    lengths = set()
+    for position in range(20):
+        response = client.get(f"/api/read/{token}/image/{position}")
+        assert int(response.headers["content-length"]) == len(response.content)
+        lengths.add(len(response.content))
+    # 16x16 grey, stored: signature 8 + IHDR 25 + IDAT (12 + zlib header 2 + stored-block header 5
+    # + 16 rows x (1 filter byte + 16) + Adler-32 4) + IEND 12 = 8 + 25 + 295 + 12.
+    assert lengths == {340}
+
+
+def test_a_busy_database_is_a_one_line_503_after_a_short_wait(client, app, tmp_path, monkeypatch) -> None:
+    study = make_study(client, app)
+    token = study["readers"][0]["token"]
+    monkeypatch.setattr(study_store, "BUSY_TIMEOUT_MS", 50)
+    holder = sqlite3.connect(tmp_path / "web.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another writer holds the write lock
+    try:
+        started = time.monotonic()
+        busy = [answer(client, token, 0, "real"),
+                client.post(f"/api/studies/{study['id']}/readers", json={"readers": 1}, headers=organiser(app)),
+                client.post("/api/studies", headers=organiser(app), json={
+                    "name": "x", "real": "real.npz", "synthetic": "synthetic.npz", "n_per_class": 2})]
+        for response in busy:
+            assert one_line_error(response, 503) == "the study database is busy; try again"
+            assert response.headers["retry-after"] == "1"
+        assert time.monotonic() - started < 10  # three waits of 50 ms, not 30 s each
+        assert client.get(f"/api/read/{token}/state").json()["answered"] == 0  # reading goes on (WAL)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert answer(client, token, 0, "real").status_code == 200  # the lock released: the retry is saved
+    assert len(client.get("/api/studies", headers=organiser(app)).json()["studies"]) == 1
+
+
+def test_colour_real_images_with_grey_synthetic_ones_are_all_shown_in_grey(client, app, root) -> None:
+    rng = np.random.default_rng(5)
+    colour = rng.integers(150, 250, (12, 16, 16, 3), dtype=np.uint8)
+    np.savez(root / "colour_real.npz", images=colour)
+    np.savez(root / "grey_synthetic.npz", images=rng.integers(10, 110, (12, 16, 16), dtype=np.uint8))
+    study = make_study(client, app, real="colour_real.npz", synthetic="grey_synthetic.npz", real_split="all")
+    assert study["image_mode"] == "L"  # not the grey images repeated to R = G = B beside coloured real ones
+    assert "real images are in colour and synthetic ones grey: both are shown in grey (L)" in study["notes"]
+    token = study["readers"][0]["token"]
+    for position in range(20):
+        assert Image.open(io.BytesIO(client.get(f"/api/read/{token}/image/{position}").content)).mode == "L"
+    for item in study["items"]:
+        if item["truth"] == "real":  # the luma PIL computes from the coloured image, to within rounding
+            png = client.get(f"/api/studies/{study['id']}/items/{item['id']}.png", headers=organiser(app)).content
+            expected = np.asarray(Image.fromarray(colour[item["source_index"]]).convert("L"), dtype=int)
+            assert np.abs(np.asarray(Image.open(io.BytesIO(png)), dtype=int) - expected).max() <= 1
 
 
 def test_a_readers_answers_give_the_accuracy_computed_by_hand(client, app) -> None:
@@ -226,8 +297,15 @@ def test_the_same_answer_again_is_accepted_once_and_a_changed_one_is_409(client,
     ({"n_per_class": 0}, 400, "n_per_class must be a whole number"),
     ({"n_per_class": "10"}, 400, "n_per_class must be a whole number"),
     ({"n_per_class": True}, 400, "n_per_class must be a whole number"),
+    ({"n_per_class": 1001}, 400, "n_per_class must be a whole number from 1 to 1000"),
     ({"name": "  "}, 400, "the study's name must be"),
+    ({"name": "round\u20281"}, 400, "the study's name must be 1 to 200 printable characters"),
     ({"readers": 0}, 400, "readers must be a whole number"),
+    ({"readers": 101}, 400, "readers must be a whole number from 1 to 100"),
+    ({"readers": [f"r{i}" for i in range(101)]}, 400, "readers must be a count (1 to 100) or a list of 1 to 100 names"),
+    ({"readers": ["ann\u2028bob"]}, 400, "a reader's name must be 1 to 200 printable characters"),
+    ({"readers": ["an\x85n"]}, 400, "a reader's name must be 1 to 200 printable characters"),
+    ({"readers": ["an\x7fn"]}, 400, "a reader's name must be 1 to 200 printable characters"),
     ({"readers": ["a", "a"]}, 400, "reader names must differ"),
     ({"readers": "three"}, 400, "readers must be a count"),
     ({"seed": -1}, 400, "seed must be"),
@@ -285,6 +363,10 @@ def test_bad_requests_and_body_are_one_line_4xx(client, app) -> None:
     ({"position": 0, "answer": "real", "confidence": True}, "confidence must be"),
     ({"position": 0, "answer": "real"}, "confidence must be"),
     ({"position": -1, "answer": "real", "confidence": 3}, "position must be"),
+    ({"position": 2**63, "answer": "real", "confidence": 3},
+     "position must be a whole number from 0 to 2147483647 (got 9223372036854775808)"),
+    ({"position": 2**31, "answer": "real", "confidence": 3}, "position must be a whole number from 0 to 2147483647"),
+    ({"position": 2**31 - 1, "answer": "real", "confidence": 3}, "position must be from 0 to 19 (got 2147483647)"),
     ({"position": 20, "answer": "real", "confidence": 3}, "position must be from 0 to 19 (got 20)"),
     ({"position": "1", "answer": "real", "confidence": 3}, "position must be"),
     ({"answer": "real", "confidence": 3}, "position must be"),
@@ -304,7 +386,7 @@ def test_images_only_at_the_readers_positions(client, app) -> None:
     study = make_study(client, app)
     token = study["readers"][0]["token"]
     assert client.get(f"/api/read/{token}/image/19").status_code == 200
-    for position in ("20", "-1", "1e1", "x", "99999999999"):
+    for position in ("20", "-1", "1e1", "x", "99999999999", str(2**63), "\u00b2", "\u0661", "0" * 20 + "1"):
         assert one_line_error(client.get(f"/api/read/{token}/image/{position}"), 404) == "no image at that position"
 
 
@@ -317,22 +399,63 @@ def tiny_run(root: Path) -> Path:
     return Path(result.run_dir)
 
 
-def test_a_run_is_sampled_as_the_synthetic_source(client, app, root, tiny_run) -> None:
+def test_a_run_is_sampled_as_the_synthetic_source(client, app, root, tiny_run, monkeypatch) -> None:
+    import synthmed.api
+
+    load, devices = synthmed.api.load, []
+
+    def load_and_note_the_device(run, checkpoint=None, device="auto"):  # noqa: ANN001, ANN202
+        devices.append(device)
+        return load(run, checkpoint, device)
+
+    monkeypatch.setattr(synthmed.api, "load", load_and_note_the_device)
     study = make_study(client, app, real="breastmnist", synthetic="runs/tiny", n_per_class=4, readers=1)
     assert study["n_items"] == 8 and (study["image_size"], study["image_mode"]) == (28, "L")
     assert study["notes"] == ""  # BreastMNIST and a run trained on it: 28 px grey both
+    assert devices == ["cpu"]  # a GPU, when there is one, is left to training
     assert "run " in study["synthetic_source"] and "(step 2): 4 samples, seed 3" in study["synthetic_source"]
     assert "breastmnist (split test): 4 of" in study["real_source"]
     token = study["readers"][0]["token"]
     for position in range(8):
         image = Image.open(io.BytesIO(client.get(f"/api/read/{token}/image/{position}").content))
         assert (image.mode, image.size) == ("L", (28, 28))
-    from synthmed.api import load
-
-    samples = load(tiny_run).sample(4, seed=3)
+    samples = load(tiny_run, device="cpu").sample(4, seed=3)
     from synthmed.web.images import png_bytes
 
     synthetic = {item["id"] for item in study["items"] if item["truth"] == "synthetic"}
     stored = {client.get(f"/api/studies/{study['id']}/items/{i}.png", headers=organiser(app)).content
               for i in synthetic}
-    assert stored == {png_bytes(sample) for sample in samples}  # the run's own samples, seeded by the study
+    assert stored == {png_bytes(sample, compress_level=0) for sample in samples}  # the run's own, seeded by the study
+
+
+def test_a_run_whose_checkpoints_lie_outside_the_allowed_folders_is_refused(client, app, root, tiny_run,
+                                                                            tmp_path) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(tiny_run / "checkpoints", elsewhere)
+    folder_link = root / "runs" / "folder-link"  # the whole checkpoints folder links out
+    folder_link.mkdir()
+    shutil.copy(tiny_run / "config.yaml", folder_link)
+    (folder_link / "checkpoints").symlink_to(elsewhere, target_is_directory=True)
+    file_links = root / "runs" / "file-links"  # a real checkpoints folder whose files link out
+    (file_links / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / "config.yaml", file_links)
+    for file in elsewhere.iterdir():
+        (file_links / "checkpoints" / file.name).symlink_to(file)
+    for run in ("runs/folder-link", "runs/file-links"):
+        response = client.post("/api/studies", headers=organiser(app), json={
+            "name": "x", "real": "breastmnist", "synthetic": run, "n_per_class": 2})
+        assert one_line_error(response, 403) == \
+            f"{run}: the run's checkpoints are outside the runs folder and every --source-dir"
+    assert client.get("/api/studies", headers=organiser(app)).json()["studies"] == []
+
+
+def test_adding_readers_refuses_unknown_fields_too_many_readers_and_unprintable_names(client, app) -> None:
+    study = make_study(client, app)
+    url = f"/api/studies/{study['id']}/readers"
+    assert one_line_error(client.post(url, json={"readers": 1, "names": ["eve"]}, headers=organiser(app)), 400) == \
+        "unknown field 'names' (expected readers)"
+    assert "from 1 to 100" in one_line_error(client.post(url, json={"readers": 101}, headers=organiser(app)), 400)
+    for name in ("eve\u2028mallory", "ev\x85e", "ev\x7fe", "ev\ne"):  # inside: strip() trims ends
+        assert "printable" in one_line_error(client.post(url, json={"readers": [name]}, headers=organiser(app)), 400)
+    assert [r["name"] for r in client.get(f"/api/studies/{study['id']}", headers=organiser(app)).json()["readers"]] \
+        == ["ann", "bob"]

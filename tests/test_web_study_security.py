@@ -13,7 +13,7 @@ pytest.importorskip("fastapi", reason="the web app needs synthmed[web] (pip inst
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from synthmed.web.app import TOKEN_COOKIE, WebSettings, create_app  # noqa: E402
+from synthmed.web.app import TOKEN_COOKIE, WebSettings, cookie_value, create_app  # noqa: E402
 from synthmed.web.security import new_token  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -60,8 +60,9 @@ def test_a_reader_token_opens_no_organiser_page_or_endpoint(setup) -> None:
         for url in organiser_urls(study):
             assert client.get(url).status_code == 403, url
             assert client.get(url, headers={"X-Synthmed-Token": ann}).status_code == 403, url
-            client.cookies.set(TOKEN_COOKIE, ann)
-            assert client.get(url).status_code == 403, url
+            for cookie in (ann, cookie_value(ann)):  # a reader's token as the sign-in cookie, raw or derived
+                client.cookies.set(TOKEN_COOKIE, cookie)
+                assert client.get(url).status_code == 403, url
             client.cookies.clear()
     signed_in = client.get(f"/studies?token={ann}")
     assert signed_in.status_code == 403 and "set-cookie" not in signed_in.headers
@@ -77,7 +78,7 @@ def test_organiser_posts_need_the_header_not_just_the_cookie_and_no_foreign_orig
     app, client, (first, _), _ = setup
     token = app.state.organiser_token
     body = {"readers": 1}
-    client.cookies.set(TOKEN_COOKIE, token)
+    client.cookies.set(TOKEN_COOKIE, cookie_value(token))  # the sign-in cookie holds a value derived from the token
     assert client.get(f"/api/studies/{first['id']}").status_code == 200  # the cookie is enough to read
     assert client.post(f"/api/studies/{first['id']}/readers", json=body).status_code == 403
     evil = client.post(f"/api/studies/{first['id']}/readers", json=body,

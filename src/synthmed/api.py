@@ -501,7 +501,7 @@ def turing_study(database: str | Path, name: str, real: str | Path, synthetic: s
         synthetic: A run directory (sampled with its EMA generator, classes in turn), a folder or an .npz.
         n_per_class: Images of each kind.
         readers: How many readers, or their names; each gets a private token (link ``/read/<token>``).
-        seed: Picks the images and each reader's order.
+        seed: Picks the images (each reader's order is drawn at random, so no reader can compute it).
         root: The runs folder (``synthmed serve --root``): path sources (relative to the current directory, as
             everywhere in this API) must lie in it or in ``source_dirs``.
         source_dirs: Further folders sources may come from (``--source-dir``).

@@ -41,6 +41,7 @@ References:
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -192,6 +193,19 @@ def _check_consistent(answers: Sequence[ReaderAnswer]) -> None:
 
 
 # --- summaries ---------------------------------------------------------------------------------------------------
+def natural_key(name: str) -> tuple[tuple[str | int, ...], str]:
+    """Sort key that reads runs of digits as numbers and ignores case: "reader 2" before "reader 10".
+
+    ``re.split`` with a group puts text at even and digits at odd places, so like is always compared with like;
+    the name itself breaks ties ("reader 02" and "reader 2", "Ann" and "ann").
+
+    Args:
+        name: A reader's name.
+    """
+    parts = re.split(r"([0-9]+)", name)
+    return tuple(int(part) if i % 2 else part.casefold() for i, part in enumerate(parts)), name
+
+
 def _proportion(k: int, n: int) -> tuple[float | None, list[float] | None]:
     """``k / n`` and its Clopper-Pearson interval, both None when there is nothing to count."""
     if n == 0:
@@ -280,7 +294,7 @@ def _notes(answers: Sequence[ReaderAnswer], readers: list[str], n_items: int, sh
     return notes
 
 
-def reader_study_summary(answers: Sequence[ReaderAnswer], confidence_levels: int = 5) -> dict:
+def reader_study_summary(answers: Sequence[ReaderAnswer], confidence_levels: int = 5) -> dict[str, Any]:
     """Summarise a visual Turing test: accuracy, sensitivity, specificity, AUC, agreement and calibration.
 
     See the module docstring for what each number means. The result is strict JSON: undefined values are None.
@@ -292,7 +306,8 @@ def reader_study_summary(answers: Sequence[ReaderAnswer], confidence_levels: int
 
     Returns:
         ``n_answers``, ``n_readers``, ``n_items``, ``chance``, ``pooled`` and ``readers`` (one per reader, sorted by
-        name), ``fleiss_kappa``, ``calibration`` (one entry per level 1..K) and ``notes``.
+        name with numbers by value: "reader 2" before "reader 10"), ``fleiss_kappa``, ``calibration`` (one entry per
+        level 1..K) and ``notes``.
 
     Raises:
         ValueError: no answers, a truth or answer other than 'real'/'synthetic', a confidence outside 1..K, an
@@ -305,7 +320,7 @@ def reader_study_summary(answers: Sequence[ReaderAnswer], confidence_levels: int
     for answer in answers:
         _check_answer(answer, confidence_levels)
     _check_consistent(answers)
-    readers = sorted({a.reader for a in answers})
+    readers = sorted({a.reader for a in answers}, key=natural_key)
     n_items = len({a.item for a in answers})
     shared = _shared_items(answers, readers)
     kappa = _kappa(answers, readers, shared)

@@ -11,11 +11,17 @@ from PIL import Image
 from synthmed.viz.grid import to_uint8
 
 
-def png_bytes(image: np.ndarray | torch.Tensor, scale: int = 1) -> bytes:
+def png_bytes(image: np.ndarray | torch.Tensor, scale: int = 1, compress_level: int | None = None) -> bytes:
     """One image as PNG bytes: a (C, H, W) tensor/array in [-1, 1], or an (H, W[, C]) uint8 array.
 
     ``scale`` enlarges by pixel repetition (nearest), so small images stay sharp in the browser. Nothing but
     pixels is written: no text chunks, no file name, no time.
+
+    Args:
+        image: The image.
+        scale: Whole-number enlargement.
+        compress_level: zlib level 0 (stored, no compression) to 9; None keeps PIL's default. Level 0 makes the
+            byte length depend on size and mode alone, not on the pixels (the Turing test relies on that).
     """
     if isinstance(image, torch.Tensor) or image.dtype != np.uint8:
         array = to_uint8(torch.as_tensor(np.asarray(image))[None])[0]
@@ -26,5 +32,6 @@ def png_bytes(image: np.ndarray | torch.Tensor, scale: int = 1) -> bytes:
     if scale > 1:
         array = array.repeat(scale, axis=0).repeat(scale, axis=1)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    options = {} if compress_level is None else {"compress_level": compress_level}
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", **options)
     return buffer.getvalue()

@@ -24,6 +24,9 @@ from synthmed.web.app import TOKEN_HEADER, WebSettings, organiser_page, render_p
 from synthmed.web.security import same_token
 
 MAX_BODY = 64 * 1024  # bytes: a study's options or one answer are far smaller
+STUDY_FIELDS = ("name", "real", "synthetic", "n_per_class", "readers", "seed", "real_split")
+READER_FIELDS = ("readers",)
+ANSWER_FIELDS = ("position", "answer", "confidence", "response_ms")
 T = TypeVar("T")
 
 _NOT_A_LINK = ("<!doctype html><meta charset=\"utf-8\"><title>synthmed</title>"
@@ -39,11 +42,20 @@ def _database(request: Request) -> Path:
 
 
 def _call(function: Callable[..., T], *args: Any) -> T:
-    """Run a store call, its refusals as HTTP errors with their one-line message."""
+    """Run a store call, its refusals as HTTP errors with their one-line message (a locked database is the store's
+    503, which a client may retry after a second)."""
     try:
         return function(*args)
     except store.StudyError as exc:
-        raise HTTPException(exc.status, str(exc)) from None
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        raise HTTPException(exc.status, str(exc), headers=headers) from None
+
+
+def _refuse_unknown(body: dict[str, Any], expected: tuple[str, ...]) -> None:
+    """A misspelt field would otherwise be ignored without a word; one-line 400 naming what is expected."""
+    unknown = sorted(set(body) - set(expected))
+    if unknown:
+        raise HTTPException(400, f"unknown field {unknown[0]!r:.60} (expected {', '.join(expected)})")
 
 
 async def _json_object(request: Request) -> dict[str, Any]:
@@ -72,12 +84,6 @@ def _with_links(request: Request, details: dict[str, Any]) -> dict[str, Any]:
     return details
 
 
-def _parse_position(text: str) -> int:
-    if not text.isdigit() or len(text) > 9:
-        raise HTTPException(404, "no image at that position")
-    return int(text)
-
-
 def _png(data: bytes) -> Response:
     return Response(data, media_type="image/png")
 
@@ -87,14 +93,11 @@ def _png(data: bytes) -> Response:
 
 def _create(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(request)
-    unknown = sorted(set(body) - {"name", "real", "synthetic", "n_per_class", "readers", "seed", "real_split"})
-    if unknown:
-        raise HTTPException(400, f"unknown field {unknown[0]!r:.60} (expected name, real, synthetic, n_per_class, "
-                                 "readers, seed, real_split)")
+    _refuse_unknown(body, STUDY_FIELDS)
     study = _call(store.create_study, settings.database, body.get("name"), body.get("real"), body.get("synthetic"),
                   body.get("n_per_class"), body.get("readers", 1), body.get("seed", 0),
                   (settings.root, *settings.source_dirs), body.get("real_split", "test"))
-    return _with_links(request, store.study_details(settings.database, study.id))
+    return _with_links(request, _call(store.study_details, settings.database, study.id))
 
 
 def _results(database: Path, study_id: str) -> dict[str, Any]:
@@ -118,7 +121,7 @@ def _organiser_router() -> APIRouter:
 
     @router.get("")
     def list_all(request: Request) -> dict[str, Any]:
-        return {"studies": store.list_studies(_database(request))}
+        return {"studies": _call(store.list_studies, _database(request))}
 
     @router.post("")
     async def create(request: Request) -> JSONResponse:
@@ -133,6 +136,7 @@ def _organiser_router() -> APIRouter:
     @router.post("/{study_id}/readers")
     async def more_readers(request: Request, study_id: str) -> JSONResponse:
         body = await _json_object(request)
+        _refuse_unknown(body, READER_FIELDS)
         links = await run_in_threadpool(_call, store.add_readers, _database(request), study_id, body.get("readers"))
         return JSONResponse({"readers": [{"name": link.name, "token": link.token,
                                           "link": _reader_link(request, link.token)} for link in links]},
@@ -167,7 +171,7 @@ def _reader_router() -> APIRouter:
 
     @router.get("/{token}/image/{position}")
     def image(request: Request, token: str, position: str) -> Response:
-        return _png(_call(store.item_png, _database(request), token, _parse_position(position)))
+        return _png(_call(store.item_png, _database(request), token, position))  # the store checks the position
 
     @router.post("/{token}/answer")
     async def answer(request: Request, token: str) -> dict[str, Any]:
@@ -175,10 +179,7 @@ def _reader_router() -> APIRouter:
         if not same_token(request.headers.get(TOKEN_HEADER), token):
             raise HTTPException(403, "the reader token must also be sent in the X-Synthmed-Token header")
         body = await _json_object(request)
-        unknown = sorted(set(body) - {"position", "answer", "confidence", "response_ms"})
-        if unknown:
-            raise HTTPException(400, f"unknown field {unknown[0]!r:.60} (expected position, answer, confidence, "
-                                     "response_ms)")
+        _refuse_unknown(body, ANSWER_FIELDS)
         return await run_in_threadpool(_call, store.record_answer, _database(request), token, body.get("position"),
                                        body.get("answer"), body.get("confidence"), body.get("response_ms"))
 
@@ -196,8 +197,10 @@ def install(app: FastAPI) -> None:
     def read_page(request: Request, token: str) -> Response:
         try:
             state = store.reader_state(_database(request), token)
-        except store.StudyError:
-            return HTMLResponse(_NOT_A_LINK, status_code=404)
+        except store.StudyError as exc:
+            if exc.status == 404:
+                return HTMLResponse(_NOT_A_LINK, status_code=404)
+            raise HTTPException(exc.status, str(exc)) from None  # busy: not a reason to call the link invalid
         return render_page("read.html", token, f"{state['study']} · synthmed")
 
     app.include_router(_organiser_router())

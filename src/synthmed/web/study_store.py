@@ -4,8 +4,12 @@ One connection per call, closed after it; every answer is committed before the c
 WAL mode with ``synchronous=FULL``, :func:`synthmed.web.db.open_database`), so an answer acknowledged to a reader
 survives the server being killed.
 
-The reader side is addressed by reader token and position only: a reader never sees item ids, sources or truth.
-Every problem a caller can cause raises :class:`StudyError` with an HTTP status and a one-line message.
+The reader side is addressed by reader token and position only: a reader never sees item ids, sources or truth,
+and nothing they can see predicts them: each reader's order is drawn from the operating system's random source (not
+from the study's seed, which a reader could guess), and every image of a study is an uncompressed PNG of the same
+byte length (compressed, the length alone hinted at the answer).
+Every problem a caller can cause raises :class:`StudyError` with an HTTP status and a one-line message; a database
+another writer keeps locked past :data:`BUSY_TIMEOUT_MS` is a 503.
 """
 
 from __future__ import annotations
@@ -32,9 +36,15 @@ from synthmed.web.security import ID_PATTERN, TOKEN_PATTERN, new_token
 TRUTHS = ("real", "synthetic")
 CONFIDENCE_LEVELS = 5
 SPLITS = ("train", "val", "test", "all")
-MAX_PER_CLASS = 2000
-MAX_READERS = 500
+# Creating a study writes n_items x readers order rows under the write lock, which every answer waits for: these
+# bound one request to 2000 x 100 rows (a fraction of a second), not minutes.
+MAX_PER_CLASS = 1000
+MAX_READERS = 100  # per request: more can be added in later requests
 MAX_NAME = 200
+MAX_POSITION = 2**31 - 1  # SQLite stores up to 2**63 - 1; far fewer images than this fit in a study anyway
+BUSY_TIMEOUT_MS = 30_000  # how long a write waits for another writer's lock before a 503 (tests make it short)
+BUSY_MESSAGE = "the study database is busy; try again"
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
 NAMED_SOURCES = ("breastmnist",)
 _SLUG_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"  # no 0/o, 1/l: slugs are read aloud and typed
 
@@ -136,12 +146,27 @@ class _Images:
 # ---------------------------------------------------------------------------------------------------- database
 
 
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    """Whether SQLite gave up waiting for a lock (SQLITE_BUSY/LOCKED), as opposed to a real failure (disk, schema)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)  # extended codes keep the primary in the low byte
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
 @contextmanager
 def _connect(database: str | Path) -> Iterator[sqlite3.Connection]:
-    """One connection for one call, with the schema in place; closed after."""
-    with closing(open_database(database)) as conn:
-        conn.executescript(_SCHEMA)
-        yield conn
+    """One connection for one call, with the schema in place; closed after. A lock held past
+    :data:`BUSY_TIMEOUT_MS` is a one-line 503 (the caller may retry), not a bare ``database is locked``."""
+    try:
+        with closing(open_database(database)) as conn:
+            conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
+            conn.executescript(_SCHEMA)
+            yield conn
+    except sqlite3.OperationalError as exc:
+        if _is_busy(exc):
+            raise StudyError(503, BUSY_MESSAGE) from None
+        raise
 
 
 @contextmanager
@@ -211,11 +236,28 @@ def resolve_source(source: str, allowed_dirs: Sequence[Path], what: str) -> str 
     if not path.is_absolute():
         path = allowed[0] / path
     resolved = path.resolve()
-    if not any(resolved == d or resolved.is_relative_to(d) for d in allowed):
+    if not _inside(resolved, allowed):
         raise StudyError(403, f"{text}: {what} source is outside the runs folder and every --source-dir")
     if not resolved.exists():
         raise StudyError(400, f"{text}: no such file or folder ({what} source)")
+    if _is_run(resolved):
+        _check_run_inside(resolved, allowed, text)
     return resolved
+
+
+def _inside(resolved: Path, allowed: Sequence[Path]) -> bool:
+    return any(resolved == d or resolved.is_relative_to(d) for d in allowed)
+
+
+def _check_run_inside(run_dir: Path, allowed: Sequence[Path], text: str) -> None:
+    """A run inside the allowed folders whose config or checkpoints link out of them is refused like any outside
+    path: loading it would read (and hash) files the organiser did not open to the server."""
+    if not _inside((run_dir / "config.yaml").resolve(), allowed):
+        raise StudyError(403, f"{text}: the run's config.yaml is outside the runs folder and every --source-dir")
+    checkpoints = run_dir / "checkpoints"
+    files = list(checkpoints.iterdir()) if checkpoints.is_dir() else []
+    if not all(_inside(path.resolve(), allowed) for path in (checkpoints, *files)):
+        raise StudyError(403, f"{text}: the run's checkpoints are outside the runs folder and every --source-dir")
 
 
 def _is_run(source: str | Path) -> bool:
@@ -225,7 +267,7 @@ def _is_run(source: str | Path) -> bool:
 def _from_run(run_dir: Path, n: int, seed: int) -> _Images:
     from synthmed.api import load
 
-    model = load(run_dir)
+    model = load(run_dir, device="cpu")  # a study needs a few samples; the GPU, if any, is left to training
     images = model.sample(n, seed=seed).detach().float().cpu()
     return _Images(images, list(range(n)), f"run {run_dir} (step {model.step}): {n} samples, seed {seed}"
                    + (", classes in turn" if model.conditional else ""))
@@ -279,17 +321,30 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return resized.clamp(-1.0, 1.0)
 
 
+def _colour_type(images: torch.Tensor) -> str:
+    return "RGB" if images.shape[1] == 3 else "L"
+
+
 def _harmonise(real: torch.Tensor, synthetic: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int, str, list[str]]:
-    """Both sets in the real source's size and colour type, so neither size nor format gives the answer away."""
+    """Both sets in the real source's size and one colour type, so neither size nor colour gives the answer away.
+
+    When the colour types differ both sets are shown in grey: grey images repeated to R = G = B beside coloured
+    ones would leave every coloured image plainly real (or plainly synthetic).
+    """
     notes: list[str] = []
     size = int(real.shape[-1])
     if real.shape[-2] != real.shape[-1]:
         real = _resize(real, size)
         notes.append(f"real images resized to {size}x{size} px")
-    mode = "RGB" if real.shape[1] == 3 else "L"
+    real_type, synthetic_type = _colour_type(real), _colour_type(synthetic)
+    mode = real_type if real_type == synthetic_type else "L"
     if real.shape[1] not in (1, 3):
         notes.append(f"real images have {real.shape[1]} channels: the first is shown, in grey")
-    if synthetic.shape[1] != real.shape[1]:
+    if real_type == "RGB" and synthetic_type != "RGB":
+        other = "grey" if synthetic.shape[1] == 1 else f"have {synthetic.shape[1]} channels"
+        notes.append(f"real images are in colour and synthetic ones {other}: both are shown in grey (L), so colour "
+                     "does not give the answer away")
+    elif synthetic.shape[1] != real.shape[1]:
         notes.append(f"synthetic images converted from {synthetic.shape[1]} channel(s) to {mode}")
     if tuple(synthetic.shape[-2:]) != (size, size):
         notes.append(f"synthetic images resized from {synthetic.shape[-2]}x{synthetic.shape[-1]} to {size}x{size} "
@@ -308,7 +363,9 @@ def _check_int(value: Any, name: str, low: int, high: int) -> int:
 
 def _check_name(value: Any, what: str) -> str:
     text = value.strip() if isinstance(value, str) else ""
-    if not text or len(text) > MAX_NAME or any(ord(c) < 32 for c in text):
+    # isprintable() refuses every control and separator but the space (U+2028, U+0085 and DEL too), so names stay on
+    # one line in the page, the CSV and the logs.
+    if not text or len(text) > MAX_NAME or not text.isprintable():
         raise StudyError(400, f"{what} must be 1 to {MAX_NAME} printable characters")
     return text
 
@@ -328,7 +385,7 @@ def reader_names(readers: Any, first: int = 1) -> list[str]:
         if len(set(names)) != len(names):
             raise StudyError(400, "reader names must differ from each other")
         return names
-    raise StudyError(400, f"readers must be a count (1 to {MAX_READERS}) or a list of names")
+    raise StudyError(400, f"readers must be a count (1 to {MAX_READERS}) or a list of 1 to {MAX_READERS} names")
 
 
 # ------------------------------------------------------------------------------------------------------ studies
@@ -346,9 +403,10 @@ def create_study(database: str | Path, name: str, real: str, synthetic: str, n_p
         name: The study's name (organiser and readers see it).
         real: A folder, an .npz, a run directory, ``breastmnist`` or ``medmnist:NAME``; ``real_split`` is read.
         synthetic: The same kinds; a run is sampled (classes in turn), a folder or .npz is read whole.
-        n_per_class: Images of each kind (real, synthetic).
-        readers: How many readers, or their names.
-        seed: Seeds the choice of images, the samples of a run and every reader's order.
+        n_per_class: Images of each kind (real, synthetic), 1 to :data:`MAX_PER_CLASS`.
+        readers: How many readers, or their names (1 to :data:`MAX_READERS`).
+        seed: Seeds the choice of images and the samples of a run. Readers' orders are random, not seeded: a reader
+            who knew the seed could otherwise compute which position holds a real image.
         allowed_dirs: The runs folder, then further folders sources may come from.
         real_split: The real source's split (``test`` by default: images no GAN was trained on).
     """
@@ -363,7 +421,8 @@ def create_study(database: str | Path, name: str, real: str, synthetic: str, n_p
     real_set = load_images(real_source, n_per_class, seed, real_split, "real")
     synthetic_set = load_images(synthetic_source, n_per_class, seed, "all", "synthetic")
     real_images, synthetic_images, size, mode, notes = _harmonise(real_set.images, synthetic_set.images)
-    pngs = [png_bytes(image) for image in real_images] + [png_bytes(image) for image in synthetic_images]
+    # Stored, not compressed: every PNG of the study is then the same length, which a reader sees before the pixels.
+    pngs = [png_bytes(image, compress_level=0) for image in (*real_images, *synthetic_images)]
     truths = ["real"] * n_per_class + ["synthetic"] * n_per_class
     sources = real_set.indices + synthetic_set.indices
     with _connect(database) as conn, _transaction(conn):
@@ -377,7 +436,7 @@ def create_study(database: str | Path, name: str, real: str, synthetic: str, n_p
                          "VALUES (?, ?, ?, ?, ?, ?)",
                          [(secrets.token_hex(8), study_id, i, truths[i], pngs[i], sources[i])
                           for i in range(len(pngs))])
-        links = _insert_readers(conn, study_id, names, seed)
+        links = _insert_readers(conn, study_id, names)
     return Study(study_id, name, created, n_per_class, seed, real_set.description, synthetic_set.description, size,
                  mode, "; ".join(notes), tuple(links))
 
@@ -389,9 +448,13 @@ def _free_slug(conn: sqlite3.Connection) -> str:
             return slug
 
 
-def _insert_readers(conn: sqlite3.Connection, study_id: str, names: list[str], seed: int) -> list[ReaderLink]:
-    """New readers, each with their own order of the study's items: a permutation seeded by (seed, reader number),
-    stored, so it never changes once made."""
+def _insert_readers(conn: sqlite3.Connection, study_id: str, names: list[str]) -> list[ReaderLink]:
+    """New readers, each with their own order of the study's items, stored so it never changes once made.
+
+    The order comes from 128 bits of the operating system's random source, never from the study's seed and the
+    reader's number: items 0..n-1 are the real ones, so a seeded order would let a reader who guessed the seed
+    compute the truth at every position.
+    """
     items = [row[0] for row in conn.execute("SELECT id FROM items WHERE study_id = ? ORDER BY ordinal",
                                             (study_id,))]
     taken = {row[0] for row in conn.execute("SELECT name FROM readers WHERE study_id = ?", (study_id,))}
@@ -406,7 +469,7 @@ def _insert_readers(conn: sqlite3.Connection, study_id: str, names: list[str], s
         token = new_token()
         cursor = conn.execute("INSERT INTO readers (token, study_id, ordinal, name, created_at) VALUES (?, ?, ?, ?, ?)",
                               (token, study_id, ordinal, reader_name, _now()))
-        order = np.random.default_rng([seed, 1000 + ordinal]).permutation(len(items))
+        order = np.random.default_rng(secrets.randbits(128)).permutation(len(items))
         conn.executemany("INSERT INTO reader_items (reader_id, position, item_id) VALUES (?, ?, ?)",
                          [(cursor.lastrowid, position, items[int(k)]) for position, k in enumerate(order)])
         links.append(ReaderLink(reader_name, token))
@@ -422,9 +485,9 @@ def add_readers(database: str | Path, study_id: str, readers: Any) -> list[Reade
         readers: How many readers, or their names.
     """
     with _connect(database) as conn, _transaction(conn):
-        study = _study_row(conn, study_id)
+        _study_row(conn, study_id)
         count = conn.execute("SELECT COUNT(*) FROM readers WHERE study_id = ?", (study_id,)).fetchone()[0]
-        return _insert_readers(conn, study_id, reader_names(readers, first=count + 1), int(study["seed"]))
+        return _insert_readers(conn, study_id, reader_names(readers, first=count + 1))
 
 
 def _progress(conn: sqlite3.Connection, study_id: str) -> list[dict[str, Any]]:
@@ -499,10 +562,28 @@ def reader_state(database: str | Path, token: str) -> dict[str, Any]:
         return {**state, "study": study[0], "reader": reader["name"]}
 
 
+def check_position(position: Any, *, in_path: bool = False) -> int:
+    """A position in a reader's order, 0 to :data:`MAX_POSITION`: the one check of every route that takes one.
+
+    Bounded so SQLite is never handed a number it cannot store (2**63 overflows); from a URL path only ASCII digits
+    count (``str.isdigit`` also accepts '²', which ``int`` refuses, and Arabic-Indic digits).
+
+    Args:
+        position: A JSON whole number, or (``in_path``) the text of a URL path segment.
+        in_path: A bad position in a URL is a 404 ("no image at that position"), in a request body a 400.
+    """
+    if in_path and isinstance(position, str) and position.isascii() and position.isdigit() and len(position) <= 12:
+        position = int(position)
+    if isinstance(position, bool) or not isinstance(position, int) or not 0 <= position <= MAX_POSITION:
+        if in_path:
+            raise StudyError(404, "no image at that position")
+        raise StudyError(400, f"position must be a whole number from 0 to {MAX_POSITION} (got {position!r:.40})")
+    return position
+
+
 def check_answer(position: Any, answer: Any, confidence: Any, response_ms: Any) -> tuple[int, str, int, int | None]:
     """An answer's fields, checked; one-line 400 for the first bad one."""
-    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-        raise StudyError(400, f"position must be a whole number from 0 (got {position!r:.40})")
+    position = check_position(position)
     if answer not in TRUTHS:
         raise StudyError(400, f"answer must be 'real' or 'synthetic' (got {answer!r:.40})")
     confidence = _check_int(confidence, "confidence", 1, CONFIDENCE_LEVELS)
@@ -557,10 +638,9 @@ def item_png(database: str | Path, token: str, position: Any) -> bytes:
     Args:
         database: The SQLite file.
         token: The reader's token.
-        position: From 0.
+        position: From 0: a whole number, or the digits of the URL path.
     """
-    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-        raise StudyError(404, "no image at that position")
+    position = check_position(position, in_path=True)
     with _connect(database) as conn:
         reader = _reader_row(conn, token)
         row = conn.execute("SELECT i.png FROM reader_items ri JOIN items i ON i.id = ri.item_id "

@@ -4,6 +4,10 @@
   const { api, el } = synthmed;
   const $ = (id) => document.getElementById(id);
   let current = null;  // the study shown in #study-detail
+  // The server's limits per request (study_store.MAX_PER_CLASS, MAX_READERS): one creation holds the database's
+  // write lock while it stores images x readers rows, and every reader's answer waits for it.
+  const MAX_PER_CLASS = 1000;
+  const MAX_READERS = 100;
 
   const percent = (x) => (x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)}%`);
   const interval = (ci) => (Array.isArray(ci) && ci[0] !== null ? ` (${percent(ci[0])}–${percent(ci[1])})` : "");
@@ -170,7 +174,18 @@
     if (/^[A-Za-z0-9_-]{1,64}$/.test(id) && id !== current) openStudy(id);
   }
 
+  function showLimits() {
+    $("study-n").max = String(MAX_PER_CLASS);
+    const readers = `a number (at most ${MAX_READERS}), or up to ${MAX_READERS} names separated by commas`;
+    $("study-readers").placeholder = readers;
+    $("add-readers-input").placeholder = readers;
+    $("create-error").before(el("p", { id: "study-limits", class: "muted" },
+      `At most ${MAX_PER_CLASS} images per class and ${MAX_READERS} readers per study when it is created; ` +
+      `add more readers afterwards, up to ${MAX_READERS} at a time.`));
+  }
+
   synthmed.topBar("/studies");
+  showLimits();
   $("create-study").addEventListener("submit", createStudy);
   $("add-readers").addEventListener("submit", addReaders);
   $("refresh-results").addEventListener("click", async () => {
