@@ -1,14 +1,20 @@
 """The latent explorer (synthmed.web.latent): images along the spherical path through seeds' latents, from the
-EMA generator, the class of a conditional run, and one-line refusals of bad requests.
+EMA generator, the class of a conditional run, one-line refusals of bad requests, and the cache of loaded models
+(least recently used dropped, newer checkpoints loaded, one load for requests arriving together).
 
 Two tiny runs are trained once for the module: an unconditional one (4 steps, 16-d latent, BreastMNIST) and a
 conditional one (2 steps on 16 px images of 3 classes, the label embedding concatenated to z, so classes differ
-from the first step on).
+from the first step on). The cache tests copy them into a root of their own.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +27,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import synthmed  # noqa: E402
+import synthmed.api  # noqa: E402
 from synthmed.viz.grid import to_uint8  # noqa: E402
-from synthmed.web.app import TOKEN_COOKIE, WebSettings, create_app  # noqa: E402
+from synthmed.web.app import TOKEN_COOKIE, WebSettings, cookie_value, create_app  # noqa: E402
 from synthmed.web.images import png_bytes  # noqa: E402
-from synthmed.web.latent import DISPLAY_SIDE, STRIP_SIDE, display_scale  # noqa: E402
+from synthmed.web.latent import DISPLAY_SIDE, MAX_MODELS, STRIP_SIDE, display_scale  # noqa: E402
+from webserver import Client, thread_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,6 +171,16 @@ def test_the_class_chooses_a_conditional_runs_image(client: TestClient, root: Pa
     assert get_png(client, run, "seeds=7,8&t=0.3") == one  # class 0 when none is given
 
 
+def test_requests_leave_torch_threads_alone(client: TestClient, ids: dict[str, str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    # set_num_threads from a worker thread would leak into other threads: the server sets them once, before serving.
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    get_png(client, ids["a"], "seeds=1,2&t=0.5")
+    get_png(client, ids["c"], "seeds=1,2&frames=3", "strip")
+    assert calls == []
+
+
 @pytest.mark.parametrize("query", [
     "t=0.5", "seeds=1&t=0.5", "seeds=1,2,3,4,5,6,7,8,9&t=0.5", "seeds=1,-2&t=0.5", "seeds=1,2147483648&t=0.5",
     "seeds=1,2.5&t=0.5", "seeds=1,,2&t=0.5", "seeds=a,b&t=0.5", "seeds=1,2", "seeds=1,2&t=-0.01", "seeds=1,2&t=1.01",
@@ -199,16 +217,116 @@ def test_the_organiser_token_is_required(client: TestClient, ids: dict[str, str]
         assert anonymous.get(path).status_code == 403, path
     assert anonymous.get("/explore").status_code == 403
     # An <img> sends the sign-in cookie, not the header: that is enough for a GET.
-    signed_in = TestClient(client.app, base_url="http://127.0.0.1", cookies={TOKEN_COOKIE: TOKEN})
+    signed_in = TestClient(client.app, base_url="http://127.0.0.1", cookies={TOKEN_COOKIE: cookie_value(TOKEN)})
     assert signed_in.get(f"/api/latent/{ids['a']}/image.png?seeds=1,2&t=0").status_code == 200
     page = client.get("/explore")
     assert page.status_code == 200 and 'id="latent-run"' in page.text and "/static/explore.js" in page.text
 
 
-def test_loaded_models_are_cached_for_a_few_runs(client: TestClient, ids: dict[str, str]) -> None:
-    get_png(client, ids["a"], "seeds=1,2&t=0.1")
-    get_png(client, ids["c"], "seeds=1,2&t=0.1")
+# --- the model cache --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cache_root(root: Path, tmp_path: Path) -> Path:
+    """Four generative runs (one more than MAX_MODELS), a fresh root per test: copies of the trained runs (a1,
+    a2 and a3 of a; c)."""
+    runs = tmp_path / "runs"
+    for name, source in (("a1", "a"), ("a2", "a"), ("a3", "a"), ("c", "c")):
+        shutil.copytree(root / source, runs / name, ignore=shutil.ignore_patterns("samples"))
+    return runs
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the runs the explorer loads, in order. Each load also waits 0.1 s, so that requests arriving
+    together would overlap it were they not made to wait for it."""
+    seen: list[str] = []
+    load = synthmed.api.load
+
+    def counted(run: Path, *args: object, **kwargs: object) -> synthmed.api.TrainedModel:
+        seen.append(Path(run).name)
+        time.sleep(0.1)
+        return load(run, *args, **kwargs)
+
+    monkeypatch.setattr(synthmed.api, "load", counted)
+    return seen
+
+
+@pytest.fixture
+def cache_client(cache_root: Path) -> tuple[TestClient, dict[str, str]]:
+    settings = WebSettings(root=cache_root, database=cache_root.parent / "web.sqlite3", organiser_token=TOKEN)
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1", headers={"X-Synthmed-Token": TOKEN})
+    return client, {run["name"]: run["id"] for run in client.get("/api/latent/runs").json()}
+
+
+def newer_checkpoint(run: Path, shift: float) -> int:
+    """Write a checkpoint one step after ``run``'s latest, its generators' weights moved by ``shift``; return
+    its step."""
+    from safetensors.torch import save_file
+
+    from synthmed.io import sha256_file
+    from synthmed.training.checkpoint import latest_checkpoint, load_checkpoint
+
+    record, tensors = load_checkpoint(latest_checkpoint(run / "checkpoints"))
+    step = record["step"] + 1
+    weights = run / "checkpoints" / f"step_{step:08d}.safetensors"
+    save_file({key: value + shift if key.startswith("net/G") and value.is_floating_point() else value
+               for key, value in tensors.items()}, str(weights))
+    record.update(step=step, weights=weights.name, sha256=sha256_file(weights))
+    weights.with_suffix(".json").write_text(json.dumps(record))
+    return step
+
+
+def test_the_least_recently_used_model_is_dropped_beyond_three_runs(cache_client: tuple[TestClient, dict],
+                                                                     loads: list[str]) -> None:
+    client, ids = cache_client
+    assert MAX_MODELS == 3 and sorted(ids) == ["a1", "a2", "a3", "c"]
+    for name in ("a1", "a2", "a3", "a1"):  # a1 again: cached, and now the most recently used
+        get_png(client, ids[name], "seeds=1,2&t=0.5")
+    assert loads == ["a1", "a2", "a3"]
+    for name in ("c", "a1", "a3", "c"):  # c is a fourth run: a2, the least recently used then, is dropped
+        get_png(client, ids[name], "seeds=1,2&t=0.5")
+    assert loads == ["a1", "a2", "a3", "c"]
+    get_png(client, ids["a2"], "seeds=1,2&t=0.5")  # loaded again; a1 (least recently used now) is dropped
+    get_png(client, ids["a3"], "seeds=1,2&t=0.5")
+    get_png(client, ids["a1"], "seeds=1,2&t=0.5")
+    assert loads == ["a1", "a2", "a3", "c", "a2", "a1"]
+
+
+def test_a_newer_checkpoint_in_a_cached_run_is_loaded_by_the_next_request(cache_client: tuple[TestClient, dict],
+                                                                           cache_root: Path, loads: list[str]
+                                                                           ) -> None:
+    client, ids = cache_client
     models = client.app.state.latent_models
-    first = models._models[ids["a"]][1]
-    get_png(client, ids["a"], "seeds=1,2&t=0.9")
-    assert models._models[ids["a"]][1] is first and len(models._models) <= 3
+    before = get_png(client, ids["a1"], "seeds=5,6&t=0")
+    assert get_png(client, ids["a1"], "seeds=5,6&t=0") == before and loads == ["a1"]  # from the cache
+    assert models._models[ids["a1"]][1].step == 4
+    step = newer_checkpoint(cache_root / "a1", shift=0.05)
+    after = get_png(client, ids["a1"], "seeds=5,6&t=0")
+    assert loads == ["a1", "a1"] and models._models[ids["a1"]][1].step == step == 5
+    newest = synthmed.load(cache_root / "a1", device="cpu")
+    assert newest.step == 5 and after == image_png(newest.generate(noise(5)[None])) and after != before
+
+
+def test_concurrent_requests_for_one_run_load_it_once_and_all_succeed(cache_root: Path, loads: list[str]) -> None:
+    settings = WebSettings(root=cache_root, database=cache_root.parent / "web.sqlite3", organiser_token=TOKEN)
+    seeds = range(8)
+    with thread_server(settings) as (base_url, _app):
+        lister = Client(base_url)
+        run = {r["name"]: r["id"] for r in lister.json("GET", "/api/latent/runs", TOKEN)}["a1"]
+        lister.close()
+        start = threading.Barrier(len(seeds))
+
+        def fetch(seed: int) -> tuple[int, bytes]:
+            client = Client(base_url)
+            try:
+                start.wait(timeout=30)
+                return client.request("GET", f"/api/latent/{run}/image.png?seeds={seed},99&t=0", TOKEN)
+            finally:
+                client.close()
+
+        with ThreadPoolExecutor(len(seeds)) as pool:
+            answers = list(pool.map(fetch, seeds))
+    assert loads == ["a1"]
+    model = synthmed.load(cache_root / "a1", device="cpu")
+    assert answers == [(200, image_png(model.generate(noise(seed)[None]))) for seed in seeds]

@@ -17,6 +17,7 @@ import pytest
 
 pytest.importorskip("fastapi", reason="the web app needs synthmed[web] (pip install '.[dev]')")
 
+import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -180,22 +181,40 @@ def test_unknown_and_malformed_ids_are_one_line_404s(client: TestClient) -> None
         assert response.json()["detail"] and "\n" not in response.json()["detail"]
 
 
+def served_after_swap_for_link(client: TestClient, run: Path, target: Path) -> httpx.Response:
+    """What run a's ``extra.png`` is served as once, after the index listed it, it is replaced by a link to
+    ``target``."""
+    extra = png_file(run / "extra.png")
+    try:
+        images = {i["name"]: i["file_id"] for i in client.get(f"/api/runs/{run_id('a')}").json()["images"]}
+        extra.unlink()
+        extra.symlink_to(target)
+        return client.get(f"/api/runs/{run_id('a')}/files/{images['extra.png']}")
+    finally:
+        extra.unlink(missing_ok=True)
+
+
 def test_links_leading_outside_the_root_are_neither_listed_nor_served(client: TestClient,
                                                                        layout: dict[str, Path]) -> None:
     runs = listed(client)
     assert "linked-run" not in runs and run_id("linked-run") not in {r["id"] for r in runs.values()}
     assert client.get(f"/api/runs/{run_id('linked-run')}").status_code == 404
     # A listed picture swapped for a link after the index was built: its real path is checked when served.
-    extra = png_file(layout["run"] / "extra.png")
+    response = served_after_swap_for_link(client, layout["run"], layout["secret"])
+    assert response.status_code == 404
+    assert response.content != layout["secret"].read_bytes()
+
+
+def test_a_listed_picture_swapped_for_a_link_to_another_kind_of_file_is_a_404(client: TestClient,
+                                                                           layout: dict[str, Path]) -> None:
+    data = layout["root"] / "real.npz"  # inside the root, but not a picture
+    data.write_bytes(b"PK\x03\x04 not an image")
     try:
-        images = {i["name"]: i["file_id"] for i in client.get(f"/api/runs/{run_id('a')}").json()["images"]}
-        extra.unlink()
-        extra.symlink_to(layout["secret"])
-        response = client.get(f"/api/runs/{run_id('a')}/files/{images['extra.png']}")
-        assert response.status_code == 404
-        assert response.content != layout["secret"].read_bytes()
+        response = served_after_swap_for_link(client, layout["run"], data)
     finally:
-        extra.unlink(missing_ok=True)
+        data.unlink()
+    assert response.status_code == 404
+    assert response.json() == {"detail": "no such file"}
 
 
 def test_an_evaluation_report_is_listed_and_linked_to_the_run_it_evaluated(client: TestClient,

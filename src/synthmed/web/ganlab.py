@@ -9,7 +9,9 @@ Page ``/ganlab``; API under ``/api/ganlab`` (organiser only):
 - ``GET /sessions/{id}`` -> state; ``DELETE /sessions/{id}``.
 
 Sessions live in memory (``app.state.ganlab_sessions``) and end with the server. Each has a lock, so two requests
-never train one session at once; the torch work runs in FastAPI's threadpool.
+never train one session at once; the torch work runs in FastAPI's threadpool, with the threads per operation that
+:func:`synthmed.web.server.serve` set for the process (never changed here: set in a worker thread, they would leak
+into other threads).
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import torch
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
@@ -37,11 +38,6 @@ from synthmed.web.security import ID_PATTERN
 SESSION_CAP = 8
 #: Training steps one request may ask for.
 MAX_STEPS = 200
-#: torch's intra-op threads once GAN Lab has started (never raised): these networks gain nothing from more, and
-#: several sessions training at once would otherwise each try to use every core.
-TORCH_THREADS = 2
-
-_threads_capped = threading.Lock()
 
 
 @dataclass
@@ -86,13 +82,6 @@ class SessionStore:
         return len(self._entries)
 
 
-def _cap_torch_threads() -> None:
-    # set_num_threads is process-wide: done once, when the first session starts, and only ever lowering it.
-    with _threads_capped:
-        if torch.get_num_threads() > TORCH_THREADS:
-            torch.set_num_threads(TORCH_THREADS)
-
-
 async def _json_object(request: Request) -> dict[str, Any]:
     """The request's JSON body as a dict (``{}`` when empty); HTTP 400 with one line otherwise."""
     raw = await request.body()
@@ -123,7 +112,6 @@ def _options() -> dict[str, Any]:
 
 
 def _start(config: GanLabConfig, store: SessionStore) -> dict[str, Any]:
-    _cap_torch_threads()
     session = GanLabSession(config)
     state = session.state()
     return {"id": store.add(session), "state": state}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,8 +32,6 @@ from synthmed.web.runs import Entry, RunIndex, get_index, inside_root
 
 #: Runs whose models stay loaded.
 MAX_MODELS = 3
-#: Torch threads while generating: the server shares the machine, and one small image gains nothing from more.
-MAX_THREADS = 4
 MIN_SEEDS, MAX_SEEDS = 2, 8
 #: Seeds are 0 .. 2**31 - 1 (what every seed box and random draw can hold exactly).
 SEED_LIMIT = 2**31
@@ -120,14 +119,15 @@ class ModelCache:
                ) -> torch.Tensor:
         """Images (N, C, H, W) in [-1, 1] at ``fractions`` of the path through ``anchors``."""
         noise = torch.stack([path_noise(anchors, t) for t in fractions])
+        # torch's threads are the process's, set once by synthmed.web.server.serve: set here, in a worker thread,
+        # they would leak into the other threads.
         with self._lock:
-            torch.set_num_threads(max(1, min(torch.get_num_threads(), MAX_THREADS)))
             model = self._model(run)
             return generate_from_noise(model, noise, label)
 
     def _model(self, run: LatentRun) -> Any:
         from synthmed import api
-        from synthmed.errors import SynthmedError
+        from synthmed.errors import SynthmedError, one_line
         from synthmed.training.checkpoint import latest_checkpoint
 
         folder = run.entry.path / "checkpoints"
@@ -145,7 +145,7 @@ class ModelCache:
         try:
             model = api.load(run.entry.path, device="cpu")
         except (SynthmedError, OSError, RuntimeError, ValueError, KeyError) as exc:
-            raise HTTPException(409, "cannot load the run: " + " ".join(str(exc).split())[:300]) from None
+            raise HTTPException(409, f"cannot load the run: {one_line(exc, 300)}") from None
         self._models[run.entry.id] = (key, model)
         while len(self._models) > MAX_MODELS:
             self._models.popitem(last=False)
@@ -225,6 +225,16 @@ def find_latent_run(index: RunIndex, run_id: str) -> LatentRun:
     return run
 
 
+def path_request(index: RunIndex, run_id: str, query: Mapping[str, str]
+                 ) -> tuple[LatentRun, torch.Tensor, int | None]:
+    """What an image or strip request names besides its position: the run, the seeds' latents as the path's
+    anchors (k, D), and the class; each problem a one-line 4xx."""
+    run = find_latent_run(index, run_id)
+    seeds = parse_seeds(query.get("seeds"))
+    label = parse_class(query.get("class"), run)
+    return run, torch.stack([seed_noise(s, run.latent_dim) for s in seeds]), label
+
+
 def _png(images: torch.Tensor, nrow: int, side: int) -> Response:
     from synthmed.viz.grid import make_grid
 
@@ -251,22 +261,14 @@ def install(app: FastAPI) -> None:
 
     @router.get("/{run_id}/image.png")
     def image(run_id: str, request: Request) -> Response:
-        run = find_latent_run(index, run_id)
-        query = request.query_params
-        seeds = parse_seeds(query.get("seeds"))
-        t = parse_fraction(query.get("t"))
-        label = parse_class(query.get("class"), run)
-        anchors = torch.stack([seed_noise(s, run.latent_dim) for s in seeds])
+        run, anchors, label = path_request(index, run_id, request.query_params)
+        t = parse_fraction(request.query_params.get("t"))
         return _png(models.images(run, anchors, [t], label), 1, DISPLAY_SIDE)
 
     @router.get("/{run_id}/strip.png")
     def strip(run_id: str, request: Request) -> Response:
-        run = find_latent_run(index, run_id)
-        query = request.query_params
-        seeds = parse_seeds(query.get("seeds"))
-        frames = parse_frames(query.get("frames"))
-        label = parse_class(query.get("class"), run)
-        anchors = torch.stack([seed_noise(s, run.latent_dim) for s in seeds])
+        run, anchors, label = path_request(index, run_id, request.query_params)
+        frames = parse_frames(request.query_params.get("frames"))
         fractions = [i / (frames - 1) for i in range(frames)]
         return _png(models.images(run, anchors, fractions, label), frames, STRIP_SIDE)
 

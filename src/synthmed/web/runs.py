@@ -29,6 +29,7 @@ import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
+from synthmed.errors import one_line
 from synthmed.web.app import organiser_page, require_organiser
 from synthmed.web.security import ID_PATTERN
 
@@ -116,10 +117,6 @@ def _stat(path: Path) -> tuple[int, int] | None:
     return info.st_mtime_ns, info.st_size
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())[:300]
-
-
 def _regular_file(path: Path) -> bool:
     """A file that is no symbolic link (a link could name something outside the root)."""
     return path.is_file() and not path.is_symlink()
@@ -129,7 +126,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, str | None]:
     try:
         loaded = yaml.load(path.read_text(encoding="utf-8"), Loader=SAFE_LOADER)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        return None, f"config.yaml cannot be read: {_one_line(exc)}"
+        return None, f"config.yaml cannot be read: {one_line(exc, 300)}"
     if not isinstance(loaded, dict):
         return None, "config.yaml is not a mapping"
     return loaded, None
@@ -139,7 +136,7 @@ def _read_json(path: Path, name: str) -> tuple[dict[str, Any] | None, str | None
     try:
         loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return None, f"{name} cannot be read: {_one_line(exc)}"
+        return None, f"{name} cannot be read: {one_line(exc, 300)}"
     if not isinstance(loaded, dict):
         return None, f"{name} is not a JSON object"
     return loaded, None
@@ -329,7 +326,7 @@ class RunIndex:
         try:
             series = read_loss_series(path)
         except (OSError, UnicodeDecodeError, ValueError, csv.Error) as exc:
-            series = {"error": f"losses.csv cannot be read: {_one_line(exc)}", "columns": [], "phases": []}
+            series = {"error": f"losses.csv cannot be read: {one_line(exc, 300)}", "columns": [], "phases": []}
         with self._lock:
             self._losses_cache[path] = (signature, series)
             while len(self._losses_cache) > 8:
@@ -351,54 +348,78 @@ def read_loss_series(path: Path, limit: int = MAX_SERIES_POINTS) -> dict[str, An
 
     Empty cells (a column another phase logs) and non-finite values are left out; a column with any text that is
     not a number is not a loss and is dropped. Each series is thinned to ``limit`` points (:func:`downsample`).
+
+    Args:
+        path: The ``losses.csv`` file.
+        limit: The most points a series keeps.
     """
     with path.open(newline="", encoding="utf-8") as handle:
         reader = csv.reader(handle)
-        header = next(reader, None)
+        table = _LossTable.from_header(next(reader, None))
+        for row in reader:
+            table.add_row(row)
+    phases = [_phase_series(table, phase, limit) for phase in table.phases]
+    return {"columns": [table.header[i] for i in table.numeric_columns()], "phases": phases,
+            "downsampled": any(len(s["points"]) < s["total"] for p in phases for s in p["series"])}
+
+
+@dataclass
+class _LossTable:
+    """What one pass over ``losses.csv`` gathers: per phase and column, the finite ``[step, value]`` points."""
+
+    header: list[str]
+    step_at: int
+    phase_at: int | None
+    value_columns: list[int] = field(init=False)
+    phases: dict[str, dict[int, list[list[float]]]] = field(default_factory=dict)
+    not_numbers: set[int] = field(default_factory=set)
+    non_finite: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.value_columns = [i for i in range(len(self.header)) if i not in (self.step_at, self.phase_at)]
+
+    @classmethod
+    def from_header(cls, header: list[str] | None) -> _LossTable:
         if not header or "step" not in header:
             raise ValueError("no header with a 'step' column")
-        step_at = header.index("step")
-        phase_at = header.index("phase") if "phase" in header else None
-        value_columns = [i for i in range(len(header)) if i not in (step_at, phase_at)]
-        phases: dict[str, dict[int, list[list[float]]]] = {}
-        not_numbers: set[int] = set()
-        non_finite: dict[tuple[str, int], int] = {}
-        for row in reader:
-            if len(row) != len(header) or not row[step_at].strip().isdigit():
-                continue  # a row being written, or damage: skip it rather than fail the page
-            step = int(row[step_at])
-            phase = row[phase_at] if phase_at is not None else ""
-            columns = phases.setdefault(phase, {})
-            for i in value_columns:
-                cell = row[i].strip()
-                if not cell:
-                    continue
-                try:
-                    value = float(cell)
-                except ValueError:
-                    not_numbers.add(i)
-                    continue
-                if math.isfinite(value):
-                    columns.setdefault(i, []).append([step, value])
-                else:
-                    non_finite[(phase, i)] = non_finite.get((phase, i), 0) + 1
-    numeric = [i for i in value_columns if i not in not_numbers]
-    result_phases = []
-    downsampled = False
-    for phase, columns in phases.items():
-        series = []
-        for i in numeric:
-            points = columns.get(i, [])
-            if not points:
-                continue
-            thinned = downsample(points, limit)
-            downsampled |= len(thinned) < len(points)
-            series.append({"name": header[i], "points": thinned, "total": len(points),
-                           "non_finite": non_finite.get((phase, i), 0)})
-        steps = [p[0] for s in series for p in (s["points"][0], s["points"][-1])]
-        result_phases.append({"name": phase, "series": series,
-                              "steps": [min(steps), max(steps)] if steps else None})
-    return {"columns": [header[i] for i in numeric], "phases": result_phases, "downsampled": downsampled}
+        return cls(header, header.index("step"), header.index("phase") if "phase" in header else None)
+
+    def add_row(self, row: list[str]) -> None:
+        if len(row) != len(self.header) or not row[self.step_at].strip().isdigit():
+            return  # a row being written, or damage: skip it rather than fail the page
+        step = int(row[self.step_at])
+        phase = row[self.phase_at] if self.phase_at is not None else ""
+        columns = self.phases.setdefault(phase, {})
+        for i in self.value_columns:
+            cell = row[i].strip()
+            if cell:  # empty: a column another phase logs
+                self._add_cell(phase, columns, i, step, cell)
+
+    def _add_cell(self, phase: str, columns: dict[int, list[list[float]]], column: int, step: int, cell: str
+                  ) -> None:
+        try:
+            value = float(cell)
+        except ValueError:
+            self.not_numbers.add(column)
+            return
+        if math.isfinite(value):
+            columns.setdefault(column, []).append([step, value])
+        else:
+            self.non_finite[(phase, column)] = self.non_finite.get((phase, column), 0) + 1
+
+    def numeric_columns(self) -> list[int]:
+        """The value columns with no text that is not a number (those are notes, not losses)."""
+        return [i for i in self.value_columns if i not in self.not_numbers]
+
+
+def _phase_series(table: _LossTable, phase: str, limit: int) -> dict[str, Any]:
+    """One phase's numeric series, each thinned to ``limit`` points, and the steps they span."""
+    columns = table.phases[phase]
+    series = [{"name": table.header[i], "points": downsample(points, limit), "total": len(points),
+               "non_finite": table.non_finite.get((phase, i), 0)}
+              for i in table.numeric_columns() if (points := columns.get(i))]
+    steps = [p[0] for s in series for p in (s["points"][0], s["points"][-1])]
+    return {"name": phase, "series": series, "steps": [min(steps), max(steps)] if steps else None}
 
 
 # --- summaries ---------------------------------------------------------------------------------------------------
@@ -600,15 +621,16 @@ def inside_root(path: Path, root: Path) -> Path | None:
 def serve_file(entry: Entry, wanted: str, root: Path) -> Response:
     if not ID_PATTERN.match(wanted) or wanted not in entry.files:
         raise HTTPException(404, "no such file")
-    served = entry.files[wanted]
-    real = inside_root(served.path, root)
-    if real is None:
+    real = inside_root(entry.files[wanted].path, root)
+    # The listed picture may since have become a link to another kind of file (data, say): serve pictures only.
+    media_type = IMAGE_TYPES.get(real.suffix.lower()) if real is not None else None
+    if real is None or media_type is None:
         raise HTTPException(404, "no such file")
     try:
         data = real.read_bytes()
     except OSError:
         raise HTTPException(404, "no such file") from None
-    return Response(data, media_type=IMAGE_TYPES[real.suffix.lower()])
+    return Response(data, media_type=media_type)
 
 
 def _reports_of(links: dict[str, Entry], index: RunIndex, run: Entry) -> list[Entry]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import socket
 from pathlib import Path
 
-from synthmed.errors import ConfigError, DataError
+from synthmed.errors import ConfigError, DataError, one_line
 from synthmed.web.app import WebSettings, create_app
 
 
@@ -32,21 +34,61 @@ def check_settings(root: str | Path, database: str | Path | None, source_dirs: l
                        host=host)
 
 
-def port_free(host: str, port: int) -> bool:
+def bind_problem(host: str, port: int) -> OSError | None:
+    """Why a server could not listen on ``host``:``port`` (a name that does not resolve, an address that is not
+    this machine's, a port in use...), or ``None`` when it can. On POSIX the probe sets ``SO_REUSEADDR`` as
+    uvicorn's listener does (asyncio's default there), so connections of a server just stopped, still in TIME_WAIT,
+    do not make its port look busy; on Windows that option would let it bind a port in use."""
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        if os.name == "posix":
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError:
-            return False
-    return True
+        except OSError as exc:
+            return exc
+    return None
 
 
-def serve(settings: WebSettings, port: int = 8000, log_level: str = "warning") -> None:
-    """Serve until interrupted; prints the organiser link (the only way in besides the token in the database)."""
+def check_bindable(host: str, port: int) -> None:
+    """A one-line :class:`ConfigError` when ``host``:``port`` cannot be bound; "in use" only when it is.
+
+    Args:
+        host: The address or name given to ``--host``.
+        port: The port given to ``--port``.
+    """
+    problem = bind_problem(host, port)
+    if problem is None:
+        return
+    if problem.errno == errno.EADDRINUSE:
+        raise ConfigError(f"port {port} on {host} is in use; choose another with --port")
+    raise ConfigError(f"cannot bind --host {host} port {port}: {one_line(problem.strerror or problem)}")
+
+
+def default_threads() -> int:
+    """torch's threads for a server: at most 4, since it shares the machine and each request's work (one small
+    image, a toy GAN step) gains little from more."""
+    return min(4, os.cpu_count() or 1)
+
+
+def serve(settings: WebSettings, port: int = 8000, log_level: str = "warning", threads: int | None = None) -> None:
+    """Serve until interrupted; prints the organiser link (the only way in besides the token in the database).
+
+    Args:
+        settings: What :func:`check_settings` made of the command line.
+        port: The TCP port to listen on.
+        log_level: uvicorn's log level.
+        threads: torch's intra-op threads for the whole process, set once here before serving (requests never
+            change them: a setting made in one worker thread would leak into others) [default:
+            :func:`default_threads`].
+    """
+    import torch
     import uvicorn
 
-    if not port_free(settings.host, port):
-        raise ConfigError(f"port {port} on {settings.host} is in use; choose another with --port")
+    threads = default_threads() if threads is None else threads
+    if threads < 1:
+        raise ConfigError(f"threads must be at least 1 (got {threads})")
+    check_bindable(settings.host, port)
+    torch.set_num_threads(threads)
     app = create_app(settings)
     shown = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     print(f"synthmed serve: runs under {settings.root}, studies in {settings.database}", flush=True)
