@@ -18,6 +18,7 @@ import csv
 import io
 import secrets
 import sqlite3
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
@@ -161,7 +162,7 @@ def _connect(database: str | Path) -> Iterator[sqlite3.Connection]:
     try:
         with closing(open_database(database)) as conn:
             conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_MS)}")
-            conn.executescript(_SCHEMA)
+            _ensure_schema(conn)
             yield conn
     except sqlite3.OperationalError as exc:
         if _is_busy(exc):
@@ -171,14 +172,41 @@ def _connect(database: str | Path) -> Iterator[sqlite3.Connection]:
 
 @contextmanager
 def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    """``BEGIN IMMEDIATE`` (writers queue up on the busy timeout) ... ``COMMIT``, rolled back on any error."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
+    """``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back on any error.
+
+    Writers of this process queue on a lock per database first: SQLite's own busy handler sleeps with growing
+    back-off, so under 50 readers at once some answers waited seconds behind later ones; the lock hands the
+    database over as soon as a commit ends. Other processes still meet SQLite's lock (and the busy timeout)."""
+    with _writer_lock(conn):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+
+_WRITER_LOCKS: dict[str, threading.Lock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _database_file(conn: sqlite3.Connection) -> str:
+    return str(conn.execute("PRAGMA database_list").fetchone()[2])
+
+
+def _writer_lock(conn: sqlite3.Connection) -> threading.Lock:
+    key = _database_file(conn)
+    with _REGISTRY_LOCK:
+        return _WRITER_LOCKS.setdefault(key, threading.Lock())
+
+
+def _ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the tables when the database lacks them (not on every connection: the script takes write locks)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'answers'").fetchone():
+        return
+    with _writer_lock(conn):
+        conn.executescript(_SCHEMA)
 
 
 def _now() -> str:
