@@ -172,3 +172,16 @@ def test_validation_errors_are_one_line(settings) -> None:
     response = client.get("/typed?n=0")
     assert response.status_code == 422
     assert response.json() == {"detail": "n: Input should be greater than or equal to 1"}
+
+
+def test_pages_get_one_head_with_the_token_escaped_and_their_own_script(settings) -> None:
+    from synthmed.web.app import render_page
+
+    page = render_page("read.html", 'a"<b>', "study <1>", stylesheet="studies.css").body.decode()
+    assert page.startswith("<!doctype html>") and page.rstrip().endswith("</html>")
+    assert '<meta name="synthmed-token" content="a&quot;&lt;b&gt;">' in page
+    assert "<title>study &lt;1&gt;</title>" in page
+    assert page.index("/static/synthmed.js") < page.index("/static/read.js") < page.index("<body")
+    assert 'href="/static/studies.css"' in page and "{{" not in page
+    client = TestClient(create_app(settings), base_url="http://127.0.0.1:8000")
+    assert client.get("/static/read.html").status_code == 404  # page bodies only through their routes

@@ -32,6 +32,7 @@ from synthmed.viz.grid import to_uint8  # noqa: E402
 from synthmed.web.app import TOKEN_COOKIE, WebSettings, cookie_value, create_app  # noqa: E402
 from synthmed.web.images import png_bytes  # noqa: E402
 from synthmed.web.latent import DISPLAY_SIDE, MAX_MODELS, STRIP_SIDE, display_scale  # noqa: E402
+from test_conditional_recipes import write_labelled_npz  # noqa: E402  (the same three-class images)
 from webserver import Client, thread_server  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -45,19 +46,6 @@ def noise(seed: int, dim: int = LATENT) -> torch.Tensor:
     return torch.randn(dim, generator=torch.Generator().manual_seed(seed))
 
 
-def labelled_npz(path: Path, n: int = 48) -> Path:
-    """``n`` grey 16 px images whose bright square sits left, right or top by class."""
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 40, (n, 16, 16), dtype=np.uint8)
-    names = np.array(["left", "right", "top"])[np.arange(n) % 3]
-    for i, name in enumerate(names):
-        rows, cols = {"left": (slice(6, 10), slice(1, 5)), "right": (slice(6, 10), slice(11, 15)),
-                      "top": (slice(1, 5), slice(6, 10))}[name]
-        images[i, rows, cols] = 255
-    np.savez(path, images=images, labels=names, patient=np.arange(n))
-    return path
-
-
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     base = tmp_path_factory.mktemp("web-latent")
@@ -65,7 +53,7 @@ def root(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Path:
     plain = synthmed.train(out=runs / "a", steps=4, g_channels=8, d_channels=8, latent_dim=LATENT, batch_size=16,
                            progress=False, sample_every=2, checkpoint_every=1000, device="cpu").run_dir
     assert (plain / "samples").is_dir() and (plain / "losses.csv").is_file()
-    synthmed.train(labelled_npz(base / "labelled.npz"), recipe="conditional", conditioning="concat",
+    synthmed.train(write_labelled_npz(base / "labelled.npz"), recipe="conditional", conditioning="concat",
                    out=runs / "c", steps=2, batch_size=8, sample_every=2, checkpoint_every=1000, preview_count=12,
                    device="cpu", g_channels=8, d_channels=8, latent_dim=8, progress=False)
     (runs / "no-checkpoint").mkdir()

@@ -70,11 +70,12 @@ def static_dir() -> Path:
 
 
 def _static_files() -> dict[str, Path]:
-    """The served static files by name: only what ships in the package (no path from a URL reaches the disk)."""
-    return {p.name: p for p in static_dir().iterdir() if p.suffix in (".js", ".css", ".html", ".svg")}
+    """The served static files by name: only what ships in the package (no path from a URL reaches the disk).
+    Page bodies (``.html``) are served only through their pages' routes, with the head and their access checks."""
+    return {p.name: p for p in static_dir().iterdir() if p.suffix in (".js", ".css", ".svg")}
 
 
-_MEDIA = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+_MEDIA = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
 def cookie_value(organiser_token: str) -> str:
@@ -98,11 +99,23 @@ def require_organiser(request: Request) -> None:
         raise HTTPException(403, "organiser token required (open the link that synthmed serve printed)")
 
 
-def render_page(file_name: str, token: str, title: str) -> HTMLResponse:
-    """A page of ``static/`` with the caller's token put where its scripts read it (``meta[name=synthmed-token]``)."""
-    text = (static_dir() / file_name).read_text(encoding="utf-8")
-    text = text.replace("{{TOKEN}}", html.escape(token, quote=True)).replace("{{TITLE}}", html.escape(title))
-    return HTMLResponse(text)
+def render_page(file_name: str, token: str, title: str, stylesheet: str | None = None) -> HTMLResponse:
+    """A page: the shared head (the caller's token where scripts read it, ``meta[name=synthmed-token]``; the
+    common stylesheet and script), then the page's own stylesheet and script (``<stem>.css`` / ``<stem>.js``, or
+    ``stylesheet``), then the body kept in ``static/<file_name>``."""
+    stem = Path(file_name).stem
+    stylesheet = stylesheet or f"{stem}.css"
+    has_style = (static_dir() / stylesheet).is_file()
+    own_style = f'\n  <link rel="stylesheet" href="/static/{stylesheet}">' if has_style else ""
+    head = (f'<!doctype html>\n<html lang="en">\n<head>\n  <meta charset="utf-8">\n'
+            f'  <meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f'  <meta name="synthmed-token" content="{html.escape(token, quote=True)}">\n'
+            f"  <title>{html.escape(title)}</title>\n"
+            f'  <link rel="stylesheet" href="/static/synthmed.css">{own_style}\n'
+            f'  <script src="/static/synthmed.js"></script>\n  <script src="/static/{stem}.js" defer></script>\n'
+            f"</head>\n")
+    body = (static_dir() / file_name).read_text(encoding="utf-8")
+    return HTMLResponse(head + body + "</html>\n")
 
 
 def organiser_page(request: Request, file_name: str, title: str) -> Response:

@@ -201,7 +201,7 @@ def install(app: FastAPI) -> None:
             if exc.status == 404:
                 return HTMLResponse(_NOT_A_LINK, status_code=404)
             raise HTTPException(exc.status, str(exc)) from None  # busy: not a reason to call the link invalid
-        return render_page("read.html", token, f"{state['study']} · synthmed")
+        return render_page("read.html", token, f"{state['study']} · synthmed", stylesheet="studies.css")
 
     app.include_router(_organiser_router())
     app.include_router(_reader_router())
