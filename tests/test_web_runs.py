@@ -12,17 +12,20 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 pytest.importorskip("fastapi", reason="the web app needs synthmed[web] (pip install '.[dev]')")
 
-import httpx  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import synthmed  # noqa: E402
 from synthmed.web.app import WebSettings, create_app  # noqa: E402
+
+if TYPE_CHECKING:  # the test client's responses (httpx2, which the dev extras install; httpx may be absent)
+    from httpx2 import Response
 from synthmed.web.runs import MAX_SERIES_POINTS, downsample, read_loss_series  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,7 +184,7 @@ def test_unknown_and_malformed_ids_are_one_line_404s(client: TestClient) -> None
         assert response.json()["detail"] and "\n" not in response.json()["detail"]
 
 
-def served_after_swap_for_link(client: TestClient, run: Path, target: Path) -> httpx.Response:
+def served_after_swap_for_link(client: TestClient, run: Path, target: Path) -> Response:
     """What run a's ``extra.png`` is served as once, after the index listed it, it is replaced by a link to
     ``target``."""
     extra = png_file(run / "extra.png")
