@@ -204,8 +204,13 @@ def test_page_serves_its_controls_with_the_registries_choices(client: TestClient
 
 def test_settings_outside_config_are_refused_not_ignored(client: TestClient) -> None:
     response = client.post("/api/ganlab/sessions", json={"loss": "hinge"})
-    assert response.status_code == 422 and one_line_detail(response).startswith("unknown field(s) loss")
+    assert response.status_code == 400 and one_line_detail(response).startswith("unknown field 'loss'")
     created = new_session(client, loss="hinge")
     assert created["state"]["config"]["loss"] == "hinge"
     response = client.post(f"/api/ganlab/sessions/{created['id']}/step", json={"steps": 2, "n": 3})
-    assert response.status_code == 422 and "unknown field(s) n" in one_line_detail(response)
+    assert response.status_code == 400 and "unknown field 'n'" in one_line_detail(response)
+
+
+def test_oversized_bodies_are_refused_before_parsing(client: TestClient) -> None:
+    response = client.post("/api/ganlab/sessions", content=b'{"config": {"seed": 1}, "pad": "' + b"x" * 70_000 + b'"}')
+    assert response.status_code == 413 and "64 KiB" in one_line_detail(response)

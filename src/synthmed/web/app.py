@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import html
+import json
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
 from fastapi import FastAPI, HTTPException, Request
@@ -124,6 +126,43 @@ def organiser_page(request: Request, file_name: str, title: str) -> Response:
         return HTMLResponse("<!doctype html><title>synthmed</title><p>This page needs the organiser link that "
                             "<code>synthmed serve</code> printed.</p>", status_code=403)
     return render_page(file_name, request.app.state.organiser_token, title)
+
+
+#: Request bodies are a study's options, one answer or a GAN Lab config: far smaller than this.
+MAX_BODY = 64 * 1024
+
+
+async def read_json_object(request: Request, empty_ok: bool = False) -> dict[str, Any]:
+    """The request's JSON object body, read up to :data:`MAX_BODY` bytes (413 beyond); ``{}`` for an empty body
+    when ``empty_ok``; otherwise a one-line 400.
+
+    Args:
+        request: The request.
+        empty_ok: Whether an empty body means "no options".
+    """
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > MAX_BODY:
+            raise HTTPException(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
+    if empty_ok and not body.strip():
+        return {}
+    try:
+        data = json.loads(body.decode("utf-8")) if body else None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise HTTPException(400, "the request body must be JSON") from None
+    if not isinstance(data, dict):
+        raise HTTPException(400, "the request body must be a JSON object")
+    return data
+
+
+def refuse_unknown_fields(body: dict[str, Any], expected: tuple[str, ...]) -> dict[str, Any]:
+    """``body`` if it names only ``expected`` fields: a misspelt or misplaced one would otherwise be ignored without
+    a word (one-line 400 naming what is expected)."""
+    unknown = sorted(set(body) - set(expected))
+    if unknown:
+        raise HTTPException(400, f"unknown field {unknown[0]!r:.60} (expected {', '.join(expected)})")
+    return body
 
 
 def _refuse(status: int, message: str) -> Response:

@@ -16,7 +16,6 @@ into other threads).
 
 from __future__ import annotations
 
-import json
 import secrets
 import threading
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from synthmed import losses
 from synthmed.data import toy2d
 from synthmed.errors import ConfigError, one_line
 from synthmed.experiments.ganlab import LIMITS, GanLabConfig, GanLabSession
-from synthmed.web.app import organiser_page, require_organiser
+from synthmed.web.app import organiser_page, read_json_object, refuse_unknown_fields, require_organiser
 from synthmed.web.security import ID_PATTERN
 
 #: Sessions kept per server; creating one more drops the least recently used.
@@ -82,20 +81,6 @@ class SessionStore:
         return len(self._entries)
 
 
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON body as a dict (``{}`` when empty); HTTP 400 with one line otherwise."""
-    raw = await request.body()
-    if not raw.strip():
-        return {}
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise HTTPException(400, "the request body is not valid JSON") from None
-    if not isinstance(body, dict):
-        raise HTTPException(400, "the request body must be a JSON object")
-    return body
-
-
 def _store(request: Request) -> SessionStore:
     return request.app.state.ganlab_sessions
 
@@ -128,16 +113,8 @@ def _current(entry: _Entry) -> dict[str, Any]:
         return entry.session.state()
 
 
-def _only(body: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
-    """The body, if it names nothing but ``allowed`` (a misplaced setting must not be silently ignored)."""
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise HTTPException(422, f"unknown field(s) {', '.join(unknown)}; the body takes {', '.join(sorted(allowed))}")
-    return body
-
-
 def _steps(body: dict[str, Any]) -> int:
-    steps = _only(body, {"steps"}).get("steps", 1)
+    steps = refuse_unknown_fields(body, ("steps",)).get("steps", 1)
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise HTTPException(422, f"steps must be a whole number from 1 to {MAX_STEPS} (got {steps!r})")
     return steps
@@ -161,7 +138,7 @@ def install(app: FastAPI) -> None:
 
     @api.post("/sessions")
     async def create_session(request: Request) -> JSONResponse:
-        body = _only(await _json_object(request), {"config"})
+        body = refuse_unknown_fields(await read_json_object(request, empty_ok=True), ("config",))
         try:
             config = GanLabConfig.from_mapping(body.get("config"))
         except ConfigError as exc:
@@ -171,7 +148,7 @@ def install(app: FastAPI) -> None:
     @api.post("/sessions/{session_id}/step")
     async def step_session(session_id: str, request: Request) -> JSONResponse:
         entry = _store(request).get(session_id)
-        steps = _steps(await _json_object(request))
+        steps = _steps(await read_json_object(request, empty_ok=True))
         return JSONResponse(await run_in_threadpool(_advance, entry, steps))
 
     @api.get("/sessions/{session_id}")

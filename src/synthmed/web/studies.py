@@ -10,7 +10,6 @@ refuses other origins).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,10 +19,17 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from synthmed.web import study_store as store
-from synthmed.web.app import TOKEN_HEADER, WebSettings, organiser_page, render_page, require_organiser
+from synthmed.web.app import (
+    TOKEN_HEADER,
+    WebSettings,
+    organiser_page,
+    read_json_object,
+    refuse_unknown_fields,
+    render_page,
+    require_organiser,
+)
 from synthmed.web.security import same_token
 
-MAX_BODY = 64 * 1024  # bytes: a study's options or one answer are far smaller
 STUDY_FIELDS = ("name", "real", "synthetic", "n_per_class", "readers", "seed", "real_split")
 READER_FIELDS = ("readers",)
 ANSWER_FIELDS = ("position", "answer", "confidence", "response_ms")
@@ -51,29 +57,6 @@ def _call(function: Callable[..., T], *args: Any) -> T:
         raise HTTPException(exc.status, str(exc), headers=headers) from None
 
 
-def _refuse_unknown(body: dict[str, Any], expected: tuple[str, ...]) -> None:
-    """A misspelt field would otherwise be ignored without a word; one-line 400 naming what is expected."""
-    unknown = sorted(set(body) - set(expected))
-    if unknown:
-        raise HTTPException(400, f"unknown field {unknown[0]!r:.60} (expected {', '.join(expected)})")
-
-
-async def _json_object(request: Request) -> dict[str, Any]:
-    """The request's JSON object body, read up to :data:`MAX_BODY` bytes; one-line 4xx otherwise."""
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, f"the request body is larger than {MAX_BODY // 1024} KiB")
-    try:
-        data = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise HTTPException(400, "the request body must be JSON") from None
-    if not isinstance(data, dict):
-        raise HTTPException(400, "the request body must be a JSON object")
-    return data
-
-
 def _reader_link(request: Request, token: str) -> str:
     return f"{str(request.base_url).rstrip('/')}/read/{token}"
 
@@ -93,7 +76,7 @@ def _png(data: bytes) -> Response:
 
 def _create(request: Request, body: dict[str, Any]) -> dict[str, Any]:
     settings = _settings(request)
-    _refuse_unknown(body, STUDY_FIELDS)
+    refuse_unknown_fields(body, STUDY_FIELDS)
     study = _call(store.create_study, settings.database, body.get("name"), body.get("real"), body.get("synthetic"),
                   body.get("n_per_class"), body.get("readers", 1), body.get("seed", 0),
                   (settings.root, *settings.source_dirs), body.get("real_split", "test"))
@@ -125,7 +108,7 @@ def _organiser_router() -> APIRouter:
 
     @router.post("")
     async def create(request: Request) -> JSONResponse:
-        body = await _json_object(request)
+        body = await read_json_object(request)
         details = await run_in_threadpool(_create, request, body)
         return JSONResponse(details, status_code=201)
 
@@ -135,8 +118,8 @@ def _organiser_router() -> APIRouter:
 
     @router.post("/{study_id}/readers")
     async def more_readers(request: Request, study_id: str) -> JSONResponse:
-        body = await _json_object(request)
-        _refuse_unknown(body, READER_FIELDS)
+        body = await read_json_object(request)
+        refuse_unknown_fields(body, READER_FIELDS)
         links = await run_in_threadpool(_call, store.add_readers, _database(request), study_id, body.get("readers"))
         return JSONResponse({"readers": [{"name": link.name, "token": link.token,
                                           "link": _reader_link(request, link.token)} for link in links]},
@@ -178,8 +161,8 @@ def _reader_router() -> APIRouter:
         # The token in the URL alone could come from a link pasted into another site's form; the header cannot.
         if not same_token(request.headers.get(TOKEN_HEADER), token):
             raise HTTPException(403, "the reader token must also be sent in the X-Synthmed-Token header")
-        body = await _json_object(request)
-        _refuse_unknown(body, ANSWER_FIELDS)
+        body = await read_json_object(request)
+        refuse_unknown_fields(body, ANSWER_FIELDS)
         return await run_in_threadpool(_call, store.record_answer, _database(request), token, body.get("position"),
                                        body.get("answer"), body.get("confidence"), body.get("response_ms"))
 
