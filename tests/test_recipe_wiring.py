@@ -21,7 +21,7 @@ from synthmed.recipes.base import Recipe
 from synthmed.recipes.step import StepContext
 
 INFO = DataInfo(source="wiring-test", channels=1, height=32, width=32)
-TINY = {"g_channels": 8, "d_channels": 8, "latent_dim": 8}
+TINY = {"g_channels": 8, "d_channels": 8, "latent_dim": 8, "diffaugment": ""}  # each switch alone
 BATCH = 8
 
 
@@ -177,11 +177,14 @@ def learning_rates(**options) -> tuple[float, float]:
 
 
 def test_ttur_gives_the_discriminator_four_times_the_generators_learning_rate() -> None:
-    assert learning_rates(loss="bce") == (2e-4, 2e-4)
+    assert learning_rates(loss="bce") == (2e-4, 8e-4)  # TTUR is the recipe's default for bce (issue 16)
+    assert learning_rates(loss="bce", ttur=False) == (2e-4, 2e-4)  # DCGAN's equal rates on request
     assert learning_rates(loss="bce", ttur=True) == (2e-4, 8e-4)
     assert learning_rates(loss="bce", ttur=True, lr_g=1e-4) == (1e-4, 4e-4)
     assert learning_rates(loss="bce", ttur=True, lr_d=3e-4) == (2e-4, 3e-4)  # an explicit lr_d wins
     assert learning_rates(loss="hinge") == (1e-4, 4e-4)  # the hinge preset (SAGAN)
+    assert learning_rates(loss="lsgan") == (2e-4, 2e-4)  # no TTUR default outside bce: it was measured for bce only
+    assert learning_rates(loss="wgan-gp") == (1e-4, 1e-4)
 
 
 def test_the_learning_rate_an_optimiser_holds_is_the_one_it_steps_with() -> None:

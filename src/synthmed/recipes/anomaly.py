@@ -71,8 +71,13 @@ class AnomalyConfig(UnconditionalConfig):
         lr_e: Encoder learning rate (the reference: 5e-5 with RMSProp).
         normal: Which training images are normal: auto (images with an empty mask when the data has masks, else
             all), all, empty-mask, or a class (index or name) of labelled data.
+
+    DiffAugment and TTUR stay off by default here: the unconditional recipe's two-minute defaults (issue 16) were
+    chosen for synthesis, and the anomaly studies (docs/anomaly.md) were measured without them.
     """
 
+    diffaugment: str = ""
+    ttur: bool | None = False
     loss: str = "wgan-gp"
     latent_dim: int = 128
     gan_steps: int = 2000

@@ -3,7 +3,9 @@
 Loss presets (``loss=``) follow their papers unless an option overrides them:
 
 * ``bce``: Goodfellow et al. 2014 with the non-saturating generator loss; DCGAN settings (Radford et al.
-  2016): Adam lr 2e-4, betas (0.5, 0.999), BatchNorm in the discriminator.
+  2016): Adam lr_g 2e-4, betas (0.5, 0.999), BatchNorm in the discriminator; but TTUR (lr_d = 4 x lr_g = 8e-4)
+  instead of DCGAN's equal rates, and DiffAugment translation for every loss: the best of
+  ``benchmarks/default_quality.py``'s search for two CPU minutes on 2 cores (docs/default-quality.md).
 * ``lsgan``: least squares (Mao et al. 2017), DCGAN settings.
 * ``wgan-gp``: Gulrajani et al. 2017, Algorithm 1: lambda = 10, n_critic = 5 (each critic iteration draws a fresh
   real batch), Adam lr 1e-4, betas (0, 0.9), one uniform epsilon per sample, a critic without BatchNorm
@@ -62,10 +64,12 @@ class UnconditionalConfig:
         instance_noise: Std of Gaussian noise added to every discriminator input (Sonderby et al. 2017), annealed
             linearly to 0 over instance_noise_steps (a fixed horizon, so extending a run on resume keeps it).
         instance_noise_steps: Steps over which the instance noise anneals to 0.
-        ttur: Two time-scale update rule: discriminator learning rate 4 x the generator's (unless lr_d is given).
+        ttur: Two time-scale update rule: discriminator learning rate 4 x the generator's (unless lr_d is given)
+            [on for bce, off for the other losses, whose presets set both rates].
         feature_matching: Weight of Salimans et al.'s feature-matching term added to the generator loss.
         minibatch_discrimination: A minibatch-discrimination layer in the discriminator (dcgan only).
-        diffaugment: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it.
+        diffaugment: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it. The
+            unconditional recipe's default, translation, was the best policy of the two-minute search.
     """
 
     arch: str = "dcgan"
@@ -87,17 +91,25 @@ class UnconditionalConfig:
     label_flip: float = 0.0
     instance_noise: float = 0.0
     instance_noise_steps: int = 1000
-    ttur: bool = False
+    ttur: bool | None = None
     feature_matching: float = 0.0
     minibatch_discrimination: bool = False
-    diffaugment: str = ""
+    diffaugment: str = "translation"
+
+
+#: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
+#: two CPU minutes a discriminator at 4 x the generator's rate scored best on val (docs/default-quality.md).
+SHORT_RUN_PRESETS: dict[str, dict[str, float | bool]] = {"bce": {"ttur": True}}
 
 
 def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> UnconditionalConfig:
-    """The config with every ``None`` replaced by the loss preset, so ``config.yaml`` records what ran."""
+    """The config with every ``None`` replaced by the recipe's or the loss's preset, so ``config.yaml`` records
+    what ran."""
     preset = loss.preset
-    lr_g = preset.lr_g if config.lr_g is None else config.lr_g
-    ttur_lr_d = 4 * float(lr_g) if config.ttur else preset.lr_d
+    own = SHORT_RUN_PRESETS.get(loss.name, {})
+    lr_g = config.lr_g if config.lr_g is not None else own.get("lr_g", preset.lr_g)
+    ttur = bool(config.ttur if config.ttur is not None else own.get("ttur", False))
+    ttur_lr_d = 4 * float(lr_g) if ttur else preset.lr_d
     lr_d = config.lr_d if config.lr_d is not None else ttur_lr_d
     d_norm = config.d_norm if config.d_norm is not None else (preset.d_norm if family.accepts("norm") else "none")
     spectral = config.spectral_norm
@@ -106,7 +118,7 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
     n_critic = preset.n_critic if config.n_critic is None else config.n_critic
     betas = tuple(config.betas or preset.betas)
     return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
-                   d_norm=d_norm, spectral_norm=spectral)
+                   d_norm=d_norm, spectral_norm=spectral, ttur=ttur)
 
 
 def _enumerate(items: list[str], conjunction: str = "and") -> str:

@@ -1,0 +1,488 @@
+"""How the default `synthmed train` was chosen: the best samples two CPU minutes can buy (issue 16).
+
+    python benchmarks/default_quality.py --work DIR                # every stage below, resumable (~2.5 h on 2 cores)
+    python benchmarks/default_quality.py --work DIR --stage screen # one stage: screen, seeds, test, default, transfer
+
+Stages, each skipping what DIR already holds:
+
+1. ``screen``: every configuration of :data:`SCREEN` (and :data:`COMBINATIONS`) trains for the same wall time
+   (``--max-minutes``, 2 threads, seed 0), then its 156 samples are scored against BreastMNIST's **val** split
+   (78 images) in the ``domain`` space (a network fitted on the training images) and in Inception space.
+2. ``seeds``: the :data:`FINALISTS` (chosen on val, with the baseline) train again with seeds 1 and 2; the final
+   choice is the finalist with the lowest mean val Inception FID over the three seeds.
+3. ``test``: every finalist seed, once, against the **test** split (156 images, 156 samples, Inception FID with a
+   bootstrap interval, KID, precision/recall k = 5), beside 156 random training images measured the same way.
+4. ``default``: ``synthmed train --seed S`` exactly as a user runs it (the library's defaults, a step count),
+   seeds 0-2, measured like stage 3: the issue's goal.
+5. ``transfer``: the old and the new default on LGG FLAIR 64 px and PH2 64 px (../shared/data), not retuned, the
+   same number of steps each, scored against their test splits beside their real training images.
+
+Writes ``benchmarks/results/default_quality.json`` (every configuration, command, steps, figures) and the sample
+grids of ``docs/images/default-quality/``. Nothing is selected on the test split: stages 3-5 only report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, machine, source_state  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results" / "default_quality.json"
+IMAGES = ROOT / "docs" / "images" / "default-quality"
+SHARED = ROOT.parent / "shared" / "data"
+N_SAMPLES = 156  # = the BreastMNIST test split, so FIDs compare with the real-training-images figure
+SAMPLE_SEED = 0
+
+#: Every option of the unconditional recipe as it defaulted before issue 16 (commit 2b22a37). None: the loss preset.
+OLD_RECIPE_DEFAULTS: dict[str, Any] = {
+    "arch": "dcgan", "loss": "bce", "latent_dim": 100, "g_channels": 32, "d_channels": 32, "pad_to": None,
+    "d_norm": None, "spectral_norm": None, "lr_g": None, "lr_d": None, "betas": None, "n_critic": None,
+    "gp_weight": 10.0, "r1_weight": 0.0, "label_smoothing": 0.0, "label_noise": 0.0, "label_flip": 0.0,
+    "instance_noise": 0.0, "instance_noise_steps": 1000, "ttur": False, "feature_matching": 0.0,
+    "minibatch_discrimination": False, "diffaugment": "",
+}
+#: The training defaults before issue 16.
+OLD_TRAIN_DEFAULTS: dict[str, Any] = {"steps": 3000, "batch_size": 64, "ema_beta": 0.999}
+
+
+def old_default_args() -> list[str]:
+    """Options that train the pre-issue-16 default with today's library: each default that has moved, pinned back
+    (steps aside: the screen gives every configuration the same wall time instead)."""
+    from dataclasses import fields
+
+    from synthmed.recipes.unconditional import UnconditionalConfig
+    from synthmed.training.config import TrainConfig
+
+    current = UnconditionalConfig()
+    args: list[str] = []
+    for field in fields(UnconditionalConfig):
+        old = OLD_RECIPE_DEFAULTS[field.name]
+        if getattr(current, field.name) != old:
+            args += ["-o", f"{field.name}={json.dumps(old)}"]  # JSON is YAML: null, "", numbers, booleans
+    for key in ("batch_size", "ema_beta"):
+        if getattr(TrainConfig(), key) != OLD_TRAIN_DEFAULTS[key]:
+            args += [f"--{key.replace('_', '-')}", str(OLD_TRAIN_DEFAULTS[key])]
+    return args
+
+
+#: The one-seed screen: what decides quality per CPU minute (the old default first, as the baseline).
+SCREEN: dict[str, list[str]] = {
+    "old-default": old_default_args(),
+    "diffaug-t": ["-o", "diffaugment=translation"],
+    "diffaug-tc": ["-o", "diffaugment=translation,cutout"],
+    "ema-0": ["--ema-beta", "0"],
+    "ema-99": ["--ema-beta", "0.99"],
+    "ema-9999": ["--ema-beta", "0.9999"],
+    "r1-1": ["-o", "r1_weight=1"],
+    "wgan-gp": ["-o", "loss=wgan-gp"],
+    "hinge": ["-o", "loss=hinge"],
+    "lsgan": ["-o", "loss=lsgan"],
+    "ttur": ["-o", "ttur=true"],
+    "lr2x": ["-o", "lr_g=4e-4", "-o", "lr_d=4e-4"],
+    "width24": ["-o", "g_channels=24", "-o", "d_channels=24"],
+    "width48": ["-o", "g_channels=48", "-o", "d_channels=48"],
+    "batch32": ["--batch-size", "32"],
+    "batch128": ["--batch-size", "128"],
+}
+
+#: Combinations with the screen's two best single changes on val, faster learning (ttur: lr_d = 4 x lr_g;
+#: lr2x), with the next best (batch 32, width 24: more steps in the budget) and DiffAugment (a faster
+#: discriminator may overfit the 546 images sooner). Added after reading the screen on val.
+COMBINATIONS: dict[str, list[str]] = {
+    "ttur+lr2x": ["-o", "ttur=true", "-o", "lr_g=4e-4"],
+    "ttur+batch32": ["-o", "ttur=true", "--batch-size", "32"],
+    "ttur+width24": ["-o", "ttur=true", "-o", "g_channels=24", "-o", "d_channels=24"],
+    "ttur+diffaug-t": ["-o", "ttur=true", "-o", "diffaugment=translation"],
+    "lr2x+batch32": ["-o", "lr_g=4e-4", "-o", "lr_d=4e-4", "--batch-size", "32"],
+    # Second round, after ttur+lr2x led the first: faster still, and with more steps.
+    "ttur+lr4x": ["-o", "ttur=true", "-o", "lr_g=8e-4"],
+    "ttur+lr2x+batch32": ["-o", "ttur=true", "-o", "lr_g=4e-4", "--batch-size", "32"],
+    "ttur+lr2x+diffaug-t": ["-o", "ttur=true", "-o", "lr_g=4e-4", "-o", "diffaugment=translation"],
+}
+
+#: The two lowest val Inception FIDs of the screen and its combinations (seed 0), with the old default as the
+#: baseline.
+FINALISTS: list[str] = ["ttur+diffaug-t", "ttur+lr2x", "old-default"]
+
+#: Where the other data sets live and how they are read (64 px, as their walking-skeleton runs).
+TRANSFER: dict[str, dict[str, Any]] = {
+    "lgg-flair-64": {"data": SHARED / "lgg-mri" / "lgg_mri_128.npz", "args": ["--channels", "flair", "--size", "64"],
+                     "options": {"channels": "flair", "size": 64}},
+    "ph2-64": {"data": SHARED / "ph2" / "images", "args": ["--size", "64"], "options": {"size": 64}},
+}
+
+
+def train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict[str, Any]:
+    """``synthmed train`` in a child process (as a user runs it); the run's metrics.json says what it did."""
+    command = [sys.executable, "-m", "synthmed", "train", "--out", str(out), "--threads", "2", "--quiet",
+               "--seed", str(seed), *args]
+    if minutes is not None:
+        command += ["--max-minutes", str(minutes), "--steps", "1000000"]
+    if not (out / "done").exists():
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        (out / "done").write_text("")
+    shown = shlex.join(["synthmed", *command[3:]]).replace(str(out), "RUN")
+    return {"command": shown, "run": str(out), **_training_facts(out)}
+
+
+def _training_facts(run: Path) -> dict[str, Any]:
+    metrics = json.loads((run / "metrics.json").read_text())
+    training = metrics.get("training", metrics)
+    session = training.get("last_session", {})
+    return {"steps": training.get("step"), "train_seconds": session.get("wall_seconds"),
+            "steps_per_second": session.get("steps_per_second")}
+
+
+class Spaces:
+    """Real feature sets computed once per data set and split, cached as .npy under the work directory."""
+
+    def __init__(self, work: Path, name: str, data: str | Path, options: dict[str, Any]) -> None:
+        self.work, self.name, self.data, self.options = work / "features", name, str(data), options
+        self.work.mkdir(parents=True, exist_ok=True)
+        self._extractors: dict[str, Any] = {}
+
+    def extractor(self, space: str) -> Any:
+        from synthmed.metrics.features import get_extractor
+
+        if space not in self._extractors:
+            if space == "domain":  # fitted once on the real training images, then reloaded
+                path = self.work / f"{self.name}_domain.json"
+                if not path.exists():
+                    from synthmed.data import load_dataset
+
+                    data = load_dataset(self.data, split="train", **self.options)
+                    get_extractor("domain", dataset=data, device="cpu").save(path)
+                self._extractors[space] = get_extractor("domain", path=path, device="cpu")
+            else:
+                self._extractors[space] = get_extractor(space, device="cpu")
+        return self._extractors[space]
+
+    def images(self, split: str, n: int | None = None) -> torch.Tensor:
+        from synthmed.metrics.evaluate import load_image_set
+
+        return load_image_set("real", self.data, split=split, n=n, seed=SAMPLE_SEED,
+                              data_options=self._data_options(), **self._size_options()).images
+
+    def _size_options(self) -> dict[str, Any]:
+        return {key: self.options[key] for key in ("size", "channels") if key in self.options}
+
+    def _data_options(self) -> dict[str, Any]:
+        return {key: value for key, value in self.options.items() if key not in ("size", "channels")}
+
+    def real(self, space: str, split: str, n: int | None = None) -> np.ndarray:
+        path = self.work / f"{self.name}_{space}_{split}_{n or 'all'}.npy"
+        if not path.exists():
+            np.save(path, self.extractor(space).extract(self.images(split, n)))
+        return np.load(path)
+
+    def fake(self, space: str, run: Path, n: int = N_SAMPLES) -> np.ndarray:
+        path = run / f"features_{space}_{n}.npy"
+        if not path.exists():
+            np.save(path, self.extractor(space).extract(samples(run, n)))
+        return np.load(path)
+
+
+def samples(run: Path, n: int = N_SAMPLES) -> torch.Tensor:
+    import synthmed
+
+    return synthmed.load(run, device="cpu").sample(n, seed=SAMPLE_SEED)
+
+
+def scores(real: np.ndarray, fake: np.ndarray, bootstrap: int = 0) -> dict[str, Any]:
+    """FID (with a 95% bootstrap interval when asked), KID, precision/recall/density/coverage (k = 5)."""
+    import warnings
+
+    from synthmed.metrics.evaluate import exact_fid, fidelity_scores
+    from synthmed.metrics.stats import bootstrap_interval
+
+    out: dict[str, Any] = {**fidelity_scores(real, fake, kid_subsets=100, seed=0), "n_real": len(real),
+                           "n_fake": len(fake)}
+    if bootstrap:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            low, high = bootstrap_interval(exact_fid, real, fake, n_boot=bootstrap, seed=0, recentre=True)
+        out["fid_interval"] = [max(0.0, low), high]
+    return {key: round(value, 5) if isinstance(value, float) else value for key, value in out.items()}
+
+
+def load_results() -> dict[str, Any]:
+    return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+
+
+def save_results(results: dict[str, Any]) -> None:
+    results.update({"benchmark": "default_quality", "machine": machine(torch.device("cpu")),
+                    "source": source_state(), "date": time.strftime("%Y-%m-%d %H:%M:%S")})
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+
+
+def stage_screen(work: Path, minutes: float, results: dict[str, Any], breast: Spaces) -> None:
+    screen = results.setdefault("screen", {})
+    for name, args in {**SCREEN, **COMBINATIONS}.items():
+        record = train(work / f"{name}-s0", args, 0, minutes)
+        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"{name}-s0"))
+                         for space in ("domain", "inception")}
+        record["combination"] = name in COMBINATIONS
+        screen[name] = record
+        print(f"{name}: {record['steps']} steps, val inception FID {record['val']['inception']['fid']:.1f} "
+              f"recall {record['val']['inception']['recall']:.2f}", flush=True)
+        save_results(results)
+
+
+def stage_seeds(work: Path, minutes: float, results: dict[str, Any], breast: Spaces) -> None:
+    configs = {**SCREEN, **COMBINATIONS}
+    seeds = results.setdefault("seeds", {})
+    for name in FINALISTS:
+        runs = []
+        for seed in (0, 1, 2):
+            record = train(work / f"{name}-s{seed}", configs[name], seed, minutes)
+            record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"{name}-s{seed}"))
+                             for space in ("domain", "inception")}
+            runs.append(record)
+        seeds[name] = {"runs": runs, "val_inception": summary([r["val"]["inception"] for r in runs])}
+        save_results(results)
+    results["chosen_on_val"] = min(seeds, key=lambda n: seeds[n]["val_inception"]["fid"]["mean"])
+    save_results(results)
+
+
+def summary(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean, sample standard deviation and range over seeds of each figure."""
+    out = {}
+    for key in ("fid", "kid", "precision", "recall", "density", "coverage"):
+        values = np.asarray([r[key] for r in records], dtype=np.float64)
+        out[key] = {"mean": round(float(values.mean()), 5), "std": round(float(values.std(ddof=1)), 5)
+                    if len(values) > 1 else 0.0, "min": round(float(values.min()), 5),
+                    "max": round(float(values.max()), 5), "n_seeds": len(values)}
+    return out
+
+
+def real_baseline(spaces: Spaces, n: int) -> dict[str, Any]:
+    """``n`` random training images against the test split: what real data scores at these sample counts."""
+    real_test = spaces.real("inception", "test", None)
+    return scores(real_test, spaces.real("inception", "train", n), bootstrap=50)
+
+
+def stage_test(work: Path, results: dict[str, Any], breast: Spaces) -> None:
+    test = results.setdefault("test", {})
+    real_test = breast.real("inception", "test")
+    test["real-train"] = real_baseline(breast, N_SAMPLES)
+    for name in FINALISTS:
+        runs = [scores(real_test, breast.fake("inception", work / f"{name}-s{seed}"), bootstrap=50)
+                for seed in (0, 1, 2)]
+        test[name] = {"runs": runs, "summary": summary(runs)}
+        save_results(results)
+        grid(samples(work / f"{name}-s0", 64), IMAGES / f"{name.replace('+', '_')}_s0.png")
+    grid(breast.images("train", 64), IMAGES / "breastmnist_real_train.png")
+
+
+def stage_default(work: Path, results: dict[str, Any], breast: Spaces) -> None:
+    """The shipped default exactly as a user runs it: no options, a step count, seeds 0-2."""
+    real_test = breast.real("inception", "test")
+    runs = []
+    for seed in (0, 1, 2):
+        record = train(work / f"default-s{seed}", [], seed, None)
+        record["test"] = scores(real_test, breast.fake("inception", work / f"default-s{seed}"), bootstrap=50)
+        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"default-s{seed}"))
+                         for space in ("domain", "inception")}
+        runs.append(record)
+    baseline = real_baseline(breast, N_SAMPLES)
+    mean = summary([r["test"] for r in runs])
+    results["default"] = {"runs": runs, "defaults": shipped_defaults(work / "default-s0"), "test_summary": mean,
+                          "real_train": baseline,
+                          "goal": {"fid_ratio_to_real": round(mean["fid"]["mean"] / baseline["fid"], 3),
+                                   "fid_within_1.2x": mean["fid"]["mean"] <= 1.2 * baseline["fid"],
+                                   "old_recall": 0.29,
+                                   "recall_at_least_doubled": mean["recall"]["mean"] >= 2 * 0.29}}
+    save_results(results)
+    grid(samples(work / "default-s0", 64), IMAGES / "breastmnist_default_s0.png")
+
+
+def shipped_defaults(run: Path) -> dict[str, Any]:
+    """What the library's defaults were when the default runs trained (tests/test_default_quality.py pins them)."""
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    train_fields = ("steps", "batch_size", "ema_beta", "max_minutes")
+    return {"recipe": config["recipe"], "recipe_options": config["recipe_options"],
+            "train": {key: config["train"][key] for key in train_fields}}
+
+
+#: Steps of the transfer runs: a 64-px step costs about four 28-px steps, so two minutes buy only ~290 of them
+#: (too few for either setting to draw anything: measured, FID > 300 on LGG); both settings get the same steps.
+TRANSFER_STEPS = 1000
+
+
+def stage_transfer(work: Path, results: dict[str, Any]) -> None:
+    """Old and new default on other data sets (not retuned), the same steps each, against their test splits."""
+    transfer = results.setdefault("transfer", {})
+    for name, spec in TRANSFER.items():
+        if not Path(spec["data"]).exists():
+            print(f"transfer {name}: skipped, {spec['data']} is absent", flush=True)
+            continue
+        spaces = Spaces(work, name, spec["data"], spec["options"])
+        real_test = spaces.real("inception", "test")
+        n = min(N_SAMPLES, len(real_test))
+        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test),
+                                 "steps": TRANSFER_STEPS}
+        for label, extra in (("old-default", SCREEN["old-default"]), ("new-default", [])):
+            run = work / f"{name}-{label}-{TRANSFER_STEPS}steps-s0"
+            args = ["--data", str(spec["data"]), *spec["args"], "--steps", str(TRANSFER_STEPS), *extra]
+            record = train(run, args, 0, None)
+            record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
+            entry[label] = record
+            grid(samples(run, 36), IMAGES / f"{name}_{label}.png")
+        transfer[name] = entry
+        save_results(results)
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}g}" if abs(value) < 1000 else f"{value:.0f}"
+
+
+def _mean_sd(entry: dict[str, float], digits: int = 3) -> str:
+    return f"{_f(entry['mean'], digits)} +- {_f(entry['std'], 2)}"
+
+
+def _fid_with_interval(scores: dict[str, Any], digits: int = 1) -> str:
+    low, high = scores["fid_interval"]
+    return f"{scores['fid']:.1f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _test_cells(scores: dict[str, Any], between: str = "") -> str:
+    """`` | FID [interval] | KID | precision | recall |`` (``between``: cells inserted after the FID)."""
+    return (f" | {_fid_with_interval(scores)} {between}| {scores['kid']:.4f} | {scores['precision']:.2f} | "
+            f"{scores['recall']:.2f} |")
+
+
+def report(results: dict[str, Any]) -> str:
+    """Markdown tables of every stage present in ``results`` (pasted into docs/default-quality.md)."""
+    lines = ["### Screen (seed 0, val split: 78 images, 156 samples)", "",
+             "| configuration | steps in the budget | val Inception FID | KID | precision | recall | domain FID | "
+             "domain recall | command |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, record in sorted(results.get("screen", {}).items(), key=lambda kv: kv[1]["val"]["inception"]["fid"]):
+        inc, dom = record["val"]["inception"], record["val"]["domain"]
+        lines.append(f"| {name}{' (combination)' if record.get('combination') else ''} | {record['steps']} | "
+                     f"{inc['fid']:.1f} | {inc['kid']:.4f} | {inc['precision']:.2f} | {inc['recall']:.2f} | "
+                     f"{dom['fid']:.2f} | {dom['recall']:.2f} | `{record['command']}` |")
+    if results.get("seeds"):
+        lines += ["", "### Finalists over seeds 0-2 (val split), mean +- sd", "",
+                  "| finalist | steps | val Inception FID | KID | precision | recall |", "|---|---|---|---|---|---|"]
+        for name, entry in results["seeds"].items():
+            v = entry["val_inception"]
+            steps = "/".join(str(r["steps"]) for r in entry["runs"])
+            lines.append(f"| {name} | {steps} | {_mean_sd(v['fid'])} | {_mean_sd(v['kid'])} | "
+                         f"{_mean_sd(v['precision'])} | {_mean_sd(v['recall'])} |")
+    if results.get("test"):
+        lines += ["", "### Finalists against the test split (156 images, 156 samples), once", "",
+                  "| set | Inception FID (per seed, 95% bootstrap) | FID mean +- sd | KID | precision | recall |",
+                  "|---|---|---|---|---|---|", "| 156 real training images" + _test_cells(results["test"]["real-train"],
+                                                                                         "| ")]
+        for name, entry in results["test"].items():
+            if name == "real-train":
+                continue
+            per_seed = "; ".join(_fid_with_interval(r, 0) for r in entry["runs"])
+            m = entry["summary"]
+            lines.append(f"| {name} | {per_seed} | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | "
+                         f"{_mean_sd(m['precision'])} | {_mean_sd(m['recall'])} |")
+    if results.get("default"):
+        d = results["default"]
+        m = d["test_summary"]
+        lines += ["", "### The shipped default, `synthmed train --seed S`, against the test split", "",
+                  "| seed | steps | training s | Inception FID [95% bootstrap] | KID | precision | recall |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {seed} | {r['steps']} | {r['train_seconds']:.0f}" + _test_cells(r["test"])
+                  for seed, r in enumerate(d["runs"])]
+        lines += [f"| mean +- sd | | | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | "
+                  f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
+                  f"Goal: {json.dumps(d['goal'])}"]
+    for name, entry in results.get("transfer", {}).items():
+        lines += ["", f"### {name} (test split: {entry['n_test']} images), seed 0, {entry['steps']} steps each", "",
+                  "| set | steps | Inception FID [95% bootstrap] | KID | precision | recall |",
+                  "|---|---|---|---|---|---|", "| real training images |" + _test_cells(entry["real_train"])]
+        lines += [f"| {label} | {entry[label]['steps']}" + _test_cells(entry[label]["test"])
+                  for label in ("old-default", "new-default")]
+    return "\n".join(lines) + "\n"
+
+
+def screen_figure(results: dict[str, Any], path: Path) -> None:
+    """Val Inception FID against recall for every screened configuration (seed 0), finalists over seeds 0-2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), dpi=120)
+    for name, record in results.get("screen", {}).items():
+        inc = record["val"]["inception"]
+        colour = "tab:orange" if record.get("combination") else "tab:blue"
+        ax.scatter(inc["recall"], inc["fid"], color=colour, s=18)
+        ax.annotate(name, (inc["recall"], inc["fid"]), fontsize=7, xytext=(3, 2), textcoords="offset points")
+    for (name, entry), colour in zip(results.get("seeds", {}).items(), ("black", "tab:red", "tab:gray"), strict=False):
+        v = entry["val_inception"]
+        ax.errorbar(v["recall"]["mean"], v["fid"]["mean"], xerr=v["recall"]["std"], yerr=v["fid"]["std"],
+                    color=colour, capsize=3, marker="s", markersize=5, label=f"{name}: mean +- sd, seeds 0-2")
+    if results.get("seeds"):
+        ax.legend(loc="upper right", fontsize=8)
+    ax.set_xlabel("recall (Inception, k = 5) vs val")
+    ax.set_ylabel("Inception FID vs val (78 real, 156 samples)")
+    ax.set_title("2-minute runs on BreastMNIST: blue single changes, orange combinations (seed 0);\n"
+                 "squares: the finalists over three seeds", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def grid(images: torch.Tensor, path: Path) -> None:
+    from synthmed.viz.grid import save_grid
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_grid(path, images, nrow=int(len(images) ** 0.5 + 0.5), scale=2 if images.shape[-1] <= 32 else 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="runs and cached features (resumable)")
+    parser.add_argument("--minutes", type=float, default=2.0, help="wall-time budget of each screened run")
+    parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "transfer", "report"],
+                        default="all")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    results = load_results()
+    results["minutes"] = args.minutes
+    results["n_samples"] = N_SAMPLES
+    breast = Spaces(args.work, "breastmnist", "breastmnist", {})
+    if args.stage in ("all", "screen"):
+        stage_screen(args.work, args.minutes, results, breast)
+    if args.stage in ("all", "seeds"):
+        stage_seeds(args.work, args.minutes, results, breast)
+    if args.stage in ("all", "test"):
+        stage_test(args.work, results, breast)
+    if args.stage in ("all", "default"):
+        stage_default(args.work, results, breast)
+    if args.stage in ("all", "transfer"):
+        stage_transfer(args.work, results)
+    if args.stage in ("all", "report"):
+        RESULTS.with_suffix(".md").write_text(report(load_results()))
+        screen_figure(load_results(), IMAGES / "screen.png")
+        print(RESULTS.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
