@@ -49,7 +49,7 @@ MUTATIONS = [
              "loss_d = loss_d + cfg.gp_weight * gp", "loss_d = loss_d + 10.0 * gp"),
     Mutation("ttur-ignored", "TTUR's discriminator learning rate ignored",
              "src/synthmed/recipes/unconditional.py",
-             "ttur_lr_d = 4 * float(lr_g) if config.ttur else preset.lr_d", "ttur_lr_d = preset.lr_d"),
+             "ttur_lr_d = 4 * float(lr_g) if ttur else preset.lr_d", "ttur_lr_d = preset.lr_d"),
     Mutation("ema-swapped", "EMA weights swapped with the live generator's (the trainer averages into G)",
              "src/synthmed/training/trainer.py",
              "update_ema(shadow, source, ", "update_ema(source, shadow, "),

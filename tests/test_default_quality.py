@@ -81,6 +81,42 @@ def test_old_default_arguments_rebuild_the_old_defaults() -> None:
     train = {f.name: f.default for f in fields(TrainConfig)}
     train.update({flag[2:].replace("-", "_"): float(value) for flag, value in pairs if flag != "-o"})
     assert all(train[key] == value for key, value in benchmark.OLD_TRAIN_DEFAULTS.items() if key != "steps")
+    # ... and resolve to what 2b22a37 trained (literal values, not the script's own record of them)
+    info = load_dataset(None, split="train").info
+    old = UnconditionalGAN(make_config(UnconditionalGAN, options), info).config
+    assert (old.lr_g, old.lr_d, old.ttur, old.diffaugment, old.betas) == (2e-4, 2e-4, False, "", (0.5, 0.999))
+    assert (train["batch_size"], train["ema_beta"]) == (64, 0.999)
+
+
+def test_every_screened_configuration_starts_from_the_old_defaults() -> None:
+    # The screen ran before the defaults moved: re-running it must train the same configurations.
+    from synthmed.cli import _parse_option
+    from synthmed.recipes.base import make_config
+
+    benchmark = load_benchmark()
+    info = load_dataset(None, split="train").info
+    for name, args in {**benchmark.SCREEN, **benchmark.COMBINATIONS}.items():
+        pairs = list(zip(args[::2], args[1::2], strict=True))
+        options = dict(_parse_option(value) for flag, value in pairs if flag == "-o")
+        config = UnconditionalGAN(make_config(UnconditionalGAN, options), info).config
+        if "ttur" not in name and "lr_d" not in options and config.loss == "bce":
+            assert config.lr_d == config.lr_g, name
+        if "diffaug" not in name:
+            assert config.diffaugment == "", name
+
+
+def test_diffaugment_can_be_switched_off_from_the_command_line() -> None:
+    from synthmed.cli import _parse_option, _recipe_flags
+
+    assert _parse_option("diffaugment=") == ("diffaugment", "")
+    assert _recipe_flags(["--diffaugment", ""]) == {"diffaugment": ""}
+    assert _parse_option("lr_g=null") == ("lr_g", None)
+    info = load_dataset(None, split="train").info
+    from synthmed.recipes.base import make_config
+
+    for options in ({"diffaugment": ""}, _recipe_flags(["--no-diffaugment"])):
+        assert UnconditionalGAN(make_config(UnconditionalGAN, options), info).augment_policy == ()
+    assert UnconditionalGAN(UnconditionalConfig(), info).augment_policy != ()
 
 
 def test_summary_reports_mean_sample_sd_and_range_over_seeds() -> None:

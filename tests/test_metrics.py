@@ -18,6 +18,7 @@ from synthmed.metrics.diversity import (
     ms_ssim_diversity,
     ssim,
 )
+from synthmed.metrics.evaluate import exact_fid
 from synthmed.metrics.fidelity import (
     feature_statistics,
     fid,
@@ -109,6 +110,21 @@ def test_fid_gram_route_hand_computed_one_dimension() -> None:
     real, fake = np.array([[0.0], [2.0]]), np.array([[1.0], [5.0]])
     assert fid(real, fake, method="gram") == pytest.approx(6.0, rel=1e-12)
     assert fid(real, fake, method="sqrtm") == pytest.approx(6.0, rel=1e-9)
+
+
+def test_fid_gram_route_takes_float32_and_torch_and_refuses_one_sample() -> None:
+    generator = rng(11)
+    real, fake = generator.standard_normal((30, 100)), generator.standard_normal((20, 100)) + 0.5
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = fid(real, fake, method="eigh")
+        assert fid(real.astype(np.float32), torch.from_numpy(fake).float(), method="gram") == pytest.approx(
+            expected, rel=1e-5)
+        assert exact_fid(real, fake) == pytest.approx(expected, rel=1e-7)
+        with pytest.raises(ValueError, match="at least 2"):
+            fid(real[:1], fake, method="gram")
+        with pytest.raises(ValueError, match="'gram'"):
+            fid(real, fake, method="nope")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("n_real, n_fake, dim", [(40, 60, 200), (80, 30, 16), (156, 156, 2048)])

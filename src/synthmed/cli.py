@@ -36,12 +36,19 @@ def _pair_of_numbers(flag: str, text: str | None) -> tuple[float, float] | None:
 
 
 def _parse_option(text: str) -> tuple[str, Any]:
-    import yaml
 
     if "=" not in text:
         _fail(f"--option expects KEY=VALUE (got {text!r})")
     key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
+    return key.strip().replace("-", "_"), _option_value(value)
+
+
+def _option_value(text: str) -> Any:
+    """A recipe option's value as YAML, except that nothing is the empty string (``-o diffaugment=`` switches
+    DiffAugment off; YAML would read it as null, which a string option refuses). ``null`` still means None."""
+    import yaml
+
+    return "" if text.strip() in ("", "''", '""') else yaml.safe_load(text)
 
 
 _EXTRA_ARGS = {"allow_extra_args": True, "ignore_unknown_options": True}
@@ -168,7 +175,6 @@ def _recipe_flags(args: list[str]) -> dict[str, Any]:
     """Recipe options given as flags: ``--key value``, ``--key=value``, ``--flag`` / ``--no-flag`` (booleans).
 
     The recipe's configuration checks names and types (one-line errors listing the valid options)."""
-    import yaml
 
     found: dict[str, Any] = {}
     i = 0
@@ -179,9 +185,9 @@ def _recipe_flags(args: list[str]) -> dict[str, Any]:
         key, eq, value = word[2:].partition("=")
         takes_value = bool(eq) or (i + 1 < len(args) and not args[i + 1].startswith("--"))
         if eq:
-            found[key.replace("-", "_")] = yaml.safe_load(value)
+            found[key.replace("-", "_")] = _option_value(value)
         elif takes_value:
-            found[key.replace("-", "_")] = yaml.safe_load(args[i + 1])
+            found[key.replace("-", "_")] = _option_value(args[i + 1])
             i += 1
         elif key.startswith("no-"):
             found[key[3:].replace("-", "_")] = False

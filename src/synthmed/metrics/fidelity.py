@@ -149,6 +149,8 @@ def fid(real_features: ArrayLike, fake_features: ArrayLike, method: FidMethod = 
             warnings.warn(message, stacklevel=2)
     if min(len(real), len(fake)) < 2:
         raise ValueError("fid needs at least 2 samples in each set")
+    if method not in ("auto", "sqrtm", "eigh", "gram"):
+        raise ValueError(f"method must be 'auto', 'sqrtm', 'eigh' or 'gram', got {method!r}")
     if method == "gram" or (method == "auto" and max(len(real), len(fake)) < real.shape[1]):
         return _frechet_distance_gram(real, fake)
     mu1, sigma1 = feature_statistics(real)

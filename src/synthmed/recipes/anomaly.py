@@ -72,8 +72,9 @@ class AnomalyConfig(UnconditionalConfig):
         normal: Which training images are normal: auto (images with an empty mask when the data has masks, else
             all), all, empty-mask, or a class (index or name) of labelled data.
 
-    DiffAugment and TTUR stay off by default here: the unconditional recipe's two-minute defaults (issue 16) were
-    chosen for synthesis, and the anomaly studies (docs/anomaly.md) were measured without them.
+        ttur: Two time-scale update rule: discriminator learning rate 4 x the generator's [off: the anomaly
+            studies (docs/anomaly.md) were measured with the losses' own rates].
+        diffaugment: DiffAugment policy, e.g. "translation" [off, as the anomaly studies were measured].
     """
 
     diffaugment: str = ""

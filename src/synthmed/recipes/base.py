@@ -484,7 +484,7 @@ def _coerce(cls_name: str, key: str, annotation: Any, value: Any) -> Any:
         if kind is float and not isinstance(value, bool):
             return float(value)
         if kind is str:
-            return str(value)
+            return "" if value is False else str(value)  # --no-diffaugment: a text option switched off
     except (TypeError, ValueError):
         raise ConfigError(f"recipe {cls_name!r} option {key}: expected {label}, got {value!r}") from None
     return value
