@@ -15,7 +15,7 @@ Stages, each skipping what DIR already holds:
 4. ``default``: ``synthmed train --seed S`` exactly as a user runs it (the library's defaults, a step count),
    seeds 0-2, measured like stage 3: the issue's goal.
 5. ``transfer``: the old and the new default on LGG FLAIR 64 px and PH2 64 px (../shared/data), not retuned, the
-   same number of steps each, scored against their test splits beside their real training images.
+   same wall time each, scored against their test splits beside their real training images.
 
 Writes ``benchmarks/results/default_quality.json`` (every configuration, command, steps, figures) and the sample
 grids of ``docs/images/default-quality/``. Nothing is selected on the test split: stages 3-5 only report.
@@ -337,13 +337,12 @@ def shipped_defaults(run: Path) -> dict[str, Any]:
             "train": {key: config["train"][key] for key in train_fields}}
 
 
-#: Steps of the transfer runs: a 64-px step costs about four 28-px steps, so two minutes buy only ~290 of them
-#: (too few for either setting to draw anything: measured, FID > 300 on LGG); both settings get the same steps.
-TRANSFER_STEPS = 1000
+def stage_transfer(work: Path, minutes: float, results: dict[str, Any]) -> None:
+    """Old and new default on other data sets (not retuned), the same wall time each, against their test splits.
 
-
-def stage_transfer(work: Path, results: dict[str, Any]) -> None:
-    """Old and new default on other data sets (not retuned), the same steps each, against their test splits."""
+    At 64 px a step costs about four 28-px steps: two minutes buy ~240-290 steps here, too few for either setting
+    to draw anything (docs/default-quality.md). A step-matched, longer comparison is the next thing to run.
+    """
     transfer = results.setdefault("transfer", {})
     for name, spec in TRANSFER.items():
         if not Path(spec["data"]).exists():
@@ -352,12 +351,10 @@ def stage_transfer(work: Path, results: dict[str, Any]) -> None:
         spaces = Spaces(work, name, spec["data"], spec["options"])
         real_test = spaces.real("inception", "test")
         n = min(N_SAMPLES, len(real_test))
-        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test),
-                                 "steps": TRANSFER_STEPS}
+        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), "minutes": minutes}
         for label, extra in (("old-default", SCREEN["old-default"]), ("new-default", [])):
-            run = work / f"{name}-{label}-{TRANSFER_STEPS}steps-s0"
-            args = ["--data", str(spec["data"]), *spec["args"], "--steps", str(TRANSFER_STEPS), *extra]
-            record = train(run, args, 0, None)
+            run = work / f"{name}-{label}-s0"
+            record = train(run, ["--data", str(spec["data"]), *spec["args"], *extra], 0, minutes)
             record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
             entry[label] = record
             grid(samples(run, 36), IMAGES / f"{name}_{label}.png")
@@ -426,7 +423,8 @@ def report(results: dict[str, Any]) -> str:
                   f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
                   f"Goal: {json.dumps(d['goal'])}"]
     for name, entry in results.get("transfer", {}).items():
-        lines += ["", f"### {name} (test split: {entry['n_test']} images), seed 0, {entry['steps']} steps each", "",
+        budget = f"{entry.get('minutes', 2.0):g} minutes of wall time each"
+        lines += ["", f"### {name} (test split: {entry['n_test']} images), seed 0, {budget}", "",
                   "| set | steps | Inception FID [95% bootstrap] | KID | precision | recall |",
                   "|---|---|---|---|---|---|", "| real training images |" + _test_cells(entry["real_train"])]
         lines += [f"| {label} | {entry[label]['steps']}" + _test_cells(entry[label]["test"])
@@ -492,7 +490,7 @@ def main() -> None:
     if args.stage in ("all", "default"):
         stage_default(args.work, results, breast)
     if args.stage in ("all", "transfer"):
-        stage_transfer(args.work, results)
+        stage_transfer(args.work, args.minutes, results)
     if args.stage in ("all", "report"):
         RESULTS.with_suffix(".md").write_text(report(load_results()))
         screen_figure(load_results(), IMAGES / "screen.png")
