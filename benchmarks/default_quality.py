@@ -337,28 +337,36 @@ def shipped_defaults(run: Path) -> dict[str, Any]:
             "train": {key: config["train"][key] for key in train_fields}}
 
 
-def stage_transfer(work: Path, minutes: float, results: dict[str, Any]) -> None:
-    """Old and new default on other data sets (not retuned), the same wall time each, against their test splits.
+def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
+                   only: str | None = None) -> None:
+    """Old and new default on other data sets (not retuned), against their test splits: the same wall time each,
+    or with ``steps`` the same step count (results key ``NAME@STEPS``).
 
     At 64 px a step costs about four 28-px steps: two minutes buy ~240-290 steps here, too few for either setting
-    to draw anything (docs/default-quality.md). A step-matched, longer comparison is the next thing to run.
+    to draw anything (docs/default-quality.md); hence the step-matched variant.
     """
     transfer = results.setdefault("transfer", {})
     for name, spec in TRANSFER.items():
+        if only is not None and name != only:
+            continue
         if not Path(spec["data"]).exists():
             print(f"transfer {name}: skipped, {spec['data']} is absent", flush=True)
             continue
         spaces = Spaces(work, name, spec["data"], spec["options"])
         real_test = spaces.real("inception", "test")
         n = min(N_SAMPLES, len(real_test))
-        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), "minutes": minutes}
+        budget = {"steps": steps} if steps else {"minutes": minutes}
+        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), **budget}
+        suffix = f"-{steps}steps" if steps else ""
         for label, extra in (("old-default", SCREEN["old-default"]), ("new-default", [])):
-            run = work / f"{name}-{label}-s0"
-            record = train(run, ["--data", str(spec["data"]), *spec["args"], *extra], 0, minutes)
+            run = work / f"{name}-{label}{suffix}-s0"
+            step_args = ["--steps", str(steps)] if steps else []
+            record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], 0,
+                           None if steps else minutes)
             record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
             entry[label] = record
-            grid(samples(run, 36), IMAGES / f"{name}_{label}.png")
-        transfer[name] = entry
+            grid(samples(run, 36), IMAGES / f"{name}_{label}{suffix}.png")
+        transfer[name + (f"@{steps}" if steps else "")] = entry
         save_results(results)
 
 
@@ -423,7 +431,8 @@ def report(results: dict[str, Any]) -> str:
                   f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
                   f"Goal: {json.dumps(d['goal'])}"]
     for name, entry in results.get("transfer", {}).items():
-        budget = f"{entry.get('minutes', 2.0):g} minutes of wall time each"
+        budget = (f"{entry['steps']} steps each" if "steps" in entry
+                  else f"{entry.get('minutes', 2.0):g} minutes of wall time each")
         lines += ["", f"### {name} (test split: {entry['n_test']} images), seed 0, {budget}", "",
                   "| set | steps | Inception FID [95% bootstrap] | KID | precision | recall |",
                   "|---|---|---|---|---|---|", "| real training images |" + _test_cells(entry["real_train"])]
@@ -473,6 +482,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="runs and cached features (resumable)")
     parser.add_argument("--minutes", type=float, default=2.0, help="wall-time budget of each screened run")
+    parser.add_argument("--transfer-steps", type=int, help="transfer stage: this many steps each, not --minutes")
+    parser.add_argument("--transfer-only", choices=sorted(TRANSFER), help="transfer stage: this data set only")
     parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "transfer", "report"],
                         default="all")
     args = parser.parse_args()
@@ -490,7 +501,7 @@ def main() -> None:
     if args.stage in ("all", "default"):
         stage_default(args.work, results, breast)
     if args.stage in ("all", "transfer"):
-        stage_transfer(args.work, args.minutes, results)
+        stage_transfer(args.work, args.minutes, results, args.transfer_steps, args.transfer_only)
     if args.stage in ("all", "report"):
         RESULTS.with_suffix(".md").write_text(report(load_results()))
         screen_figure(load_results(), IMAGES / "screen.png")
