@@ -109,7 +109,7 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
     what ran."""
     preset = loss.preset
     own = SHORT_RUN_PRESETS.get(loss.name, {})
-    lr_g = config.lr_g if config.lr_g is not None else own.get("lr_g", preset.lr_g)
+    lr_g = preset.lr_g if config.lr_g is None else config.lr_g
     ttur = bool(config.ttur if config.ttur is not None else own.get("ttur", False))
     ttur_lr_d = 4 * float(lr_g) if ttur else preset.lr_d
     diffaugment = config.diffaugment if config.diffaugment is not None else str(own.get("diffaugment", ""))
