@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,46 @@ def test_threads_option_reaches_the_trainer(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["train", "--out", str(tmp_path / "bad"), "--threads", "0", *TINY_ARGS])
     assert bad.exit_code == 2 and not (tmp_path / "bad").exists(), bad.output
     assert bad.stderr.strip() == "synthmed: error: --threads must be at least 1 (got 0)", bad.stderr
+
+
+def test_resume_takes_a_thread_count(trained_run: Path, tmp_path: Path) -> None:
+    """Threads are how this machine runs the work, not the run's configuration: a resume on another machine (or
+    beside other work) must be able to set them (it was refused as a changed option: bug)."""
+    import shutil
+
+    import torch
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # so that 1 afterwards is the option's doing, not torch's default on one core
+    try:
+        result = runner.invoke(app, ["train", "--resume", str(run), "--steps", "4", "--threads", "1"])
+        assert result.exit_code == 0, result.output
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    training = json.loads((run / "metrics.json").read_text())["training"]
+    assert training["step"] == 4 and training["last_session"]["threads"] == 1
+    assert "num_threads: 1" in (run / "config.yaml").read_text()
+
+
+def test_a_thread_count_below_one_is_refused_by_the_api_too(trained_run: Path, tmp_path: Path) -> None:
+    # The CLI checked --threads; the Python API let 0 through (ignored, yet written to config.yaml) and a negative
+    # count reached torch as a bare RuntimeError.
+    import shutil
+
+    import synthmed
+    from synthmed.errors import ConfigError
+
+    run = tmp_path / "resumed"
+    shutil.copytree(trained_run, run)
+    for bad in (0, -2):
+        with pytest.raises(ConfigError, match=f"--threads must be at least 1 \\(got {bad}\\)"):
+            synthmed.train(out=tmp_path / f"run{bad}", steps=1, num_threads=bad, progress=False)
+        assert not (tmp_path / f"run{bad}").exists()
+        with pytest.raises(ConfigError, match="at least 1"):
+            synthmed.train(resume_run=run, steps=4, num_threads=bad, progress=False)
 
 
 def test_help_keeps_the_bracketed_defaults() -> None:

@@ -128,3 +128,73 @@ def test_summary_reports_mean_sample_sd_and_range_over_seeds() -> None:
     assert summary["fid"] == {"mean": 110.0, "std": 10.0, "min": 100.0, "max": 120.0, "n_seeds": 3}
     assert summary["recall"]["mean"] == pytest.approx(0.4)
     assert summary["density"]["std"] == 0.0
+
+
+def test_a_default_moves_only_on_a_difference_larger_than_the_seed_spread() -> None:
+    benchmark = load_benchmark()
+
+    def entry(mean: float, std: float) -> dict:
+        return {"val_inception": {"fid": {"mean": mean, "std": std}}}
+
+    shipped = "ttur+diffaug-t"
+    # 1.0 lower with seed sds 1.5 and 2.1: noise, the shipped default stays
+    assert benchmark.choose({shipped: entry(103.3, 2.1), "batch32": entry(102.3, 1.5)}, shipped) == shipped
+    # 5.0 lower: larger than either spread, the default moves
+    assert benchmark.choose({shipped: entry(103.3, 2.1), "batch32": entry(98.3, 1.5)}, shipped) == "batch32"
+
+
+def test_the_recorded_choice_is_the_configuration_the_library_ships() -> None:
+    # The name choose() keeps must be what `synthmed train` trains: the screened options resolve to the defaults.
+    from synthmed.cli import _parse_option
+    from synthmed.recipes.base import make_config
+
+    benchmark = load_benchmark()
+    results = json.loads(RESULTS.read_text())
+    assert benchmark.choose(results["seeds"], benchmark.SHIPPED) == results["chosen_on_val"] == benchmark.SHIPPED
+    args = benchmark.COMBINATIONS[benchmark.SHIPPED]
+    assert all(flag == "-o" for flag in args[::2]), "no training option differs from the defaults"
+    options = dict(_parse_option(value) for value in args[1::2])
+    info = load_dataset(None, split="train").info
+    screened = config_to_dict(UnconditionalGAN(make_config(UnconditionalGAN, options), info).config)
+    assert screened == config_to_dict(UnconditionalGAN(UnconditionalConfig(), info).config)
+
+
+def test_curve_is_reported_against_the_goal_on_val(tmp_path: Path) -> None:
+    benchmark = load_benchmark()
+    reference = {"fid": 80.0, "precision": 0.9, "recall": 0.8}
+    points = [{"steps": 1600, "train_seconds": 95.0, "fid": 110.0, "precision": 0.95, "recall": 0.35},
+              {"steps": 3200, "train_seconds": 190.0, "fid": 95.0, "precision": 0.93, "recall": 0.45}]
+    curve = {"reference_val": reference, "points": points, "goal_on_val": {"fid_at_most": 96.0,
+                                                                           "recall_at_least": 0.74}}
+    text = benchmark.report({"curve": curve})
+    assert "| 3200 | 190 | 95.0 | 0.93 | 0.45 |" in text and "| 156 real training images | | 80.0 |" in text
+    assert 'Goal on val: {"fid_at_most": 96.0, "recall_at_least": 0.74}' in text
+    benchmark.curve_figure(curve, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_curve_segments_resume_once_each_and_refuse_a_cut_segment(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    calls: list[list[str]] = []
+
+    def fake_train(command: list[str], **_: object) -> None:
+        calls.append(command)
+        run = Path(command[command.index("--resume") + 1] if "--resume" in command else
+                   command[command.index("--out") + 1])
+        run.mkdir(parents=True, exist_ok=True)
+        steps = int(command[command.index("--steps") + 1])
+        (run / "metrics.json").write_text(json.dumps({"training": {"step": steps, "last_session": {
+            "wall_seconds": 10.0, "steps_per_second": 1.0}}}))
+
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_train)
+    run = tmp_path / "curve-s0"
+    assert benchmark.train_segment(run, 100, None)["steps"] == 100
+    assert "--out" in calls[0] and "--resume" not in calls[0]
+    benchmark.train_segment(run, 100, None)  # trained already (e.g. killed while its features were extracted)
+    assert len(calls) == 1
+    assert benchmark.train_segment(run, 200, 100)["train_seconds"] == 10.0
+    assert "--resume" in calls[1]
+    # a segment killed between checkpoints leaves the run between two curve points: refused, not miscounted
+    (run / "metrics.json").write_text(json.dumps({"training": {"step": 250, "last_session": {"wall_seconds": 3.0}}}))
+    with pytest.raises(SystemExit, match="at step 250, not 200"):
+        benchmark.train_segment(run, 300, 200)

@@ -41,16 +41,16 @@ def train(data: str | Path | None = None, *, recipe: str = "unconditional", out:
     ``options`` may hold data options (``size``, ``channels``, ``split``, ...), trainer options (``steps``,
     ``max_minutes``, ``batch_size``, ``seed``, ``device``, ``precision``, ...) and recipe options (``arch``,
     ``loss``, ``diffaugment``, ...); each goes where it belongs. ``resume_run`` continues an earlier run
-    (then only ``steps`` and ``max_minutes`` may change).
+    (then only ``steps``, ``max_minutes`` and ``num_threads``, how this machine runs it, may change).
     """
     if resume_run is not None:
-        extra = set(options) - {"steps", "max_minutes"}
+        extra = set(options) - {"steps", "max_minutes", "num_threads"}
         if extra or data is not None:
             given = sorted(extra) + (["data"] if data is not None else [])
-            raise ConfigError(f"a resumed run keeps its configuration; only steps and max_minutes may change "
-                              f"(got {', '.join(given)})")
+            raise ConfigError(f"a resumed run keeps its configuration; only steps, max_minutes and threads may "
+                              f"change (got {', '.join(given)})")
         return resume(resume_run, steps=options.get("steps"), max_minutes=options.get("max_minutes"),
-                      progress=progress)
+                      num_threads=options.get("num_threads"), progress=progress)
     if options.get("max_minutes") is not None and "steps" not in options:
         options["steps"] = None  # a time budget alone: run until it is spent
     data_opts = {k: options.pop(k) for k in list(options) if k in _DATA_KEYS}

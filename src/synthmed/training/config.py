@@ -149,6 +149,8 @@ class RunConfig:
             raise ConfigError(f"--steps must be at least 1 (got {t.steps})")
         if t.max_minutes is not None and t.max_minutes <= 0:
             raise ConfigError(f"--max-minutes must be positive (got {t.max_minutes})")
+        if t.num_threads is not None and t.num_threads < 1:
+            raise ConfigError(f"--threads must be at least 1 (got {t.num_threads})")
         if t.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1 (got {t.batch_size})")
         if t.precision not in ("auto", "fp32", "bf16"):

@@ -486,10 +486,12 @@ def fit(config: RunConfig, out: str | Path | None = None, progress: bool = True)
 
 
 def resume(run: str | Path, steps: int | None = None, max_minutes: float | None = None,
-           progress: bool = True) -> TrainResult:
-    """Continue a run from its latest checkpoint, optionally with a new step/time budget."""
+           num_threads: int | None = None, progress: bool = True) -> TrainResult:
+    """Continue a run from its latest checkpoint, optionally with a new step/time budget or CPU thread count."""
     run_dir = resolve_run_dir(run)
     config = read_run_config(run_dir / "config.yaml")
+    if num_threads is not None:
+        config.train.num_threads = num_threads
     if steps is not None:
         config.train.steps = steps
     if max_minutes is not None:
