@@ -406,7 +406,6 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
 #: Step counts at which the shipped default is scored on val while it trains on past its 1,600 steps (each segment
 #: continues the same run with ``synthmed train --resume``, which resumes exactly).
 CURVE_STEPS: tuple[int, ...] = (1600, 3200, 4800, 6400, 9600)
-GOAL_FID_RATIO = 1.2
 
 
 def train_segment(run: Path, steps: int, previous: int | None) -> dict[str, Any]:
@@ -438,9 +437,11 @@ def train_segment(run: Path, steps: int, previous: int | None) -> dict[str, Any]
 
 def stage_curve(work: Path, results: dict[str, Any], breast: Spaces) -> None:
     """How much training the goal needs: the shipped default (seed 0) trained on in segments, each scored on
-    **val** beside 156 real training images. The goal's thresholds are taken on val too: FID within 1.2x of that
-    real figure, and recall twice the old default's mean val recall over three seeds (stage 2), since val recall
-    runs above test recall (0.37 against 0.24 for the old default)."""
+    **val** beside 156 real training images. The goal's recall is taken on val too: twice the old default's mean val
+    recall over three seeds (stage 2), since val recall runs above test recall (0.37 against 0.24 for the old
+    default). Its FID ratio has no val counterpart: against 78 real images FID carries another bias than against
+    156 (the 1,600-step default is 1.17x the real figure on val and 1.36x on test), so each point records its ratio
+    and no threshold is drawn."""
     run = work / "curve-s0"
     real_val = breast.real("inception", "val")
     reference = scores(real_val, breast.real("inception", "train", N_SAMPLES))
@@ -451,7 +452,9 @@ def stage_curve(work: Path, results: dict[str, Any], breast: Spaces) -> None:
         if not features.exists():  # the newest checkpoint is this segment's end (train_segment checked the step)
             np.save(features, breast.extractor("inception").extract(samples(run)))
         seconds += facts["train_seconds"]
-        points.append({"steps": steps, "train_seconds": round(seconds, 1), **scores(real_val, np.load(features))})
+        point = scores(real_val, np.load(features))
+        points.append({"steps": steps, "train_seconds": round(seconds, 1), **point,
+                       "fid_ratio_to_real": round(point["fid"] / reference["fid"], 3)})
         print(f"curve: {steps} steps, {seconds:.0f} s, val FID {points[-1]['fid']:.1f} "
               f"recall {points[-1]['recall']:.2f}", flush=True)
         previous = steps
@@ -459,14 +462,14 @@ def stage_curve(work: Path, results: dict[str, Any], breast: Spaces) -> None:
     results["curve"] = {"command": "synthmed train --out RUN --threads 2 --seed 0 --steps 1600, then "
                                    "synthmed train --resume RUN --steps N for each later N",
                         "reference_val": reference, "points": points,
-                        "goal_on_val": {"fid_at_most": round(GOAL_FID_RATIO * reference["fid"], 2),
-                                        "recall_at_least": round(2 * old_recall, 4)}}
+                        "goal_on_val": {"recall_at_least": round(2 * old_recall, 4)}}
     save_results(results)
     curve_figure(results["curve"], IMAGES / "curve.png")
 
 
 def curve_figure(curve: dict[str, Any], path: Path) -> None:
-    """Val FID and recall of the shipped default against training minutes, with the goal's thresholds."""
+    """Val FID and recall of the shipped default against training minutes, with the real images' figures and the
+    goal's recall on val."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -474,18 +477,20 @@ def curve_figure(curve: dict[str, Any], path: Path) -> None:
 
     minutes = [point["train_seconds"] / 60 for point in curve["points"]]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
-    for ax, key, goal, label in ((left, "fid", curve["goal_on_val"]["fid_at_most"], "Inception FID vs val"),
+    for ax, key, goal, label in ((left, "fid", None, "Inception FID vs val"),
                                  (right, "recall", curve["goal_on_val"]["recall_at_least"], "recall (k = 5) vs val")):
         ax.plot(minutes, [point[key] for point in curve["points"]], marker="o", label="shipped default, seed 0")
         for point, x in zip(curve["points"], minutes, strict=True):
             ax.annotate(str(point["steps"]), (x, point[key]), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.axhline(curve["reference_val"][key], color="tab:green", linestyle=":", label="156 real training images")
-        ax.axhline(goal, color="tab:red", linestyle="--", label="goal on val (1.2x real FID; 2x old recall)")
+        if goal is not None:
+            ax.axhline(goal, color="tab:red", linestyle="--", label="goal on val: 2x the old default's recall")
         ax.axvline(2.0, color="gray", linewidth=0.8)
         ax.set_xlabel("training minutes (2 threads; labels: steps)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     left.legend(fontsize=8)
+    right.legend(fontsize=8)
     fig.suptitle("BreastMNIST val (78 images) vs 156 samples of the EMA generator, Inception pool3; one seed",
                  fontsize=9)
     fig.tight_layout()
@@ -566,10 +571,12 @@ def report(results: dict[str, Any]) -> str:
         c = results["curve"]
         ref = c["reference_val"]
         lines += ["", "### The shipped default trained on (seed 0, val split)", "",
-                  "| steps | training s | val Inception FID | precision | recall |", "|---|---|---|---|---|",
-                  f"| 156 real training images | | {ref['fid']:.1f} | {ref['precision']:.2f} | {ref['recall']:.2f} |"]
-        lines += [f"| {p['steps']} | {p['train_seconds']:.0f} | {p['fid']:.1f} | {p['precision']:.2f} | "
-                  f"{p['recall']:.2f} |" for p in c["points"]]
+                  "| steps | training s | val Inception FID | FID / real | precision | recall |",
+                  "|---|---|---|---|---|---|",
+                  f"| 156 real training images | | {ref['fid']:.1f} | 1 | {ref['precision']:.2f} | "
+                  f"{ref['recall']:.2f} |"]
+        lines += [f"| {p['steps']} | {p['train_seconds']:.0f} | {p['fid']:.1f} | {p['fid'] / ref['fid']:.2f} | "
+                  f"{p['precision']:.2f} | {p['recall']:.2f} |" for p in c["points"]]
         lines += ["", f"Goal on val: {json.dumps(c['goal_on_val'])}"]
     return "\n".join(lines) + "\n"
 
