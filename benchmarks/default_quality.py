@@ -440,7 +440,7 @@ def stage_curve(work: Path, results: dict[str, Any], breast: Spaces) -> None:
     **val** beside 156 real training images. The goal's recall is taken on val too: twice the old default's mean val
     recall over three seeds (stage 2), since val recall runs above test recall (0.37 against 0.24 for the old
     default). Its FID ratio has no val counterpart: against 78 real images FID carries another bias than against
-    156 (the 1,600-step default is 1.17x the real figure on val and 1.36x on test), so each point records its ratio
+    156 (the 1,600-step default is 1.17x the real figure on val and 1.37x on test), so each point records its ratio
     and no threshold is drawn."""
     run = work / "curve-s0"
     real_val = breast.real("inception", "val")
