@@ -1,6 +1,6 @@
 """How the default `synthmed train` was chosen: the best samples two CPU minutes can buy (issue 16).
 
-    python benchmarks/default_quality.py --work DIR                # every stage below, resumable (~3 h on 2 cores)
+    python benchmarks/default_quality.py --work DIR                # every stage below, resumable (~3.5 h on 2 cores)
     python benchmarks/default_quality.py --work DIR --stage curve  # one stage: screen, seeds, test, default, ...
 
 Stages, each skipping what DIR already holds:
@@ -23,6 +23,8 @@ Stages, each skipping what DIR already holds:
 
 Writes ``benchmarks/results/default_quality.json`` (every configuration, command, steps, figures) and the sample
 grids of ``docs/images/default-quality/``. Nothing is selected on the test split: stages 3-6 only report.
+Run one stage at a time: each process rewrites the whole JSON from what it loaded at its start (and two would share
+the two cores, which changes every wall-time budget).
 """
 
 from __future__ import annotations
