@@ -105,7 +105,7 @@ def train(
     precision: str = typer.Option(None, help="auto (bf16 on GPU, fp32 on CPU), fp32 or bf16."),
     cpu_kernels: str = typer.Option(None, help="CPU convolutions: auto (synthmed's where faster) or native "
                                     "(PyTorch's) [default: auto]."),
-    threads: int = typer.Option(None, "--threads",  # >= 1, checked below for a one-line error
+    threads: int = typer.Option(None, "--threads",  # >= 1, checked with the run's configuration
                                 help="CPU threads (torch.set_num_threads) [default: torch's, one per core]; "
                                      "1 is faster when other work shares the cores."),
     sample_every: int = typer.Option(None, help="Write a preview every N steps [default: 250]."),
@@ -123,8 +123,6 @@ def train(
     Recipe options (e.g. --loss wgan-gp --diffaugment translation for the unconditional GAN) come from the
     recipe's configuration: synthmed train --recipe NAME --help lists them with their defaults.
     """
-    if threads is not None and threads < 1:
-        _fail(f"--threads must be at least 1 (got {threads})")
     from synthmed import api
     from synthmed.training.trainer import TrainingInterrupted
 
