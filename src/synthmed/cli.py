@@ -94,7 +94,7 @@ def train(
                                          "first column]."),
     recipe: str = typer.Option("unconditional", help="Recipe (task) to train; --recipe NAME --help lists its "
                                "options."),
-    steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 1600]."),
+    steps: int = typer.Option(None, help="Training steps (generator iterations) [default: 3400]."),
     max_minutes: float = typer.Option(None, help="Stop after this many minutes (checkpoint saved)."),
     batch_size: int = typer.Option(None, help="Batch size per process [default: 64]."),
     seed: int = typer.Option(None, help="Random seed; runs are deterministic on CPU [default: 0]."),

@@ -93,7 +93,7 @@ class DataConfig:
 class TrainConfig:
     """Budgets, device and bookkeeping. Either budget may be open (None); both stop the run when reached."""
 
-    steps: int | None = 1600
+    steps: int | None = 3400
     max_minutes: float | None = None
     batch_size: int = 64
     seed: int = 0
