@@ -451,8 +451,9 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
     """Old and new default on other data sets (not retuned), against their test splits: the same wall time each,
     or with ``steps`` the same step count (results key ``NAME@STEPS``).
 
-    At 64 px a step costs about four 28-px steps: two minutes bought ~240-290 steps on the AVX2 machine, too few for
-    either setting to draw anything (docs/default-quality.md); hence the step-matched variant.
+    At 64 px a step costs about seven (AVX2) to nine (AVX-512) 28-px steps: two minutes bought ~240-290 steps on the
+    AVX2 machine, too few for either setting to draw anything (docs/default-quality.md); hence the step-matched
+    variant.
     """
     transfer = results.setdefault("transfer", {})
     for name, spec in TRANSFER.items():
