@@ -63,7 +63,7 @@ OLD_RECIPE_DEFAULTS: dict[str, Any] = {
     "d_norm": None, "spectral_norm": None, "lr_g": None, "lr_d": None, "betas": None, "n_critic": None,
     "gp_weight": 10.0, "r1_weight": 0.0, "label_smoothing": 0.0, "label_noise": 0.0, "label_flip": 0.0,
     "instance_noise": 0.0, "instance_noise_steps": 1000, "ttur": False, "feature_matching": 0.0,
-    "minibatch_discrimination": False, "diffaugment": "",
+    "minibatch_discrimination": False, "diffaugment": "", "flip": False, "lr_decay_start": 1.0,
 }
 #: The training defaults before issue 16.
 OLD_TRAIN_DEFAULTS: dict[str, Any] = {"steps": 3000, "batch_size": 64, "ema_beta": 0.999}
@@ -173,6 +173,28 @@ COMBINATIONS.update(_screen({
     "ttur+diffaug-t+ema9995": ["-o", "ttur=true", "-o", "diffaugment=translation", "--ema-beta", "0.9995"],
 }))
 
+#: A fifth round (issue 16's fourth session), for recall per step: steps are fixed by the machine (~4,000 in two
+#: minutes; the AVX2 study's curve put the goal near 9,600), so what is left is more from each step. Mirroring the
+#: real images (a second, plausible copy of each of the 546 ultrasound images: less for the discriminator to
+#: memorise), StyleGAN's Adam betas (0, 0.99), and pairs of the fourth round's two recall levers (label smoothing,
+#: batch 32).
+FIFTH_ROUND: dict[str, list[str]] = _screen({
+    f"ttur+diffaug-t+{name}": ["-o", "ttur=true", "-o", "diffaugment=translation", *extra] for name, extra in {
+        "flip": ["-o", "flip=true"],
+        "flip+ls01": ["-o", "flip=true", "-o", "label_smoothing=0.1"],
+        "flip+batch32": ["-o", "flip=true", "--batch-size", "32"],
+        "ls01+batch32": ["-o", "label_smoothing=0.1", "--batch-size", "32"],
+        "betas0": ["-o", "betas=[0.0,0.99]"],
+    }.items()})
+COMBINATIONS.update(FIFTH_ROUND)
+
+#: Levers that need the run's length (a schedule over the run), so they cannot join the wall-time screen: each trains
+#: the default's step count with the library's defaults plus the change, seeds 0-2, scored on val beside the default
+#: stage's own runs (the same steps and seeds). Session 4: a linear learning-rate decay over the second half.
+FIXED_STEPS: dict[str, list[str]] = {
+    "lr-decay-0.5": ["-o", "lr_decay_start=0.5"],
+}
+
 
 @dataclass(frozen=True)
 class Study:
@@ -187,6 +209,8 @@ class Study:
     #: Options of its ``default`` stage: empty where the study measures the library's default as shipped now (and
     #: sets its step count); the AVX2 study pins the 1,600 steps it measured.
     default_args: tuple[str, ...] = ()
+    #: The :data:`FIXED_STEPS` levers it tries on top of the default (stage ``fixed``).
+    fixed: tuple[str, ...] = ()
 
 
 STUDIES: dict[str, Study] = {
@@ -201,13 +225,16 @@ STUDIES: dict[str, Study] = {
                     IMAGES / "avx512",
                     ("old-default", "ttur+diffaug-t", "ttur+lr2x", "ttur+lr2x+diffaug-t", "ttur+diffaug-t+ls01",
                      "ttur+diffaug-t+batch32", "ttur+diffaug-t+g48", "ttur+diffaug-tc", "ttur+diffaug-t+width48",
-                     "ttur+diffaug-t+ema9995"),
+                     "ttur+diffaug-t+ema9995", *FIFTH_ROUND),
                     # Added after reading this screen on val, as in the third round: the lowest val FID after the
                     # shipped setting (ema9995) and the highest val recall (ls01), with the baseline.
-                    ("ttur+diffaug-t", "ttur+diffaug-t+ema9995", "ttur+diffaug-t+ls01", "old-default"),
+                    ("ttur+diffaug-t", "ttur+diffaug-t+ema9995", "ttur+diffaug-t+ls01", "old-default",
+                     # the fifth round's two lowest val FIDs (session 4), the second with the highest val recall
+                     "ttur+diffaug-t+flip", "ttur+diffaug-t+flip+batch32"),
                     "2-minute runs on BreastMNIST (AVX-512 reference machine: ~2.4x the AVX2 steps), seed 0\n"
                     "blue: old default; orange: combinations (ttur+diffaug-t ships); green: changes on top of it; "
-                    "squares: finalists, 3 seeds"),
+                    "squares: finalists, 3 seeds",
+                    fixed=tuple(FIXED_STEPS)),
 }
 
 #: Where the other data sets live and how they are read (64 px, as their walking-skeleton runs).
@@ -414,26 +441,91 @@ def stage_test(work: Path, results: dict[str, Any], breast: Spaces, finalists: t
     grid(breast.images("train", 64), IMAGES / "breastmnist_real_train.png")
 
 
+def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
+    """What ``synthmed train *default_args`` trains on BreastMNIST with today's library, in :func:`shipped_defaults`'
+    form (computed, not trained)."""
+    from synthmed.cli import _parse_option
+    from synthmed.data import load_dataset
+    from synthmed.recipes.base import config_to_dict, make_config
+    from synthmed.recipes.unconditional import UnconditionalGAN
+    from synthmed.training.config import TrainConfig
+
+    pairs = list(zip(default_args[::2], default_args[1::2], strict=True))
+    options = dict(_parse_option(value) for flag, value in pairs if flag == "-o")
+    info = load_dataset(None, split="train").info
+    recipe_options = config_to_dict(UnconditionalGAN(make_config(UnconditionalGAN, options), info).config)
+    train = {key: getattr(TrainConfig(), key) for key in TRAIN_FIELDS}
+    for flag, value in pairs:
+        if flag != "-o":
+            key = flag[2:].replace("-", "_")
+            train[key] = type(train[key])(value)
+    return {"recipe": "unconditional", "recipe_options": recipe_options, "train": train}
+
+
+def default_run(work: Path, defaults: dict[str, Any], seed: int) -> Path:
+    """The run folder of ``defaults`` and ``seed``: named by a digest of the defaults, so a default that moves never
+    reuses the runs of the one before it."""
+    import hashlib
+
+    digest = hashlib.sha1(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
+    return work / f"default-{defaults['train']['steps']}steps-{digest}-s{seed}"
+
+
 def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_args: tuple[str, ...] = ()) -> None:
-    """The shipped default exactly as a user runs it: no options (or the study's pinned step count), seeds 0-2."""
+    """The shipped default exactly as a user runs it: no options (or the study's pins), seeds 0-2. A record of
+    other defaults (the library's before they moved) is kept under ``earlier_defaults``."""
+    defaults = expected_defaults(default_args)
+    previous = results.get("default")
+    if previous and previous["defaults"] != defaults:
+        results.setdefault("earlier_defaults", []).append(previous)
     real_test = breast.real("inception", "test")
     runs = []
     for seed in (0, 1, 2):
-        record = train(work / f"default-s{seed}", list(default_args), seed, None)
-        record["test"] = scores(real_test, breast.fake("inception", work / f"default-s{seed}"), bootstrap=50)
-        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"default-s{seed}"))
+        run = default_run(work, defaults, seed)
+        record = train(run, list(default_args), seed, None)
+        record["test"] = scores(real_test, breast.fake("inception", run), bootstrap=50)
+        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
                          for space in ("domain", "inception")}
         runs.append(record)
+    first = default_run(work, defaults, 0)
+    if shipped_defaults(first) != defaults:
+        raise SystemExit(f"{first} trained {shipped_defaults(first)}, not the expected {defaults}")
     baseline = real_baseline(breast, N_SAMPLES)
     mean = summary([r["test"] for r in runs])
-    results["default"] = {"runs": runs, "defaults": shipped_defaults(work / "default-s0"), "test_summary": mean,
+    results["default"] = {"runs": runs, "defaults": defaults, "test_summary": mean,
                           "real_train": baseline,
                           "goal": {"fid_ratio_to_real": round(mean["fid"]["mean"] / baseline["fid"], 3),
                                    "fid_within_1.2x": mean["fid"]["mean"] <= 1.2 * baseline["fid"],
                                    "old_recall": 0.29,  # the issue's figure (old default, 3,000 steps, AVX2)
                                    "recall_at_least_doubled": mean["recall"]["mean"] >= 2 * 0.29}}
     save_results(results)
-    grid(samples(work / "default-s0", 64), IMAGES / "breastmnist_default_s0.png")
+    grid(samples(first, 64), IMAGES / "breastmnist_default_s0.png")
+
+
+def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tuple[str, ...]) -> None:
+    """Each lever of ``names`` on top of the library's defaults at their step count, seeds 0-2, on val; it would
+    ship only by :func:`choose` against the default stage's runs (the same seeds and steps)."""
+    default = results["default"]
+    if default["defaults"] != expected_defaults():
+        raise SystemExit("the default stage's record is not today's library default: run --stage default first")
+    fixed = results.setdefault("fixed_steps", {})
+    entries = {"default": {"val_inception": summary([r["val"]["inception"] for r in default["runs"]])}}
+    for name in names:
+        runs = []
+        for seed in (0, 1, 2):
+            run = work / f"fixed-{name}-s{seed}"
+            record = train(run, FIXED_STEPS[name], seed, None)
+            record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
+                             for space in ("domain", "inception")}
+            runs.append(record)
+        fixed[name] = {"runs": runs, "val_inception": summary([r["val"]["inception"] for r in runs])}
+        entries[name] = fixed[name]
+        print(f"{name}: val inception FID {fixed[name]['val_inception']['fid']['mean']:.1f} "
+              f"+- {fixed[name]['val_inception']['fid']['std']:.1f} against the default's "
+              f"{entries['default']['val_inception']['fid']['mean']:.1f}", flush=True)
+        save_results(results)
+    results["fixed_steps_chosen_on_val"] = choose(entries, "default")
+    save_results(results)
 
 
 def shipped_defaults(run: Path) -> dict[str, Any]:
@@ -441,9 +533,12 @@ def shipped_defaults(run: Path) -> dict[str, Any]:
     import yaml
 
     config = yaml.safe_load((run / "config.yaml").read_text())
-    train_fields = ("steps", "batch_size", "ema_beta", "max_minutes")
     return {"recipe": config["recipe"], "recipe_options": config["recipe_options"],
-            "train": {key: config["train"][key] for key in train_fields}}
+            "train": {key: config["train"][key] for key in TRAIN_FIELDS}}
+
+
+#: The training options a default run records beside the recipe's.
+TRAIN_FIELDS = ("steps", "batch_size", "ema_beta", "max_minutes")
 
 
 def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
@@ -636,6 +731,24 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"| mean +- sd | | | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | "
                   f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
                   f"Goal: {json.dumps(d['goal'])}"]
+    for earlier in results.get("earlier_defaults", []):
+        m = earlier["test_summary"]
+        steps = "/".join(str(r["steps"]) for r in earlier["runs"])
+        lines += ["", f"Earlier default ({steps} steps; options as recorded: "
+                  f"`{json.dumps(earlier['defaults']['recipe_options'], sort_keys=True)}`): test Inception FID "
+                  f"{_mean_sd(m['fid'])}, precision {_mean_sd(m['precision'])}, recall {_mean_sd(m['recall'])}"]
+    if results.get("fixed_steps"):
+        default_val = summary([r["val"]["inception"] for r in results["default"]["runs"]])
+        lines += ["", "### Levers that need the run's length, on top of the default at its step count (val, seeds 0-2)",
+                  "", "| configuration | steps | val Inception FID | precision | recall | command |",
+                  "|---|---|---|---|---|---|",
+                  f"| the default | {results['default']['runs'][0]['steps']} | {_mean_sd(default_val['fid'])} | "
+                  f"{_mean_sd(default_val['precision'])} | {_mean_sd(default_val['recall'])} | `synthmed train` |"]
+        for name, entry in results["fixed_steps"].items():
+            v = entry["val_inception"]
+            lines.append(f"| {name} | {entry['runs'][0]['steps']} | {_mean_sd(v['fid'])} | "
+                         f"{_mean_sd(v['precision'])} | {_mean_sd(v['recall'])} | `{entry['runs'][0]['command']}` |")
+        lines += ["", f"Chosen on val (`choose()` against the default): {results.get('fixed_steps_chosen_on_val')}"]
     for name, entry in results.get("transfer", {}).items():
         budget = (f"{entry['steps']} steps each" if "steps" in entry
                   else f"{entry.get('minutes', 2.0):g} minutes of wall time each")
@@ -727,7 +840,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0, help="wall-time budget of each screened run")
     parser.add_argument("--transfer-steps", type=int, help="transfer stage: this many steps each, not --minutes")
     parser.add_argument("--transfer-only", choices=sorted(TRANSFER), help="transfer stage: this data set only")
-    parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "curve", "transfer", "report"],
+    parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "fixed", "curve", "transfer",
+                                            "report"],
                         default="all")
     parser.add_argument("--study", choices=sorted(STUDIES), default="avx512",
                         help="which machine's search: avx512 (the reference machine, session 3) or avx2 (sessions 1-2)")
@@ -749,6 +863,8 @@ def main() -> None:
         stage_test(args.work, results, breast, study.finalists)
     if args.stage in ("all", "default"):
         stage_default(args.work, results, breast, study.default_args)
+    if args.stage in ("all", "fixed") and study.fixed:
+        stage_fixed(args.work, results, breast, study.fixed)
     if args.stage in ("all", "curve"):
         stage_curve(args.work, results, breast)
     if args.stage in ("all", "transfer"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from synthmed.augment import diff_augment, parse_policy
+from synthmed.augment import diff_augment, parse_policy, random_mirror
 
 POLICIES = ["color", "translation", "cutout", "translation,cutout,color", ""]
 
@@ -119,3 +119,16 @@ def test_parse_policy() -> None:
         parse_policy("colour,cutout")
     x = torch.randn(2, 1, 8, 8)
     assert diff_augment(x, "") is x
+
+
+@pytest.mark.parametrize("shape", [(64, 1, 6, 5), (32, 2, 3, 4, 5)])
+def test_random_mirror_flips_about_half_of_the_samples_left_right(shape: tuple[int, ...]) -> None:
+    x = torch.randn(shape)
+    torch.manual_seed(0)
+    out = random_mirror(x)
+    kept = [torch.equal(out[i], x[i]) for i in range(len(x))]
+    flipped = [torch.equal(out[i], x[i].flip(-1)) for i in range(len(x))]
+    assert all(k != f for k, f in zip(kept, flipped, strict=True)), "each sample is either itself or its mirror"
+    assert 0.25 * len(x) < sum(flipped) < 0.75 * len(x)
+    torch.manual_seed(0)
+    assert torch.equal(random_mirror(x), out), "the global RNG decides, so a seed reproduces it"

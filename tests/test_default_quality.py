@@ -198,11 +198,11 @@ def test_each_study_retrains_exactly_what_it_recorded() -> None:
 def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
     calls: dict[str, tuple] = {}
-    for stage in ("screen", "seeds", "test", "default", "curve", "transfer"):
+    for stage in ("screen", "seeds", "test", "default", "fixed", "curve", "transfer"):
         monkeypatch.setattr(benchmark, f"stage_{stage}", lambda *args, _stage=stage, **kw: calls.update(
             {_stage: (args, kw)}))
     study = benchmark.Study(tmp_path / "results.json", tmp_path / "images", ("old-default", "ttur+diffaug-t"),
-                            ("ttur+diffaug-t",), "title", default_args=("--steps", "7"))
+                            ("ttur+diffaug-t",), "title", default_args=("--steps", "7"), fixed=("lr-decay-0.5",))
     (tmp_path / "results.json").write_text(json.dumps(json.loads(RESULTS.read_text())))
     monkeypatch.setitem(benchmark.STUDIES, "avx512", study)
     monkeypatch.setattr(sys, "argv", ["default_quality.py", "--work", str(tmp_path / "work"), "--study", "avx512"])
@@ -211,6 +211,7 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert calls["seeds"][0][-1] == study.finalists
     assert calls["seeds"][1] == {"sets_step_count": False}  # its default stage pins steps: no step count from it
     assert calls["test"][0][-1] == study.finalists and calls["default"][0][-1] == study.default_args
+    assert calls["fixed"][0][-1] == study.fixed
     assert (tmp_path / "results.md").exists() and (tmp_path / "images" / "screen.png").stat().st_size > 10_000
     assert study.results == benchmark.RESULTS and study.images == benchmark.IMAGES
 
@@ -264,3 +265,17 @@ def test_curve_segments_resume_once_each_and_refuse_a_cut_segment(tmp_path: Path
     (run / "metrics.json").write_text(json.dumps({"training": {"step": 250, "last_session": {"wall_seconds": 3.0}}}))
     with pytest.raises(SystemExit, match="at step 250, not 200"):
         benchmark.train_segment(run, 300, 200)
+
+
+def test_a_moved_default_never_reuses_the_runs_of_the_one_before(tmp_path: Path) -> None:
+    # The default stage once kept its runs in default-s{seed}: after a default moved, a re-run would have reported
+    # the old default's runs as the new one's.
+    benchmark = load_benchmark()
+    today = benchmark.expected_defaults()
+    assert today == json.loads(RESULTS.read_text())["default"]["defaults"]  # computed == what the runs recorded
+    pinned = benchmark.expected_defaults(("--steps", "1600", "-o", "ttur=false"))
+    assert pinned["train"]["steps"] == 1600 and pinned["recipe_options"]["ttur"] is False
+    assert pinned["recipe_options"]["lr_d"] == pinned["recipe_options"]["lr_g"]
+    assert benchmark.default_run(tmp_path, today, 0) != benchmark.default_run(tmp_path, pinned, 0)
+    copy = json.loads(json.dumps(today))
+    assert benchmark.default_run(tmp_path, today, 1) == benchmark.default_run(tmp_path, copy, 1)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from synthmed import losses as L
 from synthmed.data.dataset import DataInfo
+from synthmed.errors import ConfigError
 from synthmed.recipes import build_recipe
 from synthmed.recipes.base import Recipe
 from synthmed.recipes.step import StepContext
@@ -152,6 +153,39 @@ def test_diffaugment_transforms_real_and_fake_inputs_of_the_discriminator() -> N
     assert made.inputs
     assert seen.inputs[0].shape == batch.shape and not torch.equal(seen.inputs[0], batch), "real not augmented"
     assert not torch.equal(seen.inputs[1], generated[0]), "fake not augmented"
+
+
+def test_flip_mirrors_some_real_images_and_leaves_the_fakes_alone() -> None:
+    recipe, ctx = make(flip=True)
+    batch = images()
+    seen = Calls(recipe.networks["D"])
+    generated: list[torch.Tensor] = []
+    recipe.networks["G"].register_forward_hook(lambda m, a, out: generated.append(out.detach().clone()))
+    step(recipe, ctx, batch)
+    real_in = seen.inputs[0]
+    flipped = [torch.equal(real_in[i], batch[i].flip(-1)) for i in range(BATCH)]
+    kept = [torch.equal(real_in[i], batch[i]) for i in range(BATCH)]
+    assert all(f != k for f, k in zip(flipped, kept, strict=True)) and any(flipped) and any(kept)
+    torch.testing.assert_close(seen.inputs[1], generated[0], rtol=0, atol=0)
+
+
+def test_lr_decay_start_takes_both_rates_linearly_to_zero_at_the_last_step() -> None:
+    recipe, ctx = make(lr_decay_start=0.5)
+    ctx.total_steps = 10
+    cfg = recipe.config
+    rates = {}
+    for at in (0, 5, 8, 10):
+        step(recipe, ctx, at=at)
+        rates[at] = (ctx.optimizers["G"].param_groups[0]["lr"], ctx.optimizers["D"].param_groups[0]["lr"])
+    assert rates[0] == rates[5] == (cfg.lr_g, cfg.lr_d) and cfg.lr_d != cfg.lr_g
+    assert rates[8] == pytest.approx((0.4 * cfg.lr_g, 0.4 * cfg.lr_d))
+    assert rates[10] == (0.0, 0.0)
+    constant, ctx = make()  # the default, 1.0: the rates never move
+    ctx.total_steps = 10
+    step(constant, ctx, at=10)
+    assert ctx.optimizers["G"].param_groups[0]["lr"] == constant.config.lr_g
+    with pytest.raises(ConfigError, match="lr_decay_start"):
+        make(lr_decay_start=1.5)
 
 
 def test_minibatch_discrimination_couples_the_samples_of_a_batch() -> None:

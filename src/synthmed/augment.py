@@ -77,6 +77,17 @@ def rand_cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
     return x * (~inside).to(x.dtype)
 
 
+def random_mirror(x: torch.Tensor) -> torch.Tensor:
+    """Mirror each sample along its last axis (left-right) with probability 0.5.
+
+    Not a DiffAugment policy: it is applied to the real images only, as data augmentation (StyleGAN's
+    ``--mirror``), so the generator learns the mirrored images as part of the data. Use it where the mirror image
+    of a sample is as plausible as the sample itself.
+    """
+    mirrored = torch.rand(x.shape[0], device=x.device) < 0.5
+    return torch.where(mirrored.view(-1, *([1] * (x.dim() - 1))), x.flip(-1), x)
+
+
 AUGMENTATIONS: dict[str, tuple[Augmentation, ...]] = {
     "color": (rand_brightness, rand_saturation, rand_contrast),
     "translation": (rand_translation,),
