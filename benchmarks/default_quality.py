@@ -542,9 +542,10 @@ TRAIN_FIELDS = ("steps", "batch_size", "ema_beta", "max_minutes")
 
 
 def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
-                   only: str | None = None) -> None:
+                   only: str | None = None, seeds: int = 1) -> None:
     """Old and new default on other data sets (not retuned), against their test splits: the same wall time each,
-    or with ``steps`` the same step count (results key ``NAME@STEPS``).
+    or with ``steps`` the same step count (results key ``NAME@STEPS``). Seed 0's run is the entry's record; with
+    ``seeds`` > 1 the others join it under ``more_seeds`` and ``test_summary`` covers them all.
 
     At 64 px a step costs about seven (AVX2) to nine (AVX-512) 28-px steps: two minutes bought ~240-290 steps on the
     AVX2 machine, too few for either setting to draw anything (docs/default-quality.md); hence the step-matched
@@ -564,13 +565,18 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
         entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), **budget}
         suffix = f"-{steps}steps" if steps else ""
         for label, extra in (("old-default", SCREEN["old-default"]), ("new-default", [])):
-            run = work / f"{name}-{label}{suffix}-s0"
-            step_args = ["--steps", str(steps)] if steps else []
-            record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], 0,
-                           None if steps else minutes)
-            record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
-            entry[label] = record
-            grid(samples(run, 36), IMAGES / f"{name}_{label}{suffix}.png")
+            records = []
+            for seed in range(seeds):
+                run = work / f"{name}-{label}{suffix}-s{seed}"
+                step_args = ["--steps", str(steps)] if steps else []
+                record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], seed,
+                               None if steps else minutes)
+                record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
+                records.append(record)
+            entry[label] = records[0]
+            if seeds > 1:
+                entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]))
+            grid(samples(work / f"{name}-{label}{suffix}-s0", 36), IMAGES / f"{name}_{label}{suffix}.png")
         transfer[name + (f"@{steps}" if steps else "")] = entry
         save_results(results)
 
@@ -757,6 +763,13 @@ def report(results: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|", "| real training images |" + _test_cells(entry["real_train"])]
         lines += [f"| {label} | {entry[label]['steps']}" + _test_cells(entry[label]["test"])
                   for label in ("old-default", "new-default")]
+        for label in ("old-default", "new-default"):
+            if "test_summary" in entry[label]:
+                records = [entry[label], *entry[label]["more_seeds"]]
+                m = entry[label]["test_summary"]
+                per_seed = "; ".join(_fid_with_interval(r["test"], 1) for r in records)
+                lines += [f"| {label}, seeds 0-{len(records) - 1}: {per_seed} | | {_mean_sd(m['fid'])} | "
+                          f"{_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | {_mean_sd(m['recall'])} |"]
     if results.get("curve"):
         c = results["curve"]
         ref = c["reference_val"]
@@ -840,6 +853,7 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=2.0, help="wall-time budget of each screened run")
     parser.add_argument("--transfer-steps", type=int, help="transfer stage: this many steps each, not --minutes")
     parser.add_argument("--transfer-only", choices=sorted(TRANSFER), help="transfer stage: this data set only")
+    parser.add_argument("--transfer-seeds", type=int, default=1, help="transfer stage: seeds 0..N-1 of each run")
     parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "fixed", "curve", "transfer",
                                             "report"],
                         default="all")
@@ -868,7 +882,7 @@ def main() -> None:
     if args.stage in ("all", "curve"):
         stage_curve(args.work, results, breast)
     if args.stage in ("all", "transfer"):
-        stage_transfer(args.work, args.minutes, results, args.transfer_steps, args.transfer_only)
+        stage_transfer(args.work, args.minutes, results, args.transfer_steps, args.transfer_only, args.transfer_seeds)
     if args.stage in ("all", "report"):
         RESULTS.with_suffix(".md").write_text(report(load_results()))
         screen_figure(load_results(), IMAGES / "screen.png", study.figure_title)

@@ -279,3 +279,47 @@ def test_a_moved_default_never_reuses_the_runs_of_the_one_before(tmp_path: Path)
     assert benchmark.default_run(tmp_path, today, 0) != benchmark.default_run(tmp_path, pinned, 0)
     copy = json.loads(json.dumps(today))
     assert benchmark.default_run(tmp_path, today, 1) == benchmark.default_run(tmp_path, copy, 1)
+
+
+def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    trained: list[tuple[str, int]] = []
+
+    def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
+        trained.append((out.name, seed))
+        return {"command": "synthmed train", "run": str(out), "steps": 10}
+
+    class FakeSpaces:
+        def __init__(self, *args) -> None:
+            pass
+
+        def real(self, space: str, split: str, n: int | None = None) -> list:
+            return [0] * 4
+
+        def fake(self, space: str, run: Path, n: int) -> Path:
+            return run
+
+    fid = {"s0": 100.0, "s1": 110.0, "s2": 120.0}
+    monkeypatch.setattr(benchmark, "train", fake_train)
+    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
+    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
+    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
+    figures = {"kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 1.0}
+    real = {"fid": 50.0, "fid_interval": [45, 55], **figures}
+    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: real)
+    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {
+        "fid": fid[run.name[-2:]], "fid_interval": [90, 130], **figures})
+    data = tmp_path / "lgg.npz"
+    data.write_bytes(b"")
+    monkeypatch.setattr(benchmark, "TRANSFER", {"lgg": {"data": data, "args": [], "options": {}}})
+    results: dict = {}
+    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=3)
+    entry = results["transfer"]["lgg@10"]
+    assert sorted(trained) == sorted((f"lgg-{label}-10steps-s{seed}", seed)
+                                     for label in ("old-default", "new-default") for seed in range(3))
+    for label in ("old-default", "new-default"):
+        assert entry[label]["run"].endswith("-s0") and entry[label]["test"]["fid"] == 100.0
+        assert [r["run"][-2:] for r in entry[label]["more_seeds"]] == ["s1", "s2"]
+        assert entry[label]["test_summary"]["fid"]["mean"] == 110.0
+    assert "seeds 0-2" in benchmark.report(results)
