@@ -450,7 +450,12 @@ def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
     from synthmed.recipes.unconditional import UnconditionalGAN
     from synthmed.training.config import TrainConfig
 
-    pairs = list(zip(default_args[::2], default_args[1::2], strict=True))
+    pairs = list(zip(default_args[::2], default_args[1::2], strict=False))
+    pinnable = {"--" + key.replace("_", "-") for key in PINNABLE_TRAIN_FIELDS}
+    unsupported = [flag for flag, _ in pairs if flag != "-o" and flag not in pinnable]
+    if len(default_args) % 2 or unsupported:
+        raise SystemExit(f"default arguments {list(default_args)}: only '-o KEY=VALUE' and "
+                         f"{', '.join(sorted(pinnable))} N are supported")
     options = dict(_parse_option(value) for flag, value in pairs if flag == "-o")
     info = load_dataset(None, split="train").info
     recipe_options = config_to_dict(UnconditionalGAN(make_config(UnconditionalGAN, options), info).config)
@@ -462,13 +467,21 @@ def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
     return {"recipe": "unconditional", "recipe_options": recipe_options, "train": train}
 
 
-def default_run(work: Path, defaults: dict[str, Any], seed: int) -> Path:
+def default_run(work: Path, defaults: dict[str, Any], seed: int, prefix: str = "default") -> Path:
     """The run folder of ``defaults`` and ``seed``: named by a digest of the defaults, so a default that moves never
     reuses the runs of the one before it."""
     import hashlib
 
     digest = hashlib.sha1(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
-    return work / f"default-{defaults['train']['steps']}steps-{digest}-s{seed}"
+    return work / f"{prefix}-{defaults['train']['steps']}steps-{digest}-s{seed}"
+
+
+def train_as(run: Path, args: list[str], seed: int, expected: dict[str, Any]) -> dict[str, Any]:
+    """:func:`train` ``run``, then check it trained ``expected`` (the options resolved by the library)."""
+    record = train(run, args, seed, None)
+    if shipped_defaults(run) != expected:
+        raise SystemExit(f"{run} trained {shipped_defaults(run)}, not the expected {expected}")
+    return record
 
 
 def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_args: tuple[str, ...] = ()) -> None:
@@ -482,14 +495,12 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
     runs = []
     for seed in (0, 1, 2):
         run = default_run(work, defaults, seed)
-        record = train(run, list(default_args), seed, None)
+        record = train_as(run, list(default_args), seed, defaults)
         record["test"] = scores(real_test, breast.fake("inception", run), bootstrap=50)
         record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
                          for space in ("domain", "inception")}
         runs.append(record)
     first = default_run(work, defaults, 0)
-    if shipped_defaults(first) != defaults:
-        raise SystemExit(f"{first} trained {shipped_defaults(first)}, not the expected {defaults}")
     baseline = real_baseline(breast, N_SAMPLES)
     mean = summary([r["test"] for r in runs])
     results["default"] = {"runs": runs, "defaults": defaults, "test_summary": mean,
@@ -502,19 +513,27 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
     grid(samples(first, 64), IMAGES / "breastmnist_default_s0.png")
 
 
-def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tuple[str, ...]) -> None:
-    """Each lever of ``names`` on top of the library's defaults at their step count, seeds 0-2, on val; it would
-    ship only by :func:`choose` against the default stage's runs (the same seeds and steps)."""
+def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tuple[str, ...],
+                default_args: tuple[str, ...] = ()) -> None:
+    """Each lever of ``names`` on top of the study's default (the library's, with the study's pins) at its step
+    count, seeds 0-2, on val; it would ship only by :func:`choose` against the default stage's runs (the same seeds
+    and steps). A record made against another default is dropped, and each lever's runs are named by what they
+    train, so neither is reused after the default moves."""
     default = results["default"]
-    if default["defaults"] != expected_defaults():
+    defaults = expected_defaults(default_args)
+    if default["defaults"] != defaults:
         raise SystemExit("the default stage's record is not today's library default: run --stage default first")
-    fixed = results.setdefault("fixed_steps", {})
+    if results.get("fixed_steps_defaults") != defaults:
+        results["fixed_steps"], results["fixed_steps_defaults"] = {}, defaults
+    fixed = results["fixed_steps"]
     entries = {"default": {"val_inception": summary([r["val"]["inception"] for r in default["runs"]])}}
     for name in names:
+        args = [*default_args, *FIXED_STEPS[name]]
+        lever = expected_defaults(tuple(args))
         runs = []
         for seed in (0, 1, 2):
-            run = work / f"fixed-{name}-s{seed}"
-            record = train(run, FIXED_STEPS[name], seed, None)
+            run = default_run(work, lever, seed, prefix=f"fixed-{name}")
+            record = train_as(run, args, seed, lever)
             record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
                              for space in ("domain", "inception")}
             runs.append(record)
@@ -539,6 +558,8 @@ def shipped_defaults(run: Path) -> dict[str, Any]:
 
 #: The training options a default run records beside the recipe's.
 TRAIN_FIELDS = ("steps", "batch_size", "ema_beta", "max_minutes")
+#: Those a study may pin in its default arguments (``--steps N`` ...).
+PINNABLE_TRAIN_FIELDS = ("steps", "batch_size", "ema_beta")
 
 
 def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
@@ -696,6 +717,16 @@ def _test_cells(scores: dict[str, Any], between: str = "") -> str:
             f"{scores['recall']:.2f} |")
 
 
+def _defaults_change(earlier: dict[str, Any], now: dict[str, Any]) -> str:
+    """How ``earlier`` defaults differ from ``now``'s: changed values, and options they predate."""
+    parts = [f"{key} {earlier[group][key]!r} (now {now[group][key]!r})" for group in ("recipe_options", "train")
+             for key in earlier[group] if key in now[group] and earlier[group][key] != now[group][key]]
+    predates = sorted(set(now["recipe_options"]) - set(earlier["recipe_options"]))
+    if predates:
+        parts.append(f"recorded before the options {', '.join(predates)} existed")
+    return "; ".join(parts) or "the same options"
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of every stage present in ``results`` (pasted into docs/default-quality.md)."""
     lines = ["### Screen (seed 0, val split: 78 images, 156 samples)", "",
@@ -739,10 +770,9 @@ def report(results: dict[str, Any]) -> str:
                   f"Goal: {json.dumps(d['goal'])}"]
     for earlier in results.get("earlier_defaults", []):
         m = earlier["test_summary"]
-        steps = "/".join(str(r["steps"]) for r in earlier["runs"])
-        lines += ["", f"Earlier default ({steps} steps; options as recorded: "
-                  f"`{json.dumps(earlier['defaults']['recipe_options'], sort_keys=True)}`): test Inception FID "
-                  f"{_mean_sd(m['fid'])}, precision {_mean_sd(m['precision'])}, recall {_mean_sd(m['recall'])}"]
+        lines += ["", f"Earlier default ({_defaults_change(earlier['defaults'], results['default']['defaults'])}): "
+                  f"test Inception FID {_mean_sd(m['fid'])}, precision {_mean_sd(m['precision'])}, recall "
+                  f"{_mean_sd(m['recall'])}"]
     if results.get("fixed_steps"):
         default_val = summary([r["val"]["inception"] for r in results["default"]["runs"]])
         lines += ["", "### Levers that need the run's length, on top of the default at its step count (val, seeds 0-2)",
@@ -860,6 +890,8 @@ def main() -> None:
     parser.add_argument("--study", choices=sorted(STUDIES), default="avx512",
                         help="which machine's search: avx512 (the reference machine, session 3) or avx2 (sessions 1-2)")
     args = parser.parse_args()
+    if args.transfer_seeds < 1:
+        parser.error(f"--transfer-seeds must be 1 or more (got {args.transfer_seeds})")
     study = STUDIES[args.study]
     global RESULTS, IMAGES  # every stage writes the chosen study's JSON and pictures
     RESULTS, IMAGES = study.results, study.images
@@ -878,7 +910,7 @@ def main() -> None:
     if args.stage in ("all", "default"):
         stage_default(args.work, results, breast, study.default_args)
     if args.stage in ("all", "fixed") and study.fixed:
-        stage_fixed(args.work, results, breast, study.fixed)
+        stage_fixed(args.work, results, breast, study.fixed, study.default_args)
     if args.stage in ("all", "curve"):
         stage_curve(args.work, results, breast)
     if args.stage in ("all", "transfer"):

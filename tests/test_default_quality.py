@@ -61,6 +61,11 @@ def test_the_anomaly_recipe_keeps_its_measured_defaults() -> None:
         config = AnomalyGAN(AnomalyConfig(loss=loss), info).config
         assert config.diffaugment == "" and config.ttur is False
         assert config.lr_d == config.lr_g, loss
+    # the run-long schedule would decay the GAN phase only partly (or not at all): refused
+    from synthmed.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_decay_start is not available with the anomaly recipe"):
+        AnomalyGAN(AnomalyConfig(lr_decay_start=0.5), info)
 
 
 def test_measured_default_fits_the_two_minute_budget_and_the_goal_is_reported() -> None:
@@ -211,7 +216,7 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert calls["seeds"][0][-1] == study.finalists
     assert calls["seeds"][1] == {"sets_step_count": False}  # its default stage pins steps: no step count from it
     assert calls["test"][0][-1] == study.finalists and calls["default"][0][-1] == study.default_args
-    assert calls["fixed"][0][-1] == study.fixed
+    assert calls["fixed"][0][-2:] == (study.fixed, study.default_args)
     assert (tmp_path / "results.md").exists() and (tmp_path / "images" / "screen.png").stat().st_size > 10_000
     assert study.results == benchmark.RESULTS and study.images == benchmark.IMAGES
 
@@ -267,9 +272,9 @@ def test_curve_segments_resume_once_each_and_refuse_a_cut_segment(tmp_path: Path
         benchmark.train_segment(run, 300, 200)
 
 
-def test_a_moved_default_never_reuses_the_runs_of_the_one_before(tmp_path: Path) -> None:
+def test_default_runs_are_named_by_what_they_train(tmp_path: Path) -> None:
     # The default stage once kept its runs in default-s{seed}: after a default moved, a re-run would have reported
-    # the old default's runs as the new one's.
+    # the old default's runs as the new one's. The names come from the options the library resolves.
     benchmark = load_benchmark()
     today = benchmark.expected_defaults()
     assert today == json.loads(RESULTS.read_text())["default"]["defaults"]  # computed == what the runs recorded
@@ -323,3 +328,78 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
         assert [r["run"][-2:] for r in entry[label]["more_seeds"]] == ["s1", "s2"]
         assert entry[label]["test_summary"]["fid"]["mean"] == 110.0
     assert "seeds 0-2" in benchmark.report(results)
+
+
+class _Library:
+    """A stand-in for the library's defaults and for training: what a run trains is what the library says now."""
+
+    def __init__(self, benchmark: ModuleType, monkeypatch, steps: int = 10) -> None:
+        self.now = {"recipe": "unconditional", "recipe_options": {"ttur": True}, "train": {"steps": steps}}
+        self.trained: dict[str, dict] = {}
+        self.fid = 100.0
+        figures = {"fid_interval": [90, 110], "kid": 0.0, "precision": 0.9, "recall": 0.5, "density": 1.0,
+                   "coverage": 1.0}
+
+        class Spaces:
+            def real(self, *args) -> list:
+                return [0]
+
+            def fake(self, space: str, run: Path, n: int = 0) -> Path:
+                return run
+
+        self.spaces = Spaces()
+        monkeypatch.setattr(benchmark, "expected_defaults", self.expected)
+        monkeypatch.setattr(benchmark, "train", self.train)
+        monkeypatch.setattr(benchmark, "shipped_defaults", lambda run: self.trained[str(run)])
+        monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {"fid": self.fid, **figures})
+        monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: {"fid": 70.0, **figures})
+        monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
+        monkeypatch.setattr(benchmark, "samples", lambda run, n=0: None)
+        monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+
+    def expected(self, args: tuple[str, ...] = ()) -> dict:
+        return json.loads(json.dumps({**self.now, "recipe_options": {**self.now["recipe_options"],
+                                                                     **({"lever": list(args)} if args else {})}}))
+
+    def train(self, out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
+        self.trained[str(out)] = self.expected(tuple(args))
+        return {"command": "synthmed train", "run": str(out), "steps": self.now["train"]["steps"],
+                "train_seconds": 1.0}
+
+
+def test_a_moved_default_trains_in_new_folders_and_keeps_the_record_of_the_old(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    library = _Library(benchmark, monkeypatch)
+    results: dict = {}
+    benchmark.stage_default(tmp_path, results, library.spaces)
+    first = [run["run"] for run in results["default"]["runs"]]
+    benchmark.stage_default(tmp_path, results, library.spaces)  # nothing moved: the same folders, no earlier record
+    assert [run["run"] for run in results["default"]["runs"]] == first and "earlier_defaults" not in results
+    library.now = {**library.now, "recipe_options": {"ttur": True, "flip": False}}  # a new option
+    benchmark.stage_default(tmp_path, results, library.spaces)
+    assert not {run["run"] for run in results["default"]["runs"]} & set(first)
+    assert [e["defaults"]["recipe_options"] for e in results["earlier_defaults"]] == [{"ttur": True}]
+    assert "recorded before the options flip existed" in benchmark.report(results)
+    monkeypatch.setattr(benchmark, "shipped_defaults", lambda run: {"recipe_options": {"other": 1}})  # trained else
+    with pytest.raises(SystemExit, match="not the expected"):
+        benchmark.stage_default(tmp_path, results, library.spaces)
+
+
+def test_fixed_step_levers_train_against_the_recorded_default_only(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    library = _Library(benchmark, monkeypatch)
+    monkeypatch.setattr(benchmark, "FIXED_STEPS", {"decay": ["-o", "lr_decay_start=0.5"]})
+    results: dict = {}
+    benchmark.stage_default(tmp_path, results, library.spaces)
+    library.fid = 90.0  # the lever scores 10 points lower on every seed: beyond any spread
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
+    runs = [run["run"] for run in results["fixed_steps"]["decay"]["runs"]]
+    assert all(Path(run).name.startswith("fixed-decay-10steps-") for run in runs) and len(set(runs)) == 3
+    assert library.trained[runs[0]]["recipe_options"]["lever"] == ["-o", "lr_decay_start=0.5"]
+    assert results["fixed_steps_chosen_on_val"] == "decay"
+    library.now = {**library.now, "train": {"steps": 20}}  # the default moved, its stage not re-run: refused
+    with pytest.raises(SystemExit, match="run --stage default first"):
+        benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
+    benchmark.stage_default(tmp_path, results, library.spaces)
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ())  # the old default's lever record is dropped
+    assert results["fixed_steps"] == {} and results["fixed_steps_defaults"] == library.expected()

@@ -169,17 +169,48 @@ def test_flip_mirrors_some_real_images_and_leaves_the_fakes_alone() -> None:
     torch.testing.assert_close(seen.inputs[1], generated[0], rtol=0, atol=0)
 
 
-def test_lr_decay_start_takes_both_rates_linearly_to_zero_at_the_last_step() -> None:
+def test_flip_mirrors_every_critic_batch_and_feature_matching_sees_the_mirrored_batch() -> None:
+    def mirrored_rows(seen: torch.Tensor, batch: torch.Tensor) -> list[bool]:
+        flipped = [torch.equal(seen[i], batch[i].flip(-1)) for i in range(BATCH)]
+        assert all(f or torch.equal(seen[i], batch[i]) for i, f in enumerate(flipped)), "not a mirror of the batch"
+        return flipped
+
+    recipe, ctx = make(flip=True, n_critic=2)
+    seen = Calls(recipe.networks["D"])
+    step(recipe, ctx, images())
+    assert any(mirrored_rows(seen.inputs[2], images(seed=101)))  # the second critic step's own batch
+    recipe, ctx = make(flip=True, feature_matching=1.0)
+    seen = Calls(recipe.networks["D"])
+    step(recipe, ctx, images())
+    assert any(mirrored_rows(seen.inputs[0], images()))
+    torch.testing.assert_close(seen.inputs[-1], seen.inputs[0], rtol=0, atol=0)  # the real side of the matching
+
+
+def test_flip_mirrors_the_image_inside_an_uneven_padding() -> None:
+    recipe, _ = make(flip=True)
+    recipe.train_size, recipe.data_size = 11, 8  # as pad_to=11 on 8 px data: 1 column before, 2 after
+    image = torch.arange(8.0).expand(BATCH, 1, 11, 8)
+    framed = F.pad(image, (1, 2), value=-1.0)
+    torch.manual_seed(0)
+    out = recipe._mirror(framed)
+    assert (out[..., :1] == -1).all() and (out[..., 9:] == -1).all(), "the padding stays where it was"
+    windows = out[..., 1:9]
+    flipped = [torch.equal(windows[i], image[i].flip(-1)) for i in range(BATCH)]
+    assert any(flipped) and not all(flipped)
+    assert all(f or torch.equal(windows[i], image[i]) for i, f in enumerate(flipped))
+
+
+def test_lr_decay_start_takes_both_rates_linearly_towards_zero_over_the_rest_of_the_run() -> None:
     recipe, ctx = make(lr_decay_start=0.5)
     ctx.total_steps = 10
     cfg = recipe.config
     rates = {}
-    for at in (0, 5, 8, 10):
+    for at in (0, 5, 8, 9):  # step 9 is the last of a 10-step run (steps count from 0)
         step(recipe, ctx, at=at)
         rates[at] = (ctx.optimizers["G"].param_groups[0]["lr"], ctx.optimizers["D"].param_groups[0]["lr"])
     assert rates[0] == rates[5] == (cfg.lr_g, cfg.lr_d) and cfg.lr_d != cfg.lr_g
     assert rates[8] == pytest.approx((0.4 * cfg.lr_g, 0.4 * cfg.lr_d))
-    assert rates[10] == (0.0, 0.0)
+    assert rates[9] == pytest.approx((0.2 * cfg.lr_g, 0.2 * cfg.lr_d))  # 1 / ((1 - 0.5) * 10)
     constant, ctx = make()  # the default, 1.0: the rates never move
     ctx.total_steps = 10
     step(constant, ctx, at=10)

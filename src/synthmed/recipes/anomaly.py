@@ -128,6 +128,9 @@ def _check_options(config: AnomalyConfig) -> None:
                                     "training size; resize with --size)"),
         (config.e_channels is not None and config.e_channels < 1,
          f"e_channels must be at least 1 (got {config.e_channels})"),
+        # The unconditional schedule spans the whole run, but the GAN trains only for its first gan_steps.
+        (config.lr_decay_start < 1.0, "lr_decay_start is not available with the anomaly recipe (its GAN phase is "
+                                      "only the first gan_steps of the run)"),
     ]
     for failed, message in problems:
         if failed:

@@ -77,9 +77,10 @@ class UnconditionalConfig:
             ultrasound, dermoscopy, histology); never for chest X-rays or abdominal CT, whose mirror images show
             anatomy no patient has. [off: in two-minute runs on BreastMNIST it did not lower val FID beyond the
             seed spread, docs/default-quality.md]
-        lr_decay_start: Fraction of the run after which both learning rates fall linearly to 0 at its last step
-            (1: constant rates). Counted in steps of ``--steps``; a run stopped by ``--max-minutes`` first never
-            reaches the decay.
+        lr_decay_start: Fraction of the run after which both learning rates fall linearly towards 0 at step
+            ``--steps`` (1: constant rates; the last step trains at 1 / ((1 - F) * steps) of them). Counted in steps
+            of ``--steps``: a run stopped by ``--max-minutes`` first may never reach the decay, and resuming with a
+            larger ``--steps`` stretches the schedule (the rates rise again).
     """
 
     arch: str = "dcgan"
@@ -251,6 +252,15 @@ class UnconditionalGAN(GenerativeRecipe):
             x = diff_augment(x, ",".join(self.augment_policy))
         return x
 
+    def _mirror(self, images: torch.Tensor) -> torch.Tensor:
+        """Each image mirrored left-right with probability 0.5, within its data window: an odd ``pad_to`` gap pads
+        one more column after the image than before it, and mirroring the whole frame would shift the image."""
+        before = (self.train_size - self.data_size) // 2
+        window = images[..., before:before + self.data_size]
+        out = images.clone()
+        out[..., before:before + self.data_size] = random_mirror(window)
+        return out
+
     def _d_targets(self, n: int, device: torch.device) -> tuple[torch.Tensor | float, torch.Tensor | float]:
         """Real/fake targets for the BCE/LS discriminator with label smoothing, noise and flips applied."""
         cfg = self.config
@@ -294,7 +304,9 @@ class UnconditionalGAN(GenerativeRecipe):
         for i in range(self.n_critic):
             real = batch["image"] if i == 0 else ctx.draw_batch()["image"]
             if cfg.flip:
-                real = random_mirror(real)
+                real = self._mirror(real)
+            if i == 0:
+                first_real = real  # feature matching compares with the batch D saw first, mirrored as it was
             z = torch.randn(real.shape[0], self.latent_dim, device=real.device)
             with ctx.autocast():
                 if reuse_fake:
@@ -333,7 +345,7 @@ class UnconditionalGAN(GenerativeRecipe):
                     # Salimans et al. match statistics of one discriminator: the real side is recomputed
                     # with the just-updated D rather than reused from before its step.
                     with torch.no_grad():
-                        _, real_features = D(self._augment(batch["image"], ctx), return_features=True)
+                        _, real_features = D(self._augment(first_real, ctx), return_features=True)
                 else:
                     fake_logits_g = D(fake_in)
                 loss_g = self._g_loss(fake_logits_g.float())
