@@ -788,7 +788,9 @@ def report(results: dict[str, Any]) -> str:
     for name, entry in results.get("transfer", {}).items():
         budget = (f"{entry['steps']} steps each" if "steps" in entry
                   else f"{entry.get('minutes', 2.0):g} minutes of wall time each")
-        lines += ["", f"### {name} (test split: {entry['n_test']} images), seed 0, {budget}", "",
+        n_seeds = 1 + len(entry["new-default"].get("more_seeds", []))
+        seeds = "seed 0" if n_seeds == 1 else f"seeds 0-{n_seeds - 1} (per-seed rows: seed 0)"
+        lines += ["", f"### {name} (test split: {entry['n_test']} images), {seeds}, {budget}", "",
                   "| set | steps | Inception FID [95% bootstrap] | KID | precision | recall |",
                   "|---|---|---|---|---|---|", "| real training images |" + _test_cells(entry["real_train"])]
         lines += [f"| {label} | {entry[label]['steps']}" + _test_cells(entry[label]["test"])
