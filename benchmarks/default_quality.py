@@ -342,6 +342,11 @@ def scores(real: np.ndarray, fake: np.ndarray, bootstrap: int = 0) -> dict[str, 
     return {key: round(value, 5) if isinstance(value, float) else value for key, value in out.items()}
 
 
+def val_scores(breast: Spaces, run: Path) -> dict[str, Any]:
+    """``run``'s samples against BreastMNIST's val split, in the domain and the Inception space."""
+    return {space: scores(breast.real(space, "val"), breast.fake(space, run)) for space in ("domain", "inception")}
+
+
 def load_results() -> dict[str, Any]:
     return json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
 
@@ -359,8 +364,7 @@ def stage_screen(work: Path, minutes: float, results: dict[str, Any], breast: Sp
     for name in names:
         args = configs[name]
         record = train(work / f"{name}-s0", args, 0, minutes)
-        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"{name}-s0"))
-                         for space in ("domain", "inception")}
+        record["val"] = val_scores(breast, work / f"{name}-s0")
         record["combination"] = name in COMBINATIONS
         screen[name] = record
         print(f"{name}: {record['steps']} steps, val inception FID {record['val']['inception']['fid']:.1f} "
@@ -376,8 +380,7 @@ def stage_seeds(work: Path, minutes: float, results: dict[str, Any], breast: Spa
         runs = []
         for seed in (0, 1, 2):
             record = train(work / f"{name}-s{seed}", configs[name], seed, minutes)
-            record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, work / f"{name}-s{seed}"))
-                             for space in ("domain", "inception")}
+            record["val"] = val_scores(breast, work / f"{name}-s{seed}")
             runs.append(record)
         seeds[name] = {"runs": runs, "val_inception": summary([r["val"]["inception"] for r in runs])}
         save_results(results)
@@ -497,8 +500,7 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
         run = default_run(work, defaults, seed)
         record = train_as(run, list(default_args), seed, defaults)
         record["test"] = scores(real_test, breast.fake("inception", run), bootstrap=50)
-        record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
-                         for space in ("domain", "inception")}
+        record["val"] = val_scores(breast, run)
         runs.append(record)
     first = default_run(work, defaults, 0)
     baseline = real_baseline(breast, N_SAMPLES)
@@ -534,8 +536,7 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
         for seed in (0, 1, 2):
             run = default_run(work, lever, seed, prefix=f"fixed-{name}")
             record = train_as(run, args, seed, lever)
-            record["val"] = {space: scores(breast.real(space, "val"), breast.fake(space, run))
-                             for space in ("domain", "inception")}
+            record["val"] = val_scores(breast, run)
             runs.append(record)
         fixed[name] = {"runs": runs, "val_inception": summary([r["val"]["inception"] for r in runs])}
         entries[name] = fixed[name]

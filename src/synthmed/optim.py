@@ -1,4 +1,4 @@
-"""Optimiser construction with the fastest correct implementation for the device."""
+"""Optimiser construction with the fastest correct implementation for the device, and learning-rate schedules."""
 
 from __future__ import annotations
 
@@ -21,3 +21,16 @@ def adam(params: Iterable[torch.nn.Parameter], lr: float, betas: tuple[float, fl
         except (RuntimeError, ValueError):  # a dtype or device without the fused kernel
             pass
     return torch.optim.Adam(params, foreach=True, **kwargs)  # type: ignore[arg-type]
+
+
+def linear_decay(progress: float, start: float) -> float:
+    """Learning-rate factor: 1 until ``start`` (a fraction of the run), then linearly down to 0 at the end."""
+    if start >= 1.0 or progress <= start:
+        return 1.0
+    return max(0.0, 1.0 - (progress - start) / (1.0 - start))
+
+
+def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], base: float, factor: float) -> None:
+    for optimizer in optimizers.values():
+        for group in optimizer.param_groups:
+            group["lr"] = base * factor

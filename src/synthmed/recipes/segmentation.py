@@ -42,17 +42,10 @@ from synthmed.errors import ConfigError
 from synthmed.nn.segmentation import SegANCritic, build_segmentor, segmentation_depth
 from synthmed.nn.translation import build_patch_discriminator
 from synthmed.ops.tiling import pad_bottom_right
-from synthmed.optim import adam
+from synthmed.optim import adam, linear_decay, set_learning_rates
 from synthmed.recipes.base import Preview, SegmentationRecipe, register_recipe
 from synthmed.recipes.step import StepContext, evaluating, frozen
-from synthmed.recipes.translation import (
-    check_crop_and_schedule,
-    discriminator_loss,
-    generator_loss,
-    linear_decay,
-    random_jitter,
-    set_learning_rates,
-)
+from synthmed.recipes.translation import check_crop_and_schedule, discriminator_loss, generator_loss, random_jitter
 
 #: Images per validation forward pass.
 VALIDATION_BATCH = 16

@@ -49,7 +49,7 @@ from synthmed.nn.translation import (
     build_patch_discriminator,
     build_translation_generator,
 )
-from synthmed.optim import adam
+from synthmed.optim import adam, linear_decay, set_learning_rates
 from synthmed.recipes.base import Preview, TranslationRecipe, register_recipe
 from synthmed.recipes.step import StepContext, evaluating, frozen
 
@@ -115,19 +115,6 @@ def mask_bce_dice(probability: torch.Tensor, mask: torch.Tensor, eps: float = 1e
 
 
 # -------------------------------------------------------------------------------------- schedule, jitter
-
-
-def linear_decay(progress: float, start: float) -> float:
-    """Learning-rate factor: 1 until ``start`` (a fraction of the run), then linearly down to 0 at the end."""
-    if start >= 1.0 or progress <= start:
-        return 1.0
-    return max(0.0, 1.0 - (progress - start) / (1.0 - start))
-
-
-def set_learning_rates(optimizers: dict[str, torch.optim.Optimizer], base: float, factor: float) -> None:
-    for optimizer in optimizers.values():
-        for group in optimizer.param_groups:
-            group["lr"] = base * factor
 
 
 def random_jitter(tensors: dict[str, torch.Tensor], *, crop: int, jitter: float, flip: bool,

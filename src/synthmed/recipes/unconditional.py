@@ -30,10 +30,9 @@ from synthmed.data.dataset import DataInfo, ImageDataset
 from synthmed.errors import ConfigError
 from synthmed.nn import FAMILIES, NetworkFamily, build_discriminator, build_generator, get_family
 from synthmed.nn.batchnorm import recalibrate_batchnorm
-from synthmed.optim import adam
+from synthmed.optim import adam, linear_decay, set_learning_rates
 from synthmed.recipes.base import GenerativeRecipe, register_recipe
 from synthmed.recipes.step import StepContext, frozen
-from synthmed.recipes.translation import linear_decay, set_learning_rates
 
 #: The config field behind each discriminator option a network family may accept (see NetworkFamily.d_options).
 _D_OPTION_FIELDS = {"norm": "d_norm", "minibatch_discrimination": "minibatch_discrimination"}
@@ -298,8 +297,8 @@ class UnconditionalGAN(GenerativeRecipe):
         reuse_fake = self.n_critic == 1
         if cfg.lr_decay_start < 1.0:
             factor = linear_decay(ctx.progress, cfg.lr_decay_start)
-            set_learning_rates({"D": ctx.optimizers["D"]}, float(cfg.lr_d), factor)  # type: ignore[arg-type]
-            set_learning_rates({"G": ctx.optimizers["G"]}, float(cfg.lr_g), factor)  # type: ignore[arg-type]
+            for name, base in (("D", cfg.lr_d), ("G", cfg.lr_g)):
+                set_learning_rates({name: ctx.optimizers[name]}, float(base), factor)  # type: ignore[arg-type]
         fake_for_g = None
         for i in range(self.n_critic):
             real = batch["image"] if i == 0 else ctx.draw_batch()["image"]
