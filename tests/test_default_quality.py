@@ -207,7 +207,8 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
         monkeypatch.setattr(benchmark, f"stage_{stage}", lambda *args, _stage=stage, **kw: calls.update(
             {_stage: (args, kw)}))
     study = benchmark.Study(tmp_path / "results.json", tmp_path / "images", ("old-default", "ttur+diffaug-t"),
-                            ("ttur+diffaug-t",), "title", default_args=("--steps", "7"), fixed=("lr-decay-0.5",))
+                            ("ttur+diffaug-t",), "title", default_args=("--steps", "7"), fixed=("lr-decay-0.5",),
+                            transfer_variants=("lecam01",))
     (tmp_path / "results.json").write_text(json.dumps(json.loads(RESULTS.read_text())))
     monkeypatch.setitem(benchmark.STUDIES, "avx512", study)
     monkeypatch.setattr(sys, "argv", ["default_quality.py", "--work", str(tmp_path / "work"), "--study", "avx512"])
@@ -217,19 +218,22 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert calls["seeds"][1] == {"sets_step_count": False}  # its default stage pins steps: no step count from it
     assert calls["test"][0][-1] == study.finalists and calls["default"][0][-1] == study.default_args
     assert calls["fixed"][0][-2:] == (study.fixed, study.default_args)
+    assert calls["transfer"][0][-1] == study.transfer_variants
     assert (tmp_path / "results.md").exists() and (tmp_path / "images" / "screen.png").stat().st_size > 10_000
     assert study.results == benchmark.RESULTS and study.images == benchmark.IMAGES
 
 
-def test_screen_figure_draws_one_panel_when_every_point_is_near(tmp_path: Path) -> None:
+def test_screen_figure_enlarges_the_best_corner_only_when_some_points_lie_far(tmp_path: Path) -> None:
     benchmark = load_benchmark()
-    results = json.loads(RESULTS.read_text())
-    assert max(r["val"]["inception"]["fid"] for r in results["screen"].values()) <= benchmark.ZOOM_ABOVE
-    benchmark.screen_figure(results, tmp_path / "screen.png", "title")
     import matplotlib.image
 
-    height, width = matplotlib.image.imread(tmp_path / "screen.png").shape[:2]
-    assert width < 1.8 * height  # one panel (9 x 6 in); two would be 14 x 6
+    results = json.loads(RESULTS.read_text())
+    near = {name: r for name, r in results["screen"].items() if r["val"]["inception"]["fid"] <= benchmark.ZOOM_ABOVE}
+    assert len(near) < len(results["screen"])  # the recorded screen has far points (LeCam 1.0): two panels
+    for screen, panels in ((near, 1), (results["screen"], 2)):
+        benchmark.screen_figure({**results, "screen": screen}, tmp_path / "screen.png", "title")
+        height, width = matplotlib.image.imread(tmp_path / "screen.png").shape[:2]
+        assert (width < 1.8 * height) == (panels == 1)  # one panel is 9 x 6 in, two are 14 x 6
 
 
 def test_curve_is_reported_against_the_goal_on_val(tmp_path: Path) -> None:
@@ -292,6 +296,11 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
 
     def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
         trained.append((out.name, seed))
+        out.mkdir()
+        # The discriminator "wins" (loss_d < 0.01) on `seed` of the three logged steps.
+        rows = "".join(f"{step},{0.005 if step < seed else 1.3}\n" for step in range(3))
+        (out / "losses.csv").write_text("step,loss_d\n" + rows)
+        (out / "config.yaml").write_text("recipe_options: {}\n")
         return {"command": "synthmed train", "run": str(out), "steps": 10}
 
     class FakeSpaces:
@@ -318,16 +327,37 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
     data = tmp_path / "lgg.npz"
     data.write_bytes(b"")
     monkeypatch.setattr(benchmark, "TRANSFER", {"lgg": {"data": data, "args": [], "options": {}}})
+    monkeypatch.setattr(benchmark, "IMAGES", tmp_path / "images")
     results: dict = {}
-    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=3)
+    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=3, variants=("lecam01",))
     entry = results["transfer"]["lgg@10"]
-    assert sorted(trained) == sorted((f"lgg-{label}-10steps-s{seed}", seed)
-                                     for label in ("old-default", "new-default") for seed in range(3))
-    for label in ("old-default", "new-default"):
+    labels = ("old-default", "new-default", "new-default+lecam01")
+    assert sorted(trained) == sorted((f"lgg-{label}-10steps-s{seed}", seed) for label in labels for seed in range(3))
+    for label in labels:
         assert entry[label]["run"].endswith("-s0") and entry[label]["test"]["fid"] == 100.0
         assert [r["run"][-2:] for r in entry[label]["more_seeds"]] == ["s1", "s2"]
         assert entry[label]["test_summary"]["fid"]["mean"] == 110.0
-    assert "seeds 0-2" in benchmark.report(results)
+        won = [r["discriminator_won"] for r in (entry[label], *entry[label]["more_seeds"])]
+        assert won == [{"steps_below": seed, "steps_logged": 3} for seed in range(3)]
+    report = benchmark.report(results)
+    assert "seeds 0-2" in report and "| new-default+lecam01 | 10 |" in report
+    assert "new-default+lecam01 0 of 3 / 1 of 3 / 2 of 3" in report
+    assert (tmp_path / "images" / "lgg_discriminator_loss-10steps.png").stat().st_size > 10_000
+    trained.clear()
+    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=1)  # fewer seeds than recorded: kept
+    assert not trained and results["transfer"]["lgg@10"] is entry
+
+
+def test_a_discriminator_win_is_counted_on_the_adversarial_loss_without_its_regularisers(tmp_path: Path) -> None:
+    # loss_d = BCE + lambda x LeCam: a discriminator that has won (BCE 0.005) still logs a total of ~1.
+    benchmark = load_benchmark()
+    (tmp_path / "config.yaml").write_text("recipe_options: {lecam: 0.1, r1_weight: 2.0}\n")
+    (tmp_path / "losses.csv").write_text("step,loss_d,lecam,r1\n1,1.105,10.0,0.1\n2,1.6,10.0,0.1\n")
+    steps, losses = benchmark.adversarial_d_losses(tmp_path)  # minus 0.1 x 10 and 2 / 2 x 0.1
+    assert steps == [1, 2] and losses == pytest.approx([0.005, 0.5])
+    assert benchmark.discriminator_won(tmp_path) == {"steps_below": 1, "steps_logged": 2}
+    (tmp_path / "config.yaml").write_text("recipe_options: {}\n")  # a run from before the options existed
+    assert benchmark.adversarial_d_losses(tmp_path)[1] == pytest.approx([1.105, 1.6])
 
 
 class _Library:

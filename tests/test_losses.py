@@ -167,6 +167,41 @@ def test_r1_penalty_quadratic() -> None:
     close(losses.r1_penalty(logits, x), 28.0)
 
 
+def test_lecam_penalty_hand_case() -> None:
+    # a_R = 1, a_F = -1. Real (3, 0): relu(3 + 1)^2 = 16, relu(0 + 1)^2 = 1 -> 8.5.
+    # Fake (-2, 1): relu(1 + 2)^2 = 9, relu(1 - 1)^2 = 0 -> 4.5. Sum 13.
+    close(losses.lecam_penalty(t(3.0, 0.0), t(-2.0, 1.0), 1.0, -1.0), 13.0)
+    # Outputs already on their side of the other class's anchor cost nothing.
+    close(losses.lecam_penalty(t(-2.0), t(2.0), 1.0, -1.0), 0.0)
+
+
+def test_lecam_penalty_treats_the_anchors_as_constants() -> None:
+    anchor = torch.tensor(1.0, requires_grad=True)
+    real = t(3.0).requires_grad_(True)
+    losses.lecam_penalty(real, t(-2.0), anchor, anchor - 2).backward()
+    assert anchor.grad is None and real.grad is not None
+    close(real.grad[0], 8.0)  # d/dr (r - a_F)^2 = 2 (3 + 1)
+
+
+def test_logit_anchors_start_at_the_first_means_then_decay() -> None:
+    anchors = losses.LogitAnchors(decay=0.9)  # kept in float32, as the logits they average
+    a_r, a_f = anchors.update(torch.tensor(2.0), torch.tensor(-1.0))
+    assert (a_r.item(), a_f.item()) == (2.0, -1.0)
+    a_r, a_f = anchors.update(torch.tensor(4.0), torch.tensor(1.0))
+    assert a_r.item() == pytest.approx(0.9 * 2.0 + 0.1 * 4.0, rel=1e-6)  # 2.2
+    assert a_f.item() == pytest.approx(0.9 * -1.0 + 0.1 * 1.0, rel=1e-6)  # -0.8
+    restored = losses.LogitAnchors(decay=0.9)
+    restored.load_state(anchors.state("lecam"), "lecam")
+    assert restored.updates == 2 and torch.equal(restored.values, anchors.values)
+    a_r, _ = restored.update(torch.tensor(0.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.bfloat16))
+    assert a_r.dtype == torch.float32 and a_r.item() == pytest.approx(0.9 * 2.2, rel=1e-6)
+    untouched = losses.LogitAnchors(decay=0.9)
+    untouched.load_state({}, "lecam")  # a checkpoint of a run without the penalty
+    assert untouched.updates == 0
+    with pytest.raises(ValueError, match="decay"):
+        losses.LogitAnchors(decay=1.0)
+
+
 # Reconstruction and feature losses
 
 

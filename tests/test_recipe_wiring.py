@@ -219,6 +219,35 @@ def test_lr_decay_start_takes_both_rates_linearly_towards_zero_over_the_rest_of_
         make(lr_decay_start=1.5)
 
 
+def test_lecam_adds_its_weighted_penalty_anchored_at_the_running_means() -> None:
+    recipe, ctx = make(lecam=0.5, lecam_decay=0.9)
+    out, real, fake = d_step_logits((recipe, ctx))
+    # First step: the anchors are this batch's means.
+    first = L.lecam_penalty(real, fake, real.mean(), fake.mean())
+    torch.testing.assert_close(out["lecam"], first)
+    torch.testing.assert_close(out["loss_d"], L.d_loss_bce(real, fake) + 0.5 * first)
+    anchors = recipe.lecam_anchors.values.clone()
+    out, real, fake = d_step_logits((recipe, ctx), seed=8)
+    a_r, a_f = 0.9 * anchors + 0.1 * torch.stack([real.mean(), fake.mean()])
+    torch.testing.assert_close(out["lecam"], L.lecam_penalty(real, fake, a_r, a_f))
+    assert set(recipe.extra_state()) == {"lecam/values", "lecam/updates"}
+    plain, _ = make()
+    assert plain.extra_state() == {} and "lecam" not in plain.loss_names()
+    # The penalty reaches the discriminator's weights: the same step with and without it ends elsewhere.
+    weights = {}
+    for weight in (0.0, 0.5):
+        recipe, ctx = make(lecam=weight)
+        step(recipe, ctx)
+        weights[weight] = torch.cat([p.detach().reshape(-1) for p in recipe.networks["D"].parameters()])
+    assert not torch.equal(weights[0.0], weights[0.5])
+    recipe, ctx = make(lecam=0.5, loss="wgan-gp", n_critic=3)
+    step(recipe, ctx)
+    assert recipe.lecam_anchors.updates == 3 and recipe.lecam_anchors.values.dtype == torch.float32
+    for bad in ({"lecam": -1.0}, {"lecam": 0.3, "lecam_decay": 1.0}):
+        with pytest.raises(ConfigError, match="lecam"):
+            make(**bad)
+
+
 def test_minibatch_discrimination_couples_the_samples_of_a_batch() -> None:
     def sample_zero_depends_on_sample_one(**options) -> bool:
         recipe, _ = make(**options)

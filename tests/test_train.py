@@ -48,6 +48,7 @@ def train(tmp: Path, name: str, **options) -> synthmed.train:
     {"loss": "bce", "diffaugment": "translation,cutout", "instance_noise": 0.1, "label_flip": 0.05,
      "label_noise": 0.1},
     {"loss": "wgan-gp"},
+    {"loss": "bce", "lecam": 0.3},  # the anchors travel in the checkpoint
 ])
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path: Path, variant: dict) -> None:
     full = train(tmp_path, "full", steps=12, **variant)
@@ -231,7 +232,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
 
     sampling.EpochSampler.next = recording_next
     config = RunConfig(
-        recipe_options={"g_channels": 8, "d_channels": 8, "latent_dim": 16},
+        # LeCam's anchors are statistics of each process's batch: they must be averaged to stay shared.
+        recipe_options={"g_channels": 8, "d_channels": 8, "latent_dim": 16, "lecam": 0.3},
         data=DataConfig(),
         # sample_every not a multiple of log_every: the flush before a preview is a collective on every rank.
         train=TrainConfig(steps=4, batch_size=8, log_every=2, sample_every=3, checkpoint_every=1000,
@@ -248,7 +250,8 @@ def _ddp_worker(rank: int, world: int, port: int, out: str, result_dir: str) -> 
     runner._build = keep
     runner.run()
     params = torch.cat([p.detach().reshape(-1) for p in recipe_holder["r"].networks.parameters()])
-    torch.save({"params": params, "indices": torch.cat(seen)}, Path(result_dir) / f"rank{rank}.pt")
+    torch.save({"params": params, "indices": torch.cat(seen), "anchors": recipe_holder["r"].lecam_anchors.values},
+               Path(result_dir) / f"rank{rank}.pt")
 
 
 def test_data_parallel_two_gloo_processes_stay_in_sync(tmp_path: Path) -> None:
@@ -258,6 +261,7 @@ def test_data_parallel_two_gloo_processes_stay_in_sync(tmp_path: Path) -> None:
     r1 = torch.load(tmp_path / "rank1.pt")
     assert torch.equal(r0["params"], r1["params"]), "replicas drifted apart: gradients were not averaged"
     assert not set(r0["indices"].tolist()[:8]) & set(r1["indices"].tolist()[:8]), "ranks saw the same samples"
+    assert torch.equal(r0["anchors"], r1["anchors"]), "the LeCam anchors differ between processes"
     checkpoint = ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints")
     record, tensors = ckpt.load_checkpoint(checkpoint)
     assert record["world_size"] == 2 and "extra/rng/cpu/rank1" in tensors

@@ -54,6 +54,8 @@ class StepContext:
         draw_batch: another training batch (for recipes that take several per step, e.g. WGAN-GP's critic).
         average_gradients: averages a list of parameters' gradients over processes (the trainer sets it under
             torchrun; ``None`` in one process).
+        average_values: the mean of a tensor over processes, for statistics every process must share (LeCam's
+            anchors); ``None`` in one process.
     """
 
     device: torch.device
@@ -64,6 +66,7 @@ class StepContext:
     total_steps: int | None = None
     draw_batch: Callable[[], dict[str, torch.Tensor]] = _no_batches
     average_gradients: Callable[[list[nn.Parameter]], None] | None = None
+    average_values: Callable[[torch.Tensor], torch.Tensor] | None = None
     _params: dict[str, list[nn.Parameter]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -89,6 +92,10 @@ class StepContext:
         if self.average_gradients is not None:
             self.average_gradients(self._params[name])
         optimizer.step()
+
+    def mean_over_processes(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` averaged over all processes (itself in one process)."""
+        return values if self.average_values is None else self.average_values(values)
 
     @property
     def progress(self) -> float:

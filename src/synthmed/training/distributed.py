@@ -70,6 +70,11 @@ def gradient_averager(info: DistInfo) -> Callable[[list[torch.nn.Parameter]], No
     return functools.partial(all_reduce_gradients, world_size=info.world_size) if info.enabled else None
 
 
+def value_averager(info: DistInfo) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """What :meth:`~synthmed.recipes.step.StepContext.mean_over_processes` calls: None in one process."""
+    return functools.partial(all_reduce_mean, world_size=info.world_size) if info.enabled else None
+
+
 def broadcast_module(module: torch.nn.Module) -> None:
     """Make every process start from rank 0's parameters and buffers."""
     for tensor in list(module.parameters()) + list(module.buffers()):

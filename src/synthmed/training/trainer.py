@@ -283,7 +283,8 @@ class Trainer:
             last_saved_step=start_step if resume_record else -1,
         )
         ctx = StepContext(device=self.device, optimizers=optimizers, precision=self.precision, total_steps=t.steps,
-                          draw_batch=stream.next, average_gradients=D.gradient_averager(self.dist))
+                          draw_batch=stream.next, average_gradients=D.gradient_averager(self.dist),
+                          average_values=D.value_averager(self.dist))
         parts = [LogLosses(t.log_every), Preview(t.sample_every), Checkpoint(t.checkpoint_every),
                  EvaluateAndKeepBest(t.eval_every, evaluator)]
         started = time.monotonic()
