@@ -873,9 +873,10 @@ def report(results: dict[str, Any]) -> str:
         won = {label: [r["discriminator_won"] for r in (entry[label], *entry[label].get("more_seeds", []))]
                for label in labels if "discriminator_won" in entry[label]}
         if won:
-            lines += ["", f"Logged steps the discriminator won (loss_d < {D_WON_BELOW}), per seed: " + "; ".join(
-                f"{label} " + " / ".join(f"{w['steps_below']} of {w['steps_logged']}" for w in counts)
-                for label, counts in won.items())]
+            per_label = "; ".join(f"{label} " + " / ".join(f"{w['steps_below']} of {w['steps_logged']}" for w in counts)
+                                  for label, counts in won.items())
+            lines += ["", f"Logged steps the discriminator won (adversarial part of loss_d < {D_WON_BELOW}), per seed: "
+                      + per_label]
     if results.get("curve"):
         c = results["curve"]
         ref = c["reference_val"]

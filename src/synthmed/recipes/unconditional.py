@@ -84,7 +84,8 @@ class UnconditionalConfig:
             outputs on real and generated images near moving averages of each other: a regulariser for small
             training sets, beside DiffAugment (the paper uses 0.3 with BigGAN on 10% of CIFAR-10). 0: off.
             [off: at 28 px in two minutes every weight tried lowered recall; at 64 px 0.1 kept the discriminator
-            from winning on LGG FLAIR where the default alone lost one seed in three, docs/default-quality.md]
+            from winning on LGG FLAIR where the default alone lost one seed in three, at some cost in recall on
+            PH2, docs/default-quality.md]
         lecam_decay: Decay of the moving averages the LeCam penalty anchors to (the paper's 0.99).
     """
 
