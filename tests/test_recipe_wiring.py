@@ -248,6 +248,27 @@ def test_lecam_adds_its_weighted_penalty_anchored_at_the_running_means() -> None
             make(**bad)
 
 
+def test_a_discriminator_that_has_won_is_reported_once() -> None:
+    import warnings
+
+    from synthmed.recipes.unconditional import CollapseWatch
+
+    def run(loss: float, steps: int, **options) -> list[str]:
+        recipe, ctx = make(**options)
+        recipe.collapse_watch = CollapseWatch(every=2, checks=3)
+        recipe._d_loss = lambda real, fake: real.sum() * 0 + loss  # the adversarial part the watch reads
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for at in range(steps):
+                step(recipe, ctx, at=at)
+        return [str(w.message) for w in caught if "discriminator has won" in str(w.message)]
+
+    said = run(0.001, 12)  # checks at steps 0, 2, 4 (the third in a row warns), 6, 8, 10
+    assert len(said) == 1 and said[0].startswith("step 4:") and "lecam=0.1" in said[0]
+    assert run(0.001, 12, lecam=0.5) and not run(0.5, 12)  # LeCam's own term does not hide a win; 0.5 is no win
+    assert not run(0.001, 4)  # steps 0-3: two checks in a row are not yet a collapse
+
+
 def test_minibatch_discrimination_couples_the_samples_of_a_batch() -> None:
     def sample_zero_depends_on_sample_one(**options) -> bool:
         recipe, _ = make(**options)

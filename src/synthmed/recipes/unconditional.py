@@ -19,6 +19,7 @@ The losses and their presets are the entries of :data:`synthmed.losses.ADVERSARI
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import torch
@@ -186,6 +187,30 @@ def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, fami
         raise ConfigError(f"n_critic must be at least 1 (got {config.n_critic})")
 
 
+class CollapseWatch:
+    """Warns once when the discriminator has won outright: its adversarial loss (BCE or least squares, without
+    regularisers) below ``below`` at ``checks`` consecutive checks, one every ``every`` steps (a check reads one
+    number from the device, so it stays rare). The generator then gets almost no gradient, and a run can sit there
+    for thousands of steps (LGG FLAIR at 64 px did, docs/default-quality.md); the user should hear it while the run
+    is still cheap to stop.
+    """
+
+    def __init__(self, every: int = 50, checks: int = 5, below: float = 0.01) -> None:
+        self.every, self.checks, self.below = every, checks, below
+        self.streak = 0
+        self.warned = False
+
+    def observe(self, step: int, adversarial_loss: torch.Tensor) -> None:
+        if self.warned or step % self.every:
+            return
+        self.streak = self.streak + 1 if adversarial_loss.item() < self.below else 0
+        if self.streak >= self.checks:
+            self.warned = True
+            warnings.warn(f"step {step}: the discriminator has won (its loss below {self.below:g} at the last "
+                          f"{self.checks} checks, {self.every} steps apart), so the generator learns almost nothing; "
+                          "consider stopping and retraining with -o lecam=0.1 (docs/default-quality.md)", stacklevel=2)
+
+
 @register_recipe
 class UnconditionalGAN(GenerativeRecipe):
     """Noise -> image generator trained against a discriminator (or critic)."""
@@ -208,6 +233,7 @@ class UnconditionalGAN(GenerativeRecipe):
         self.latent_dim = config.latent_dim
         self.n_critic = int(config.n_critic)  # type: ignore[arg-type]
         self.lecam_anchors = L.LogitAnchors(config.lecam_decay)
+        self.collapse_watch = CollapseWatch()
         channels = data_info.channels
         d_kwargs: dict[str, object] = {
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
@@ -350,6 +376,8 @@ class UnconditionalGAN(GenerativeRecipe):
                 real_logits = D(real_in)
                 fake_logits = D(fake_in)
                 loss_d = self._d_loss(real_logits.float(), fake_logits.float())
+            if self.adversarial.targets and i == 0:  # the losses whose scale "won" is defined on
+                self.collapse_watch.observe(ctx.step, loss_d.detach())
             if cfg.lecam > 0:
                 loss_d = loss_d + cfg.lecam * self._lecam(real_logits.float(), fake_logits.float(), ctx, out)
             if self.adversarial.critic:
