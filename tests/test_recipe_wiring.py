@@ -255,7 +255,7 @@ def test_a_discriminator_that_has_won_is_reported_once() -> None:
 
     def run(loss: float, steps: int, **options) -> list[str]:
         recipe, ctx = make(**options)
-        recipe.collapse_watch = CollapseWatch(every=2, checks=3)
+        recipe.collapse_watch = CollapseWatch(every=2, checks=3, advice=recipe.collapse_watch.advice)
         recipe._d_loss = lambda real, fake: real.sum() * 0 + loss  # the adversarial part the watch reads
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -265,7 +265,9 @@ def test_a_discriminator_that_has_won_is_reported_once() -> None:
 
     said = run(0.001, 12)  # checks at steps 0, 2, 4 (the third in a row warns), 6, 8, 10
     assert len(said) == 1 and said[0].startswith("step 4:") and "lecam=0.1" in said[0]
-    assert run(0.001, 12, lecam=0.5) and not run(0.5, 12)  # LeCam's own term does not hide a win; 0.5 is no win
+    with_lecam = run(0.001, 12, lecam=0.5)  # LeCam's own term does not hide a win
+    assert len(with_lecam) == 1 and "a larger -o lecam (now 0.5)" in with_lecam[0]
+    assert not run(0.5, 12)  # 0.5 is no win
     assert not run(0.001, 4)  # steps 0-3: two checks in a row are not yet a collapse
 
 

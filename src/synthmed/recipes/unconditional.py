@@ -195,8 +195,8 @@ class CollapseWatch:
     is still cheap to stop.
     """
 
-    def __init__(self, every: int = 50, checks: int = 5, below: float = 0.01) -> None:
-        self.every, self.checks, self.below = every, checks, below
+    def __init__(self, every: int = 50, checks: int = 5, below: float = 0.01, advice: str = "-o lecam=0.1") -> None:
+        self.every, self.checks, self.below, self.advice = every, checks, below, advice
         self.streak = 0
         self.warned = False
 
@@ -208,7 +208,8 @@ class CollapseWatch:
             self.warned = True
             warnings.warn(f"step {step}: the discriminator has won (its loss below {self.below:g} at the last "
                           f"{self.checks} checks, {self.every} steps apart), so the generator learns almost nothing; "
-                          "consider stopping and retraining with -o lecam=0.1 (docs/default-quality.md)", stacklevel=2)
+                          f"consider stopping and retraining with {self.advice} (docs/default-quality.md)",
+                          stacklevel=2)
 
 
 @register_recipe
@@ -233,7 +234,8 @@ class UnconditionalGAN(GenerativeRecipe):
         self.latent_dim = config.latent_dim
         self.n_critic = int(config.n_critic)  # type: ignore[arg-type]
         self.lecam_anchors = L.LogitAnchors(config.lecam_decay)
-        self.collapse_watch = CollapseWatch()
+        self.collapse_watch = CollapseWatch(
+            advice=f"a larger -o lecam (now {config.lecam:g})" if config.lecam > 0 else "-o lecam=0.1")
         channels = data_info.channels
         d_kwargs: dict[str, object] = {
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
