@@ -644,13 +644,13 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
         budget = {"steps": steps} if steps else {"minutes": minutes}
         entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), **budget}
         suffix = f"-{steps}steps" if steps else ""
-        labels = [("old-default", SCREEN["old-default"]), ("new-default", []),
-                  *((f"new-default+{variant}", TRANSFER_VARIANTS[variant]) for variant in variants)]
-        for label, extra in labels:
+        labels = {"old-default": SCREEN["old-default"], "new-default": [],
+                  **{f"new-default+{variant}": TRANSFER_VARIANTS[variant] for variant in variants}}
+        runs = {label: [work / f"{name}-{label}{suffix}-s{seed}" for seed in range(seeds)] for label in labels}
+        step_args = ["--steps", str(steps)] if steps else []
+        for label, extra in labels.items():
             records = []
-            for seed in range(seeds):
-                run = work / f"{name}-{label}{suffix}-s{seed}"
-                step_args = ["--steps", str(steps)] if steps else []
+            for seed, run in enumerate(runs[label]):
                 record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], seed,
                                None if steps else minutes)
                 record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
@@ -659,11 +659,10 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
             entry[label] = records[0]
             if seeds > 1:
                 entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]))
-            grid(samples(work / f"{name}-{label}{suffix}-s0", 36), IMAGES / f"{name}_{label}{suffix}.png")
+            grid(samples(runs[label][0], 36), IMAGES / f"{name}_{label}{suffix}.png")
         if seeds > 1:
             discriminator_loss_figure(
-                {label: [work / f"{name}-{label}{suffix}-s{seed}" for seed in range(seeds)] for label, _ in labels},
-                IMAGES / f"{name}_discriminator_loss{suffix}.png",
+                runs, IMAGES / f"{name}_discriminator_loss{suffix}.png",
                 f"{name}: discriminator loss while training ({f'{steps} steps' if steps else f'{minutes:g} minutes'}"
                 "; BCE: 1.39 = both outputs 0.5)")
         transfer[key] = entry
