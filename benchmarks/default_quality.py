@@ -63,7 +63,8 @@ OLD_RECIPE_DEFAULTS: dict[str, Any] = {
     "d_norm": None, "spectral_norm": None, "lr_g": None, "lr_d": None, "betas": None, "n_critic": None,
     "gp_weight": 10.0, "r1_weight": 0.0, "label_smoothing": 0.0, "label_noise": 0.0, "label_flip": 0.0,
     "instance_noise": 0.0, "instance_noise_steps": 1000, "ttur": False, "feature_matching": 0.0,
-    "minibatch_discrimination": False, "diffaugment": "", "flip": False, "lr_decay_start": 1.0, "lecam": 0.0,
+    "minibatch_discrimination": False, "diffaugment": "", "flip": False, "lr_decay_start": 1.0,
+    "lecam": None,  # the preset: off at the screen's 28 px (the transfer stage pins it off at 64 px)
     "lecam_decay": 0.99,
 }
 #: The training defaults before issue 16.
@@ -293,6 +294,11 @@ TRANSFER: dict[str, dict[str, Any]] = {
     "lgg-flair-64": {"data": SHARED / "lgg-mri" / "lgg_mri_128.npz", "args": ["--channels", "flair", "--size", "64"],
                      "options": {"channels": "flair", "size": 64}},
     "ph2-64": {"data": SHARED / "ph2" / "images", "args": ["--size", "64"], "options": {"size": 64}},
+    # Session 6: a third 64-px set. The same 90 patients as lgg-flair-64, so not an independent sample of patients,
+    # but another contrast (T1 after gadolinium: dark CSF, bright enhancing rims and vessels, another histogram).
+    "lgg-post-64": {"data": SHARED / "lgg-mri" / "lgg_mri_128.npz",
+                    "args": ["--channels", "post-contrast", "--size", "64"],
+                    "options": {"channels": "post-contrast", "size": 64}},
 }
 
 
@@ -599,6 +605,57 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
     save_results(results)
 
 
+#: Latent scales tried at sampling time (stage ``latent-scale``): z ~ N(0, s^2 I) instead of N(0, I), the opposite of
+#: BigGAN's truncation. With precision ~0.95 and recall ~0.5 on val, the default's samples crowd the middle of the
+#: real set; a wider latent might spread them at no training cost.
+LATENT_SCALES: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0)
+
+
+def scaled_samples(run: Path, scale: float, n: int = N_SAMPLES) -> torch.Tensor:
+    """``n`` samples of ``run`` from the latents :func:`samples` draws, times ``scale`` (the generator's BatchNorm
+    keeps the standing statistics it has for unscaled latents, so the scale is not normalised away)."""
+    import synthmed
+
+    model = synthmed.load(run, device="cpu")
+    z = torch.randn(n, model.latent_dim, generator=torch.Generator().manual_seed(SAMPLE_SEED))
+    return model.generate(z * scale)
+
+
+def stage_latent_scale(results: dict[str, Any], breast: Spaces) -> None:
+    """The default stage's three runs sampled at each of :data:`LATENT_SCALES`, scored on val (Inception); a scale
+    would ship only by :func:`choose` against scale 1. Nothing trains."""
+    if "default" not in results:
+        raise SystemExit("latent-scale: no default runs recorded; run --stage default first")
+    real_val = breast.real("inception", "val")
+    runs = [Path(record["run"]) for record in results["default"]["runs"]]
+    entries = {}
+    for scale in LATENT_SCALES:
+        figures = []
+        for run in runs:
+            path = run / f"features_inception_{N_SAMPLES}_z{scale:g}.npy"
+            if not path.exists():
+                np.save(path, breast.extractor("inception").extract(scaled_samples(run, scale)))
+            figures.append(scores(real_val, np.load(path)))
+        entries[f"{scale:g}"] = {"runs": figures, "val_inception": summary(figures)}
+        print(f"latent scale {scale:g}: val inception FID {entries[f'{scale:g}']['val_inception']['fid']['mean']:.1f}",
+              flush=True)
+    results["latent_scale"] = {"scales": entries, "defaults": results["default"]["defaults"],
+                               "chosen_on_val": choose(entries, "1")}
+    save_results(results)
+
+
+def latent_scale_lines(record: dict[str, Any]) -> list[str]:
+    """The report's table of the ``latent-scale`` stage."""
+    lines = ["", "### Latent scale at sampling time (the default stage's runs, seeds 0-2, val; nothing trains)", "",
+             "| scale s (z ~ N(0, s^2 I)) | val Inception FID | precision | recall |", "|---|---|---|---|"]
+    for scale, entry in record["scales"].items():
+        v = entry["val_inception"]
+        lines.append(f"| {scale} | " + " | ".join(f"{v[key]['mean']:.{digits}f} +- {v[key]['std']:.{digits}f}"
+                                                  for key, digits in (("fid", 1), ("precision", 2), ("recall", 2)))
+                     + " |")
+    return [*lines, "", f"Chosen on val (`choose()` against scale 1): {record['chosen_on_val']}"]
+
+
 def shipped_defaults(run: Path) -> dict[str, Any]:
     """What the library's defaults were when the default runs trained (tests/test_default_quality.py pins them)."""
     import yaml
@@ -615,18 +672,26 @@ PINNABLE_TRAIN_FIELDS = ("steps", "batch_size", "ema_beta")
 
 
 def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
-                   only: str | None = None, seeds: int = 1, variants: tuple[str, ...] = ()) -> None:
-    """Old and new default on other data sets (not retuned), against their test splits: the same wall time each,
-    or with ``steps`` the same step count (results key ``NAME@STEPS``). Seed 0's run is the entry's record; with
-    ``seeds`` > 1 the others join it under ``more_seeds`` and ``test_summary`` covers them all. Each of ``variants``
-    (:data:`TRANSFER_VARIANTS`) trains beside them as ``new-default+NAME``; every run records the steps its
-    discriminator won (:func:`discriminator_won`).
+                   only: str | None = None, seeds: int = 1, variants: tuple[str, ...] = (),
+                   labels: tuple[str, ...] | None = None) -> None:
+    """Old and new default on other data sets (not retuned), against their val and test splits: the same wall time
+    each, or with ``steps`` the same step count (results key ``NAME@STEPS``). Seed 0's run is the entry's record; with
+    ``seeds`` > 1 the others join it under ``more_seeds`` and ``test_summary`` / ``val_summary`` cover them all. Each
+    of ``variants`` (:data:`TRANSFER_VARIANTS`) trains beside them as ``new-default+NAME``; every run records the
+    steps its discriminator won (:func:`discriminator_won`). ``labels`` (default: all) names the settings trained
+    now; the entry keeps the others' records as they were (so the old settings need not train every seed).
 
     At 64 px a step costs about seven (AVX2) to nine (AVX-512) 28-px steps: two minutes bought ~240-290 steps on the
     AVX2 machine, too few for either setting to draw anything (docs/default-quality.md); hence the step-matched
     variant.
     """
     transfer = results.setdefault("transfer", {})
+    settings = {"old-default": lecam_off(SCREEN["old-default"]), "new-default": lecam_off([]),
+                **{f"new-default+{variant}": lecam_off(TRANSFER_VARIANTS[variant]) for variant in variants}}
+    unknown = sorted(set(labels or ()) - set(settings))
+    if unknown:
+        raise SystemExit(f"--transfer-labels: unknown {', '.join(unknown)} (known: {', '.join(settings)})")
+    trained = {label: extra for label, extra in settings.items() if labels is None or label in labels}
     for name, spec in TRANSFER.items():
         if only is not None and name != only:
             continue
@@ -634,39 +699,58 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
             print(f"transfer {name}: skipped, {spec['data']} is absent", flush=True)
             continue
         key = name + (f"@{steps}" if steps else "")
-        held = 1 + len(transfer.get(key, {}).get("new-default", {}).get("more_seeds", []))
+        previous = transfer.get(key, {})
+        held = max((1 + len(previous[label].get("more_seeds", [])) for label in trained if label in previous),
+                   default=0)
         if held > seeds:  # rebuilding the entry with fewer seeds would drop the others' records
             print(f"transfer {key}: kept, it holds {held} seeds (--transfer-seeds {held} re-scores it)", flush=True)
             continue
         spaces = Spaces(work, name, spec["data"], spec["options"])
-        real_test = spaces.real("inception", "test")
+        real_test, real_val = spaces.real("inception", "test"), spaces.real("inception", "val")
         n = min(N_SAMPLES, len(real_test))
         budget = {"steps": steps} if steps else {"minutes": minutes}
-        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test), **budget}
+        entry: dict[str, Any] = {"real_train": real_baseline(spaces, n), "n_test": len(real_test),
+                                 "n_val": len(real_val), **budget}
+        entry.update({label: record for label, record in previous.items()
+                      if label in settings and label not in trained})
         suffix = f"-{steps}steps" if steps else ""
-        labels = {"old-default": SCREEN["old-default"], "new-default": [],
-                  **{f"new-default+{variant}": TRANSFER_VARIANTS[variant] for variant in variants}}
-        runs = {label: [work / f"{name}-{label}{suffix}-s{seed}" for seed in range(seeds)] for label in labels}
         step_args = ["--steps", str(steps)] if steps else []
-        for label, extra in labels.items():
+        for label, extra in trained.items():
             records = []
-            for seed, run in enumerate(runs[label]):
+            for seed in range(seeds):
+                run = transfer_run(work, name, label, suffix, seed)
                 record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], seed,
                                None if steps else minutes)
-                record["test"] = scores(real_test, spaces.fake("inception", run, n), bootstrap=50)
+                fake = spaces.fake("inception", run, n)
+                record["test"] = scores(real_test, fake, bootstrap=50)
+                record["val"] = scores(real_val, fake)
                 record["discriminator_won"] = discriminator_won(run)
                 records.append(record)
             entry[label] = records[0]
             if seeds > 1:
-                entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]))
-            grid(samples(runs[label][0], 36), IMAGES / f"{name}_{label}{suffix}.png")
-        if seeds > 1:
+                entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]),
+                                    val_summary=summary([r["val"] for r in records]))
+            grid(samples(transfer_run(work, name, label, suffix, 0), 36), IMAGES / f"{name}_{label}{suffix}.png")
+        recorded = {label: [Path(r["run"]) for r in (entry[label], *entry[label].get("more_seeds", []))]
+                    for label in settings if label in entry}
+        if max(map(len, recorded.values())) > 1:
             discriminator_loss_figure(
-                runs, IMAGES / f"{name}_discriminator_loss{suffix}.png",
+                recorded, IMAGES / f"{name}_discriminator_loss{suffix}.png",
                 f"{name}: discriminator loss while training ({f'{steps} steps' if steps else f'{minutes:g} minutes'}"
                 "; BCE: 1.39 = both outputs 0.5)")
         transfer[key] = entry
         save_results(results)
+
+
+def lecam_off(args: list[str]) -> list[str]:
+    """``args`` with LeCam pinned off unless they set it: bce adds it from 64 px since session 6, and a transfer
+    setting must mean the same before and after that preset."""
+    return args if any(item.startswith("lecam=") for item in args) else [*args, "-o", "lecam=0"]
+
+
+def transfer_run(work: Path, name: str, label: str, suffix: str, seed: int) -> Path:
+    """The run folder of one transfer run (named once: training, scoring, grids and the loss figure share it)."""
+    return work / f"{name}-{label}{suffix}-s{seed}"
 
 
 #: Step counts at which the AVX2 study's default is scored on val while it trains on past its 1,600 steps (each segment
@@ -852,6 +936,8 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {entry['runs'][0]['steps']} | {_mean_sd(v['fid'])} | "
                          f"{_mean_sd(v['precision'])} | {_mean_sd(v['recall'])} | `{entry['runs'][0]['command']}` |")
         lines += ["", f"Chosen on val (`choose()` against the default): {results.get('fixed_steps_chosen_on_val')}"]
+    if results.get("latent_scale"):
+        lines += latent_scale_lines(results["latent_scale"])
     for name, entry in results.get("transfer", {}).items():
         budget = (f"{entry['steps']} steps each" if "steps" in entry
                   else f"{entry.get('minutes', 2.0):g} minutes of wall time each")
@@ -869,6 +955,12 @@ def report(results: dict[str, Any]) -> str:
                 per_seed = "; ".join(_fid_with_interval(r["test"], 1) for r in records)
                 lines += [f"| {label}, seeds 0-{len(records) - 1}: {per_seed} | | {_mean_sd(m['fid'])} | "
                           f"{_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | {_mean_sd(m['recall'])} |"]
+        val = {label: [r["val"] for r in (entry[label], *entry[label].get("more_seeds", []))]
+               for label in labels if "val" in entry[label]}
+        if val:
+            lines += ["", f"Val split ({entry['n_val']} images; the same samples), Inception FID / recall per seed: "
+                      + "; ".join(f"{label} " + " / ".join(f"{v['fid']:.1f} ({v['recall']:.2f})" for v in figures)
+                                  for label, figures in val.items())]
         won = {label: [r["discriminator_won"] for r in (entry[label], *entry[label].get("more_seeds", []))]
                for label in labels if "discriminator_won" in entry[label]}
         if won:
@@ -993,8 +1085,10 @@ def main() -> None:
     parser.add_argument("--transfer-steps", type=int, help="transfer stage: this many steps each, not --minutes")
     parser.add_argument("--transfer-only", choices=sorted(TRANSFER), help="transfer stage: this data set only")
     parser.add_argument("--transfer-seeds", type=int, default=1, help="transfer stage: seeds 0..N-1 of each run")
-    parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "fixed", "curve", "transfer",
-                                            "report"],
+    parser.add_argument("--transfer-labels", help="transfer stage: only these settings train (comma-separated: "
+                        "old-default, new-default, new-default+VARIANT); the others keep their records")
+    parser.add_argument("--stage", choices=["all", "screen", "seeds", "test", "default", "fixed", "latent-scale",
+                                            "curve", "transfer", "report"],
                         default="all")
     parser.add_argument("--study", choices=sorted(STUDIES), default="avx512",
                         help="which machine's search: avx512 (the reference machine, session 3) or avx2 (sessions 1-2)")
@@ -1020,11 +1114,14 @@ def main() -> None:
         stage_default(args.work, results, breast, study.default_args)
     if args.stage in ("all", "fixed") and study.fixed:
         stage_fixed(args.work, results, breast, study.fixed, study.default_args)
+    if args.stage in ("all", "latent-scale"):
+        stage_latent_scale(results, breast)
     if args.stage in ("all", "curve"):
         stage_curve(args.work, results, breast)
     if args.stage in ("all", "transfer"):
         stage_transfer(args.work, args.minutes, results, args.transfer_steps, args.transfer_only, args.transfer_seeds,
-                       study.transfer_variants)
+                       study.transfer_variants,
+                       tuple(args.transfer_labels.split(",")) if args.transfer_labels else None)
     if args.stage in ("all", "report"):
         RESULTS.with_suffix(".md").write_text(report(load_results()))
         screen_figure(load_results(), IMAGES / "screen.png", study.figure_title)

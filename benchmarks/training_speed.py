@@ -111,7 +111,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     },
     "dcgan64": {
         "label": "DCGAN 64 px (g/d 64 ch, the tutorial's network)",
-        "size": 64, "options": {"g_channels": 64, "d_channels": 64}, "plain": "dcgan", "channels": 64,
+        # LeCam off: the plain reference has none (bce adds it from 64 px since issue 16's sixth session)
+        "size": 64, "options": {"g_channels": 64, "d_channels": 64, "lecam": 0.0}, "plain": "dcgan", "channels": 64,
     },
     "wgangp64": {
         "label": "WGAN-GP 64 px (g/d 32 ch, n_critic 5, layer-norm critic)",

@@ -9,7 +9,9 @@ from dataclasses import fields
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
+import torch
 
 from synthmed.data import load_dataset
 from synthmed.recipes.base import config_to_dict
@@ -203,7 +205,7 @@ def test_each_study_retrains_exactly_what_it_recorded() -> None:
 def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
     calls: dict[str, tuple] = {}
-    for stage in ("screen", "seeds", "test", "default", "fixed", "curve", "transfer"):
+    for stage in ("screen", "seeds", "test", "default", "fixed", "latent_scale", "curve", "transfer"):
         monkeypatch.setattr(benchmark, f"stage_{stage}", lambda *args, _stage=stage, **kw: calls.update(
             {_stage: (args, kw)}))
     study = benchmark.Study(tmp_path / "results.json", tmp_path / "images", ("old-default", "ttur+diffaug-t"),
@@ -218,7 +220,8 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert calls["seeds"][1] == {"sets_step_count": False}  # its default stage pins steps: no step count from it
     assert calls["test"][0][-1] == study.finalists and calls["default"][0][-1] == study.default_args
     assert calls["fixed"][0][-2:] == (study.fixed, study.default_args)
-    assert calls["transfer"][0][-1] == study.transfer_variants
+    assert calls["transfer"][0][-2:] == (study.transfer_variants, None)  # every setting trains unless named
+    assert "latent_scale" in calls
     assert (tmp_path / "results.md").exists() and (tmp_path / "images" / "screen.png").stat().st_size > 10_000
     assert study.results == benchmark.RESULTS and study.images == benchmark.IMAGES
 
@@ -348,6 +351,60 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
     assert not trained and results["transfer"]["lgg@10"] is entry
 
 
+def test_transfer_trains_only_the_named_settings_and_keeps_the_others_records(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    trained: list[str] = []
+
+    def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
+        trained.append(out.name)
+        out.mkdir(exist_ok=True)  # seed 0 trained in the first call is reused by the second
+        (out / "losses.csv").write_text("step,loss_d\n0,1.3\n")
+        (out / "config.yaml").write_text("recipe_options: {}\n")
+        return {"command": "synthmed train", "run": str(out), "steps": 10}
+
+    class FakeSpaces:
+        def __init__(self, *args) -> None:
+            pass
+
+        def real(self, space: str, split: str, n: int | None = None) -> list:
+            return [split] * (4 if split == "test" else 2)
+
+        def fake(self, space: str, run: Path, n: int) -> Path:
+            return run
+
+    figures = {"kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 1.0}
+    monkeypatch.setattr(benchmark, "train", fake_train)
+    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
+    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
+    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
+    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: {"fid": 50.0, **figures})
+    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    # Val and test scores differ, so the test can tell which split each record's figure came from.
+    monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {
+        "fid": (200.0 if real[0] == "val" else 100.0) + int(run.name[-1]), **figures})
+    data = tmp_path / "ph2"
+    data.mkdir()
+    monkeypatch.setattr(benchmark, "TRANSFER", {"ph2": {"data": data, "args": [], "options": {}}})
+    monkeypatch.setattr(benchmark, "IMAGES", tmp_path / "images")
+    results: dict = {}
+    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=1, variants=("lecam01",))
+    old = results["transfer"]["ph2@10"]["old-default"]
+    assert old["val"]["fid"] == 200.0 and old["test"]["fid"] == 100.0
+    assert results["transfer"]["ph2@10"]["n_val"] == 2 and results["transfer"]["ph2@10"]["n_test"] == 4
+    trained.clear()
+    benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=3, variants=("lecam01",),
+                             labels=("new-default", "new-default+lecam01"))
+    entry = results["transfer"]["ph2@10"]
+    assert sorted(trained) == sorted(f"ph2-{label}-10steps-s{seed}" for label in ("new-default", "new-default+lecam01")
+                                     for seed in range(3))
+    assert entry["old-default"] == old and "more_seeds" not in entry["old-default"]
+    assert entry["new-default"]["val_summary"]["fid"]["mean"] == 201.0
+    assert entry["new-default+lecam01"]["test_summary"]["fid"]["mean"] == 101.0
+    assert (tmp_path / "images" / "ph2_discriminator_loss-10steps.png").stat().st_size > 10_000
+    with pytest.raises(SystemExit, match="unknown new-default\\+lecam9"):
+        benchmark.stage_transfer(tmp_path, 2.0, results, steps=10, seeds=3, labels=("new-default+lecam9",))
+
+
 def test_a_discriminator_win_is_counted_on_the_adversarial_loss_without_its_regularisers(tmp_path: Path) -> None:
     # loss_d = BCE + lambda x LeCam: a discriminator that has won (BCE 0.005) still logs a total of ~1.
     benchmark = load_benchmark()
@@ -433,3 +490,55 @@ def test_fixed_step_levers_train_against_the_recorded_default_only(tmp_path: Pat
     benchmark.stage_default(tmp_path, results, library.spaces)
     benchmark.stage_fixed(tmp_path, results, library.spaces, ())  # the old default's lever record is dropped
     assert results["fixed_steps"] == {} and results["fixed_steps_defaults"] == library.expected()
+
+
+def test_latent_scale_one_reproduces_the_scored_samples_and_a_larger_scale_spreads_them(tmp_path: Path) -> None:
+    import synthmed
+
+    benchmark = load_benchmark()
+    run = synthmed.train(out=tmp_path / "run", steps=2, progress=False, g_channels=8, d_channels=8, batch_size=16,
+                         sample_every=1000, checkpoint_every=1000).run_dir
+    plain = benchmark.samples(run, 8)
+    assert torch.equal(benchmark.scaled_samples(run, 1.0, 8), plain)
+    wider = benchmark.scaled_samples(run, 2.0, 8)
+    # BatchNorm's standing statistics must not normalise the scale away (batch statistics would, up to rounding).
+    assert (wider - plain).abs().mean() > 0.01
+
+
+def test_latent_scales_are_scored_on_val_and_chosen_against_scale_one(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    runs = [tmp_path / f"default-s{seed}" for seed in range(3)]
+    for run in runs:
+        run.mkdir()
+    seen_splits: list[str] = []
+
+    class FakeBreast:
+        def real(self, space: str, split: str, n: int | None = None) -> str:
+            seen_splits.append(split)
+            return split
+
+        def extractor(self, space: str):
+            return type("Extractor", (), {"extract": staticmethod(lambda images: images)})()
+
+    # Each "feature array" is the scale, so the fake scores can depend on it: scale 1.5 is better by 3 FID points
+    # at a seed sd of 1, so it is chosen; everything else scores 100 + seed.
+    monkeypatch.setattr(benchmark, "scaled_samples", lambda run, scale, n=156: np.full(2, scale))
+    figures = {"kid": 0.0, "precision": 0.9, "recall": 0.5, "density": 1.0, "coverage": 1.0}
+    calls = iter(range(100))
+    monkeypatch.setattr(benchmark, "scores", lambda real, fake: {
+        "fid": 100.0 + next(calls) % 3 - (3.0 if fake[0] == 1.5 else 0.0), **figures})
+    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    results = {"default": {"runs": [{"run": str(run)} for run in runs], "defaults": {"recipe": "unconditional"}}}
+    benchmark.stage_latent_scale(results, FakeBreast())
+    record = results["latent_scale"]
+    assert set(seen_splits) == {"val"} and list(record["scales"]) == ["1", "1.25", "1.5", "2"]
+    assert record["scales"]["1"]["val_inception"]["fid"]["mean"] == 101.0 and record["chosen_on_val"] == "1.5"
+    assert (runs[0] / "features_inception_156_z1.5.npy").exists()  # cached: a re-run scores without sampling
+    assert "| 1.5 | 98.0 +- 1.0 | 0.90 +- 0.00 | 0.50 +- 0.00 |" in "\n".join(benchmark.latent_scale_lines(record))
+
+
+def test_transfer_settings_pin_lecam_off_unless_they_set_it() -> None:
+    benchmark = load_benchmark()
+    assert benchmark.lecam_off([]) == ["-o", "lecam=0"]
+    assert benchmark.lecam_off(["-o", "ttur=false"]) == ["-o", "ttur=false", "-o", "lecam=0"]
+    assert benchmark.lecam_off(["-o", "lecam=0.1"]) == ["-o", "lecam=0.1"]

@@ -248,6 +248,30 @@ def test_lecam_adds_its_weighted_penalty_anchored_at_the_running_means() -> None
             make(**bad)
 
 
+@pytest.mark.parametrize(("size", "options", "expected"), [
+    (32, {}, 0.0),  # small images: the two-minute default is measured without it
+    (64, {}, 0.1),  # bce from 64 px: the presets alone let the discriminator win there
+    (32, {"pad_to": 64}, 0.1),  # the size the networks train at decides
+    (64, {"lecam": 0.0}, 0.0),  # an explicit choice wins
+    (64, {"lecam": 0.3}, 0.3),
+    (64, {"loss": "hinge"}, 0.0),  # measured for bce only
+])
+def test_lecam_is_on_for_bce_from_64_px_unless_chosen(size: int, options: dict, expected: float) -> None:
+    info = DataInfo(source="preset-test", channels=1, height=size, width=size)
+    recipe = build_recipe("unconditional", {**TINY, **options}, info)
+    assert recipe.config.lecam == expected
+    assert ("lecam" in recipe.loss_names()) == (expected > 0)
+
+
+def test_the_anomaly_recipe_keeps_lecam_off_at_64_px() -> None:
+    # Its studies (docs/anomaly.md) were measured without LeCam; the unconditional preset must not leak into them.
+    from synthmed.recipes.anomaly import AnomalyConfig, AnomalyGAN
+
+    info = DataInfo(source="preset-test", channels=1, height=64, width=64)
+    for loss in ("bce", "wgan-gp"):
+        assert AnomalyGAN(AnomalyConfig(loss=loss, g_channels=8, d_channels=8), info).config.lecam == 0.0
+
+
 def test_a_discriminator_that_has_won_is_reported_once() -> None:
     import warnings
 

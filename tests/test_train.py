@@ -312,6 +312,25 @@ def test_resolved_presets_are_recorded_in_the_run_config(tmp_path: Path) -> None
     assert options["d_norm"] == "layer"
 
 
+def test_a_run_recorded_before_an_option_existed_loads_and_resumes_as_it_trained(tmp_path: Path) -> None:
+    # bce turns LeCam on from 64 px; a 64-px run recorded before the option existed trained without it, and must go
+    # on without it (its config.yaml has no `lecam`), not take today's default.
+    import yaml
+
+    today = train(tmp_path, "today", steps=1, pad_to=64).run_dir
+    assert yaml.safe_load((today / "config.yaml").read_text())["recipe_options"]["lecam"] == 0.1  # the preset
+    # An old run as it was written: no LeCam while training, and no `lecam` in its config.yaml.
+    run = train(tmp_path, "old", steps=2, pad_to=64, checkpoint_every=2, lecam=0.0).run_dir
+    document = yaml.safe_load((run / "config.yaml").read_text())
+    del document["recipe_options"]["lecam"]
+    (run / "config.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    assert synthmed.load(run, device="cpu").recipe.config.lecam == 0.0
+    synthmed.train(resume_run=run, steps=3, progress=False)
+    assert synthmed.load(run, device="cpu").recipe.config.lecam == 0.0
+    rows = read_losses(run)
+    assert [row["step"] for row in rows] == ["1", "2", "3"] and "lecam" not in rows[-1]
+
+
 def test_the_test_split_is_refused(tmp_path: Path) -> None:
     with pytest.raises(synthmed.ConfigError, match="test split"):
         train(tmp_path, "t", steps=1, split="test")

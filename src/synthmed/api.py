@@ -185,7 +185,7 @@ def load(run: str | Path, checkpoint: str | Path | None = None, device: str = "a
         if not checkpoint.is_file():
             raise SynthmedError(f"{checkpoint}: no best checkpoint (train with --eval-every N)")
     raw = read_run_document(run_dir / "config.yaml")
-    config = RunConfig.from_dict(raw)
+    config = RunConfig.from_dict(raw, source=run_dir / "config.yaml")
     info = DataInfo.from_dict(raw["data_info"])
     if checkpoint is not None:
         json_path = Path(checkpoint)

@@ -75,10 +75,13 @@ class AnomalyConfig(UnconditionalConfig):
         ttur: Two time-scale update rule: discriminator learning rate 4 x the generator's [off: the anomaly
             studies (docs/anomaly.md) were measured with the losses' own rates].
         diffaugment: DiffAugment policy, e.g. "translation" [off, as the anomaly studies were measured].
+        lecam: Weight of the LeCam regulariser on the GAN phase [off at every size, as the anomaly studies were
+            measured].
     """
 
     diffaugment: str = ""
     ttur: bool | None = False
+    lecam: float | None = 0.0
     loss: str = "wgan-gp"
     latent_dim: int = 128
     gan_steps: int = 2000

@@ -66,6 +66,10 @@ class Recipe(abc.ABC):
     ema_sources: ClassVar[tuple[str, ...]] = ()
     #: Convolutional recipes run faster with NHWC tensors on CPU (measured 1.0-1.75x for DCGAN).
     prefers_channels_last: ClassVar[bool] = False
+    #: Options added after runs were recorded whose default now depends on the run (the image size, say), with the
+    #: value a recorded run that lacks them trained with: loading or resuming such a run fills them in, so it goes on
+    #: as it trained instead of taking today's default.
+    absent_from_older_runs: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: Any, data_info: DataInfo) -> None:
         self.config = config

@@ -84,9 +84,9 @@ class UnconditionalConfig:
         lecam: Weight (lambda) of the LeCam regulariser (Tseng et al. 2021), which keeps the discriminator's
             outputs on real and generated images near moving averages of each other: a regulariser for small
             training sets, beside DiffAugment (the paper uses 0.3 with BigGAN on 10% of CIFAR-10). 0: off.
-            [off: at 28 px in two minutes every weight tried lowered recall; at 64 px 0.1 kept the discriminator
-            from winning on LGG FLAIR where the default alone lost one seed in three, at some cost in recall on
-            PH2, docs/default-quality.md]
+            [bce: 0.1 when training at 64 px or more, else off: at 64 px it kept the discriminator from winning
+            where the presets alone lost a run, at some cost in recall; at 28 px in two minutes every weight tried
+            lowered recall (docs/default-quality.md, sessions 5-6). Other losses: off]
         lecam_decay: Decay of the moving averages the LeCam penalty anchors to (the paper's 0.99).
     """
 
@@ -115,7 +115,7 @@ class UnconditionalConfig:
     diffaugment: str | None = None
     flip: bool = False
     lr_decay_start: float = 1.0
-    lecam: float = 0.0
+    lecam: float | None = None
     lecam_decay: float = 0.99
 
 
@@ -124,10 +124,16 @@ class UnconditionalConfig:
 #: (docs/default-quality.md). Measured for bce only, so the other losses keep their papers' settings.
 SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {"bce": {"ttur": True, "diffaugment": "translation"}}
 
+#: (smallest training size, LeCam weight) per loss: where the presets above let the discriminator win. At 64 px the
+#: bce presets lost the generator on LGG FLAIR (one seed in three) and LeCam 0.1 prevented it, at some cost in recall
+#: (docs/default-quality.md, sessions 5-6); at 28 px it only cost recall, so it starts at 64 px.
+LECAM_FROM_SIZE: dict[str, tuple[int, float]] = {"bce": (64, 0.1)}
 
-def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> UnconditionalConfig:
-    """The config with every ``None`` replaced by the recipe's or the loss's preset, so ``config.yaml`` records
-    what ran."""
+
+def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily,
+              train_size: int) -> UnconditionalConfig:
+    """The config with every ``None`` replaced by the recipe's or the loss's preset (some depend on the size the
+    networks train at, ``train_size``), so ``config.yaml`` records what ran."""
     preset = loss.preset
     own = SHORT_RUN_PRESETS.get(loss.name, {})
     lr_g = preset.lr_g if config.lr_g is None else config.lr_g
@@ -141,9 +147,13 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
         spectral = preset.spectral_norm or family.spectral_norm
     n_critic = preset.n_critic if config.n_critic is None else config.n_critic
     betas = tuple(config.betas or preset.betas)
+    lecam = config.lecam
+    if lecam is None:
+        from_size, weight = LECAM_FROM_SIZE.get(loss.name, (0, 0.0))
+        lecam = weight if train_size >= from_size else 0.0
     return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
                    d_norm=d_norm, spectral_norm=spectral, ttur=ttur and config.lr_d is None,  # what took effect
-                   diffaugment=diffaugment)
+                   diffaugment=diffaugment, lecam=float(lecam))
 
 
 def _enumerate(items: list[str], conjunction: str = "and") -> str:
@@ -220,22 +230,25 @@ class UnconditionalGAN(GenerativeRecipe):
     Config = UnconditionalConfig
     ema_sources = ("G",)
     prefers_channels_last = True
+    # Runs recorded before LeCam existed trained without it; today bce turns it on from 64 px.
+    absent_from_older_runs = {"lecam": 0.0}
 
     def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
         self.adversarial = L.get_adversarial_loss(config.loss)
         self.family = get_family(config.arch)
-        config = _resolved(config, self.adversarial, self.family)
-        super().__init__(config, data_info)
-        _check_compatible(config, self.adversarial, self.family)
         self.data_size = data_info.image_size
         self.train_size = config.pad_to or self.data_size
+        config = _resolved(config, self.adversarial, self.family, self.train_size)
+        super().__init__(config, data_info)
+        _check_compatible(config, self.adversarial, self.family)
         if self.train_size < self.data_size:
             raise ConfigError(f"pad_to={config.pad_to} is smaller than the images ({self.data_size} px)")
         self.latent_dim = config.latent_dim
         self.n_critic = int(config.n_critic)  # type: ignore[arg-type]
         self.lecam_anchors = L.LogitAnchors(config.lecam_decay)
         self.collapse_watch = CollapseWatch(
-            advice=f"a larger -o lecam (now {config.lecam:g})" if config.lecam > 0 else "-o lecam=0.1")
+            advice=f"a larger -o lecam (now {config.lecam:g}; larger weights are untried here)" if config.lecam > 0
+            else "-o lecam=0.1")
         channels = data_info.channels
         d_kwargs: dict[str, object] = {
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,

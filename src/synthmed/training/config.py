@@ -129,16 +129,23 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: Path | None = None) -> RunConfig:
+        """A recorded run's configuration (its ``config.yaml``), with the options its recipe gained since filled in
+        as the run trained (:attr:`~synthmed.recipes.base.Recipe.absent_from_older_runs`)."""
+        from synthmed.recipes import RECIPES
+
+        where = f"{source}: " if source else ""
+        recipe = raw.get("recipe", "unconditional")
+        # An unknown recipe is reported where it is built; reading the rest of the run needs no recipe.
+        gained = RECIPES[recipe].absent_from_older_runs if recipe in RECIPES else {}
         try:
             return cls(
-                recipe=raw.get("recipe", "unconditional"),
-                recipe_options=dict(raw.get("recipe_options") or {}),
+                recipe=recipe,
+                recipe_options={**gained, **(raw.get("recipe_options") or {})},
                 data=DataConfig(**(raw.get("data") or {})),
                 train=TrainConfig(**(raw.get("train") or {})),
                 name=raw.get("name", ""),
             )
         except TypeError as exc:
-            where = f"{source}: " if source else ""
             raise ConfigError(f"{where}invalid run configuration ({exc})") from exc
 
     def validate(self) -> None:
