@@ -247,8 +247,7 @@ class UnconditionalGAN(GenerativeRecipe):
         self.n_critic = int(config.n_critic)  # type: ignore[arg-type]
         self.lecam_anchors = L.LogitAnchors(config.lecam_decay)
         self.collapse_watch = CollapseWatch(
-            advice=f"a larger -o lecam (now {config.lecam:g}; larger weights are untried here)" if config.lecam > 0
-            else "-o lecam=0.1")
+            advice=f"a larger -o lecam (now {config.lecam:g})" if config.lecam > 0 else "-o lecam=0.1")
         channels = data_info.channels
         d_kwargs: dict[str, object] = {
             "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
