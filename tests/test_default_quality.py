@@ -293,6 +293,20 @@ def test_default_runs_are_named_by_what_they_train(tmp_path: Path) -> None:
     assert benchmark.default_run(tmp_path, today, 1) == benchmark.default_run(tmp_path, copy, 1)
 
 
+class FakeSpaces:
+    """Stands in for :class:`Spaces` in the transfer tests: a split's "features" name the split (test 4, val 2), a
+    run's are the run folder, so fake scores can tell them apart."""
+
+    def __init__(self, *args) -> None:
+        pass
+
+    def real(self, space: str, split: str, n: int | None = None) -> list:
+        return [split] * (4 if split == "test" else 2)
+
+    def fake(self, space: str, run: Path, n: int) -> Path:
+        return run
+
+
 def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
     trained: list[tuple[str, int]] = []
@@ -305,16 +319,6 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
         (out / "losses.csv").write_text("step,loss_d\n" + rows)
         (out / "config.yaml").write_text("recipe_options: {}\n")
         return {"command": "synthmed train", "run": str(out), "steps": 10}
-
-    class FakeSpaces:
-        def __init__(self, *args) -> None:
-            pass
-
-        def real(self, space: str, split: str, n: int | None = None) -> list:
-            return [0] * 4
-
-        def fake(self, space: str, run: Path, n: int) -> Path:
-            return run
 
     fid = {"s0": 100.0, "s1": 110.0, "s2": 120.0}
     monkeypatch.setattr(benchmark, "train", fake_train)
@@ -361,16 +365,6 @@ def test_transfer_trains_only_the_named_settings_and_keeps_the_others_records(tm
         (out / "losses.csv").write_text("step,loss_d\n0,1.3\n")
         (out / "config.yaml").write_text("recipe_options: {}\n")
         return {"command": "synthmed train", "run": str(out), "steps": 10}
-
-    class FakeSpaces:
-        def __init__(self, *args) -> None:
-            pass
-
-        def real(self, space: str, split: str, n: int | None = None) -> list:
-            return [split] * (4 if split == "test" else 2)
-
-        def fake(self, space: str, run: Path, n: int) -> Path:
-            return run
 
     figures = {"kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 1.0}
     monkeypatch.setattr(benchmark, "train", fake_train)
