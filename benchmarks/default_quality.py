@@ -226,9 +226,10 @@ def adversarial_d_losses(run: Path) -> tuple[list[int], list[float]]:
     too (LeCam's lambda x penalty, R1's gamma / 2 x penalty), which would hide a discriminator that has won."""
     import csv
 
-    import yaml
+    from synthmed.training.config import read_run_config
 
-    options = yaml.safe_load((run / "config.yaml").read_text())["recipe_options"]
+    # The run's own reading of its options: one recorded before an option existed gets the value it trained with.
+    options = read_run_config(run / "config.yaml").recipe_options
     weights = {"lecam": options.get("lecam", 0.0), "r1": 0.5 * options.get("r1_weight", 0.0)}
     steps, losses = [], []
     with open(run / "losses.csv", newline="") as fh:
@@ -700,8 +701,7 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
             continue
         key = name + (f"@{steps}" if steps else "")
         previous = transfer.get(key, {})
-        held = max((1 + len(previous[label].get("more_seeds", [])) for label in trained if label in previous),
-                   default=0)
+        held = max((len(seed_records(previous[label])) for label in trained if label in previous), default=0)
         if held > seeds:  # rebuilding the entry with fewer seeds would drop the others' records
             print(f"transfer {key}: kept, it holds {held} seeds (--transfer-seeds {held} re-scores it)", flush=True)
             continue
@@ -731,8 +731,7 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
                 entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]),
                                     val_summary=summary([r["val"] for r in records]))
             grid(samples(transfer_run(work, name, label, suffix, 0), 36), IMAGES / f"{name}_{label}{suffix}.png")
-        recorded = {label: [Path(r["run"]) for r in (entry[label], *entry[label].get("more_seeds", []))]
-                    for label in settings if label in entry}
+        recorded = {label: [Path(r["run"]) for r in seed_records(entry[label])] for label in settings if label in entry}
         if max(map(len, recorded.values())) > 1:
             discriminator_loss_figure(
                 recorded, IMAGES / f"{name}_discriminator_loss{suffix}.png",
@@ -740,6 +739,11 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
                 "; BCE: 1.39 = both outputs 0.5)")
         transfer[key] = entry
         save_results(results)
+
+
+def seed_records(record: dict[str, Any]) -> list[dict[str, Any]]:
+    """A transfer setting's runs in seed order: seed 0's record, then those under ``more_seeds``."""
+    return [record, *record.get("more_seeds", [])]
 
 
 def lecam_off(args: list[str]) -> list[str]:
@@ -941,7 +945,7 @@ def report(results: dict[str, Any]) -> str:
     for name, entry in results.get("transfer", {}).items():
         budget = (f"{entry['steps']} steps each" if "steps" in entry
                   else f"{entry.get('minutes', 2.0):g} minutes of wall time each")
-        n_seeds = 1 + len(entry["new-default"].get("more_seeds", []))
+        n_seeds = len(seed_records(entry["new-default"]))
         seeds = "seed 0" if n_seeds == 1 else f"seeds 0-{n_seeds - 1} (per-seed rows: seed 0)"
         lines += ["", f"### {name} (test split: {entry['n_test']} images), {seeds}, {budget}", "",
                   "| set | steps | Inception FID [95% bootstrap] | KID | precision | recall |",
@@ -950,18 +954,17 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"| {label} | {entry[label]['steps']}" + _test_cells(entry[label]["test"]) for label in labels]
         for label in labels:
             if "test_summary" in entry[label]:
-                records = [entry[label], *entry[label]["more_seeds"]]
+                records = seed_records(entry[label])
                 m = entry[label]["test_summary"]
                 per_seed = "; ".join(_fid_with_interval(r["test"], 1) for r in records)
                 lines += [f"| {label}, seeds 0-{len(records) - 1}: {per_seed} | | {_mean_sd(m['fid'])} | "
                           f"{_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | {_mean_sd(m['recall'])} |"]
-        val = {label: [r["val"] for r in (entry[label], *entry[label].get("more_seeds", []))]
-               for label in labels if "val" in entry[label]}
+        val = {label: [r["val"] for r in seed_records(entry[label])] for label in labels if "val" in entry[label]}
         if val:
             lines += ["", f"Val split ({entry['n_val']} images; the same samples), Inception FID / recall per seed: "
                       + "; ".join(f"{label} " + " / ".join(f"{v['fid']:.1f} ({v['recall']:.2f})" for v in figures)
                                   for label, figures in val.items())]
-        won = {label: [r["discriminator_won"] for r in (entry[label], *entry[label].get("more_seeds", []))]
+        won = {label: [r["discriminator_won"] for r in seed_records(entry[label])]
                for label in labels if "discriminator_won" in entry[label]}
         if won:
             per_label = "; ".join(f"{label} " + " / ".join(f"{w['steps_below']} of {w['steps_logged']}" for w in counts)
