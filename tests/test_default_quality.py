@@ -482,8 +482,35 @@ def test_fixed_step_levers_train_against_the_recorded_default_only(tmp_path: Pat
     with pytest.raises(SystemExit, match="run --stage default first"):
         benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
     benchmark.stage_default(tmp_path, results, library.spaces)
-    benchmark.stage_fixed(tmp_path, results, library.spaces, ())  # the old default's lever record is dropped
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ())  # the old default's levers: a record, not compared
     assert results["fixed_steps"] == {} and results["fixed_steps_defaults"] == library.expected()
+    assert [list(e["fixed_steps"]) for e in results["earlier_fixed_steps"]] == [["decay"]]
+    assert results["fixed_steps_chosen_on_val"] == "default"
+    assert "Earlier lever decay (against an earlier default: steps 10 (now 20))" in benchmark.report(results)
+
+
+def test_a_lever_trained_alone_is_chosen_among_every_lever_on_record(tmp_path: Path, monkeypatch) -> None:
+    # --fixed-only trains one lever; the choice must still weigh the levers trained before against the same default.
+    benchmark = load_benchmark()
+    library = _Library(benchmark, monkeypatch)
+    monkeypatch.setattr(benchmark, "FIXED_STEPS", {"decay": ["-o", "lr_decay_start=0.5"], "std": ["-o", "mbstd=4"]})
+    results: dict = {}
+    benchmark.stage_default(tmp_path, results, library.spaces)
+    library.fid = 90.0
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
+    library.fid = 99.0  # within nothing of the default (100, sd 0): no lever beats the better one on record
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ("std",))
+    assert list(results["fixed_steps"]) == ["decay", "std"] and results["fixed_steps_chosen_on_val"] == "decay"
+    assert results["fixed_steps"]["std"]["args"] == ["-o", "mbstd=4"]
+
+
+def test_fixed_only_names_levers_of_the_study(tmp_path: Path, monkeypatch, capsys) -> None:
+    benchmark = load_benchmark()
+    monkeypatch.setattr(sys, "argv", ["default_quality.py", "--work", str(tmp_path), "--stage", "fixed",
+                                      "--fixed-only", "no-such-lever"])
+    with pytest.raises(SystemExit) as raised:
+        benchmark.main()
+    assert raised.value.code == 2 and "no-such-lever not among the study's levers" in capsys.readouterr().err
 
 
 def test_latent_scale_one_reproduces_the_scored_samples_and_a_larger_scale_spreads_them(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from synthmed.nn import (
     DCGANDiscriminator,
     DCGANGenerator,
     MinibatchDiscrimination,
+    MinibatchStdDev,
     ResNetDiscriminator,
     ResNetGenerator,
     build_discriminator,
@@ -228,7 +229,8 @@ def test_network_families() -> None:
     assert list(FAMILIES) == ["dcgan", "resnet"]
     table = {name: (f.generator, f.discriminator, f.d_options, f.spectral_norm) for name, f in FAMILIES.items()}
     assert table == {
-        "dcgan": (DCGANGenerator, DCGANDiscriminator, frozenset({"norm", "minibatch_discrimination"}), False),
+        "dcgan": (DCGANGenerator, DCGANDiscriminator,
+                  frozenset({"norm", "minibatch_discrimination", "minibatch_std"}), False),
         "resnet": (ResNetGenerator, ResNetDiscriminator, frozenset(), True),
     }
     assert {name: f.generator for name, f in FAMILIES.items()} == GENERATORS
@@ -316,3 +318,154 @@ def test_minibatch_discrimination_has_a_second_derivative_by_default() -> None:
     (grad,) = torch.autograd.grad(layer(x)[:, 12:].sum(), x, create_graph=True)
     grad.square().sum().backward()
     assert layer.theta.grad is not None
+
+
+# --- minibatch standard deviation (Karras et al. 2018, sec. 3) ----------------------------------------------
+
+
+def test_minibatch_std_by_hand() -> None:
+    # Four samples of one channel on a 1 x 2 map, groups of two:
+    #   group (x0, x1): position 0 holds 1, 3 (mean 2, deviations +-1, population std 1);
+    #                   position 1 holds 0, 4 (mean 2, deviations +-2, std 2) -> mean over positions 1.5.
+    #   group (x2, x3): position 0 holds 5, 9 (std 2); position 1 holds 2, 2 (std sqrt(0 + 1e-8) = 1e-4)
+    #                   -> (2 + 1e-4) / 2 = 1.00005.
+    # The sample std (dividing by n - 1) would give sqrt(2) instead of 1 at the first position.
+    x = torch.tensor([[1.0, 0.0], [3.0, 4.0], [5.0, 2.0], [9.0, 2.0]]).view(4, 1, 1, 2)
+    out = MinibatchStdDev(group_size=2)(x)
+    assert out.shape == (4, 2, 1, 2)
+    torch.testing.assert_close(out[:, :1], x)
+    expected = torch.tensor([1.5, 1.5, 1.00005, 1.00005]).view(4, 1, 1, 1).expand(4, 1, 1, 2)
+    torch.testing.assert_close(out[:, 1:], expected)
+    # Three samples: the last group holds x2 alone, whose spread is sqrt(1e-8), not NaN.
+    torch.testing.assert_close(MinibatchStdDev(group_size=2)(x[:3])[2, 1], torch.full((1, 2), 1e-4))
+
+
+def _minibatch_std_by_loop(x: torch.Tensor, group_size: int, num_channels: int) -> torch.Tensor:
+    """ProGAN's statistic written out: per group of consecutive samples and per channel group, the population std
+    over the samples of each feature, averaged over the group's channels and positions, appended as maps."""
+    n, c = x.shape[:2]
+    per_group = c // num_channels
+    maps = torch.empty(n, num_channels, *x.shape[2:], dtype=x.dtype)
+    for start in range(0, n, group_size):
+        members = x[start:start + group_size]
+        for f in range(num_channels):
+            block = members[:, f * per_group:(f + 1) * per_group]
+            std = ((block - block.mean(0)).square().mean(0) + 1e-8).sqrt()
+            maps[start:start + group_size, f] = std.mean()
+    return torch.cat([x, maps], dim=1)
+
+
+@pytest.mark.parametrize(("n", "c", "group_size", "num_channels", "spatial"), [
+    (8, 6, 4, 1, (3, 3)),
+    (8, 6, 4, 2, (3, 3)),
+    (8, 6, 4, 3, (3, 3)),
+    (6, 6, 4, 2, (3, 3)),  # a partial last group of two
+    (9, 4, 4, 1, (2, 5)),  # a last group of one
+    (3, 4, 4, 1, (2, 2)),  # the batch is smaller than one group
+    (8, 2, 4, 2, (2, 3, 3)),  # 3-D maps
+])
+def test_minibatch_std_matches_a_loop_over_its_groups_with_its_gradient(
+        n: int, c: int, group_size: int, num_channels: int, spatial: tuple[int, ...]) -> None:
+    layer = MinibatchStdDev(group_size, num_channels)
+    x = torch.randn(n, c, *spatial, dtype=torch.float64, requires_grad=True)
+    got, expected = layer(x), _minibatch_std_by_loop(x, group_size, num_channels)
+    assert got.shape == (n, c + num_channels, *spatial) and got.dtype == torch.float64
+    torch.testing.assert_close(got, expected)
+    weights = torch.randn_like(got)  # a loss that weighs every appended value differently
+    (grad_got,) = torch.autograd.grad((got * weights).sum(), x)
+    (grad_expected,) = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.isfinite(grad_got).all()
+    torch.testing.assert_close(grad_got, grad_expected)
+
+
+def test_minibatch_std_keeps_channels_last_and_bfloat16() -> None:
+    layer = MinibatchStdDev(4, num_channels=2)
+    x = torch.randn(6, 4, 5, 5)
+    ref = layer(x)
+    cl = layer(x.to(memory_format=torch.channels_last))
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, ref)
+    half = layer(x.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half[:, :4], x.bfloat16())
+    # The statistic of the bf16 values computed in fp32, rounded to bf16 once. Computed in bf16, the variance and
+    # its square root would each round: with one channel per group and 1 x 1 maps (nothing averages the rounding
+    # out) some of the 32 values would then be one bf16 step off.
+    per_channel = MinibatchStdDev(4, num_channels=16)
+    small = torch.randn(8, 16, 1, 1).bfloat16()
+    assert torch.equal(per_channel(small)[:, 16:], per_channel(small.float())[:, 16:].bfloat16())
+    torch.testing.assert_close(half.float(), ref, rtol=2e-2, atol=1e-2)
+    both = layer(x.bfloat16().to(memory_format=torch.channels_last))
+    assert both.dtype == torch.bfloat16 and both.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_minibatch_std_has_a_second_derivative() -> None:
+    # The recipe allows it with R1, which differentiates the discriminator's input gradient.
+    x = torch.randn(8, 3, 2, 2, requires_grad=True)
+    weights = torch.randn(8, 4, 2, 2)
+    (grad,) = torch.autograd.grad((MinibatchStdDev(4)(x) * weights).sum(), x, create_graph=True)
+    (second,) = torch.autograd.grad(grad.square().sum(), x)
+    assert torch.isfinite(second).all() and second.abs().sum() > 0
+
+
+def test_minibatch_std_refuses_bad_arguments() -> None:
+    with pytest.raises(ValueError, match=r"^group_size must be at least 2 \(got 1\)$"):
+        MinibatchStdDev(group_size=1)
+    with pytest.raises(ValueError, match=r"^num_channels must be at least 1 \(got 0\)$"):
+        MinibatchStdDev(num_channels=0)
+    with pytest.raises(ValueError, match="C=4 .*num_channels=3"):
+        MinibatchStdDev(num_channels=3)(torch.randn(4, 4, 2, 2))
+    assert repr(MinibatchStdDev(8, 2)) == "MinibatchStdDev(group_size=8, num_channels=2)"
+
+
+def test_dcgan_minibatch_std_couples_the_samples_of_a_group_only() -> None:
+    # float64: at initialisation the std map moves the logits by ~1e-7, which float32 rounding could hide
+    d = DCGANDiscriminator(image_size=16, base_channels=4, minibatch_std=4).double().eval()
+    # eval: batch norm normalises with its running statistics, so only the std layer couples samples
+    norms = [m for m in d.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert norms and all(m.track_running_stats and not m.training for m in norms)
+    x = torch.randn(8, 1, 16, 16, dtype=torch.float64)
+    y = x.clone()
+    y[0] = torch.randn(1, 16, 16)
+    with torch.no_grad():
+        before, after = d(x), d(y)
+    assert before.shape == (8,)
+    assert ((before[1:4] - after[1:4]).abs() > 1e-9).all()  # sample 0's group
+    torch.testing.assert_close(before[4:], after[4:], rtol=1e-12, atol=1e-14)  # the other group
+
+
+def test_dcgan_minibatch_std_reads_one_more_map_and_keeps_its_features() -> None:
+    x = torch.randn(8, 3, 32, 32)
+    off = DCGANDiscriminator(in_channels=3, image_size=32, base_channels=4)
+    on = DCGANDiscriminator(in_channels=3, image_size=32, base_channels=4, minibatch_std=4)
+    assert on.num_features == off.num_features == 16 * 4 * 4
+    assert on.head.in_channels == off.head.in_channels + 1 == 17
+    assert count_parameters(on) == count_parameters(off) + 4 * 4  # the std map's 4 x 4 head weights
+    logits, feats = on(x, return_features=True)
+    assert logits.shape == (8,) and feats.shape == (8, on.num_features)
+    torch.testing.assert_close(feats, on.features(x).flatten(1))  # the maps before the std layer
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = on.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+    assert logits.shape == (8,) and torch.isfinite(logits.float()).all()
+    assert DCGANDiscriminator(image_size=16, base_channels=2, spatial_dims=3, minibatch_std=2)(
+        torch.randn(4, 1, 16, 16, 16)).shape == (4,)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"minibatch_std": 1}, r"^minibatch_std is 0 \(off\) or a group of at least 2 samples \(got 1\)$"),
+    ({"minibatch_std": -2}, r"\(got -2\)$"),
+    ({"minibatch_std": 4, "minibatch_discrimination": True}, "^minibatch_std and minibatch_discrimination do not"),
+])
+def test_dcgan_minibatch_std_refusals(options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DCGANDiscriminator(image_size=16, base_channels=4, **options)
+
+
+def test_minibatch_std_is_a_dcgan_option_only(restore_families) -> None:
+    assert get_family("dcgan").accepts("minibatch_std") and not get_family("resnet").accepts("minibatch_std")
+    with pytest.raises(ValueError, match="^ResNetDiscriminator does not take minibatch_std$"):
+        register_family("bad", ResNetGenerator, ResNetDiscriminator, d_options=("minibatch_std",))
+    info = DataInfo(source="toy", channels=1, height=32, width=32)
+    tiny = {"g_channels": 2, "d_channels": 2, "latent_dim": 4}
+    with pytest.raises(ConfigError, match="^minibatch_std is available with arch='dcgan' only$"):
+        build_recipe("unconditional", {"arch": "resnet", "minibatch_std": 4, **tiny}, info)

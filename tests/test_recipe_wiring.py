@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from synthmed import losses as L
 from synthmed.data.dataset import DataInfo
 from synthmed.errors import ConfigError
+from synthmed.nn import MinibatchStdDev
 from synthmed.recipes import build_recipe
 from synthmed.recipes.base import Recipe
 from synthmed.recipes.step import StepContext
@@ -307,6 +308,30 @@ def test_minibatch_discrimination_couples_the_samples_of_a_batch() -> None:
 
     assert sample_zero_depends_on_sample_one(minibatch_discrimination=True)
     assert not sample_zero_depends_on_sample_one(minibatch_discrimination=False)
+
+
+def test_minibatch_std_puts_the_layer_in_the_discriminator() -> None:
+    recipe, ctx = make(minibatch_std=4)
+    layers = [m for m in recipe.networks["D"].modules() if isinstance(m, MinibatchStdDev)]
+    assert len(layers) == 1 and layers[0].group_size == 4 and recipe.config.minibatch_std == 4
+    out = step(recipe, ctx)
+    assert torch.isfinite(out["loss_d"]) and torch.isfinite(out["loss_g"])
+    plain, _ = make()
+    assert plain.config.minibatch_std == 0  # off by default: existing runs build the same discriminator
+    assert not any(isinstance(m, MinibatchStdDev) for m in plain.networks["D"].modules())
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    ({"minibatch_std": 1}, r"^minibatch_std is 0 \(off\) or a group of at least 2 samples \(got 1\)$"),
+    ({"minibatch_std": -2}, r"^minibatch_std is 0 \(off\) or a group of at least 2 samples \(got -2\)$"),
+    ({"minibatch_std": 4, "loss": "wgan-gp"},
+     "^minibatch_std couples samples, which breaks WGAN-GP's per-sample penalty$"),
+    ({"minibatch_std": 4, "minibatch_discrimination": True},
+     "^minibatch_std and minibatch_discrimination do not combine; choose one$"),
+])
+def test_minibatch_std_refusals_are_one_line_config_errors(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make(**options)
 
 
 # --- optimisers and step counts ---------------------------------------------------------------------------

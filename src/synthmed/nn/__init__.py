@@ -2,7 +2,7 @@
 
 from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.nn.init import init_dcgan_weights
-from synthmed.nn.minibatch import MinibatchDiscrimination
+from synthmed.nn.minibatch import MinibatchDiscrimination, MinibatchStdDev
 from synthmed.nn.registry import (
     DISCRIMINATORS,
     FAMILIES,
@@ -36,6 +36,7 @@ __all__ = [
     "DiscriminatorBlock",
     "GeneratorBlock",
     "MinibatchDiscrimination",
+    "MinibatchStdDev",
     "NetworkFamily",
     "ResNetDiscriminator",
     "ResNetGenerator",

@@ -17,7 +17,7 @@ from synthmed.nn.layers import (
     make_norm,
     resolve_image_size,
 )
-from synthmed.nn.minibatch import MinibatchDiscrimination
+from synthmed.nn.minibatch import MinibatchDiscrimination, MinibatchStdDev
 
 
 def _channels(base_channels: int, doublings: int, max_multiplier: int) -> list[int]:
@@ -65,8 +65,11 @@ class DCGANDiscriminator(nn.Module):
 
     Conv(4, 2, 1) + LeakyReLU(0.2) -> [Conv(4, 2, 1) + norm + LeakyReLU(0.2)] down to bottom^d (4, or 7 for
     28 px) -> Conv(k=bottom, s=1, p=0) to one logit. ``norm="layer"`` or ``"none"`` for a WGAN-GP critic.
-    With ``minibatch_discrimination`` the last conv becomes :class:`MinibatchDiscrimination` + Linear.
-    Logits, no sigmoid: the losses use the numerically stable ``*_with_logits`` forms. Convs carry a
+    With ``minibatch_discrimination`` the last conv becomes :class:`MinibatchDiscrimination` + Linear; with
+    ``minibatch_std`` (a group size; 0: off) :class:`MinibatchStdDev` appends a map of the spread of each sample's
+    group to the bottom^d maps before the last conv, which then reads one more channel (ProGAN puts the layer
+    before its last block). ``return_features`` gives the maps before either layer, so ``num_features`` does not
+    change. Logits, no sigmoid: the losses use the numerically stable ``*_with_logits`` forms. Convs carry a
     bias only with ``norm="none"``; with batch norm the layout is the tutorial's, parameter for parameter.
     """
 
@@ -80,10 +83,15 @@ class DCGANDiscriminator(nn.Module):
         minibatch_discrimination: bool = False,
         spatial_dims: int = 2,
         max_multiplier: int = 8,
+        minibatch_std: int = 0,
     ) -> None:
         super().__init__()
         bottom, doublings = resolve_image_size(image_size)
         check_norm(norm)
+        if minibatch_std < 0 or minibatch_std == 1:
+            raise ValueError(f"minibatch_std is 0 (off) or a group of at least 2 samples (got {minibatch_std})")
+        if minibatch_std and minibatch_discrimination:
+            raise ValueError("minibatch_std and minibatch_discrimination do not combine; choose one")
         self.image_size, self.spatial_dims = image_size, spatial_dims
         conv = conv_cls(spatial_dims)
         bias = norm == "none"  # a norm's affine shift makes a conv bias redundant (the tutorial has none)
@@ -95,12 +103,13 @@ class DCGANDiscriminator(nn.Module):
             layers += [nn.LeakyReLU(0.2, True)]
         self.features = nn.Sequential(*layers)
         self.num_features = chans[-1] * bottom**spatial_dims
+        self.minibatch_std = MinibatchStdDev(minibatch_std) if minibatch_std else None
         if minibatch_discrimination:
             self.minibatch = MinibatchDiscrimination(self.num_features)
             self.head: nn.Module = nn.Linear(self.minibatch.out_features, 1)
         else:
             self.minibatch = None
-            self.head = conv(chans[-1], 1, bottom, 1, 0, bias=bias)
+            self.head = conv(chans[-1] + (1 if minibatch_std else 0), 1, bottom, 1, 0, bias=bias)
         init_dcgan_weights(self)
         if spectral_norm:
             add_spectral_norm(self)
@@ -111,5 +120,9 @@ class DCGANDiscriminator(nn.Module):
         """Logits (N,); with ``return_features`` also the flattened last hidden features (N, num_features)."""
         h = self.features(x)
         feats = h.flatten(1)
-        logits = self.head(self.minibatch(feats) if self.minibatch is not None else h).reshape(-1)
+        if self.minibatch is not None:
+            logits = self.head(self.minibatch(feats))
+        else:
+            logits = self.head(self.minibatch_std(h) if self.minibatch_std is not None else h)
+        logits = logits.reshape(-1)
         return (logits, feats) if return_features else logits

@@ -1,4 +1,6 @@
-"""Minibatch discrimination (Salimans et al. 2016, "Improved Techniques for Training GANs", sec. 3.2)."""
+"""Layers that let a discriminator see its batch: minibatch discrimination (Salimans et al. 2016, "Improved
+Techniques for Training GANs", sec. 3.2), minibatch standard deviation (Karras et al. 2018, "Progressive Growing
+of GANs", sec. 3) and medGAN's minibatch averaging."""
 
 from __future__ import annotations
 
@@ -71,6 +73,70 @@ class MinibatchDiscrimination(nn.Module):
         group = f", group_size={self.group_size}" if self.group_size else ""
         return (f"in_features={self.in_features}, num_kernels={self.num_kernels}, kernel_dim={self.kernel_dim}{group}"
                 f"{', fast=True' if self.fast else ''}")
+
+
+class MinibatchStdDev(nn.Module):
+    """Append the spread of each group of samples as constant feature maps (Karras et al. 2018, sec. 3).
+
+    For each group of ``group_size`` consecutive samples and each of ``num_channels`` groups of consecutive
+    channels: the standard deviation over the group's samples of every feature, averaged over the channel group's
+    channels and all positions, is one number, appended as a constant map to every sample of the group. The output
+    of (N, C, *spatial) is (N, C + num_channels, *spatial). A generator that draws only a narrow part of the data
+    makes fake groups with a smaller spread than real ones, which the discriminator can then see; unlike
+    :class:`MinibatchDiscrimination` it has no parameters and costs O(N).
+
+    The standard deviation is the population one, ``sqrt(mean((x - mean)^2) + 1e-8)`` as in ProGAN's code, so a
+    last group left with one sample (N not a multiple of ``group_size``) gives ``sqrt(1e-8)``, not NaN. ProGAN
+    groups the samples strided (sample i in group i % (N / group_size)); in a shuffled batch either way draws
+    random groups, and consecutive ones leave a partial last group whole. The statistic is computed in float32 at
+    least (in bf16, with its 8-bit mantissa, the deviations of close values are mostly rounding error) and
+    appended in the input's dtype.
+
+    Args:
+        group_size: Samples whose spread is measured together (ProGAN: 4); a last, smaller group uses its own.
+        num_channels: Groups of consecutive channels, one appended map each (ProGAN: 1). Must divide the input's
+            channels.
+    """
+
+    def __init__(self, group_size: int = 4, num_channels: int = 1) -> None:
+        super().__init__()
+        if group_size < 2:
+            raise ValueError(f"group_size must be at least 2 (got {group_size})")
+        if num_channels < 1:
+            raise ValueError(f"num_channels must be at least 1 (got {num_channels})")
+        self.group_size, self.num_channels = group_size, num_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[:2]
+        if c % self.num_channels:
+            raise ValueError(f"C={c} input channels do not split into num_channels={self.num_channels} groups")
+        stats = self._stats(x.to(torch.promote_types(x.dtype, torch.float32)))  # (N, num_channels)
+        maps = stats.to(x.dtype).view(n, self.num_channels, *(1,) * (x.ndim - 2))
+        out = torch.cat([x, maps.expand(n, self.num_channels, *x.shape[2:])], dim=1)
+        # cat returns a contiguous tensor when one input (the expanded maps) has no layout of its own; the convs
+        # after this layer run in channels_last when the model does, and a layout switch costs a copy there.
+        if x.ndim == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            out = out.contiguous(memory_format=torch.channels_last)
+        return out
+
+    def _stats(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, num_channels): each sample's group statistic. The full groups in one pass, a partial last one apart."""
+        n = x.shape[0]
+        full = n - n % self.group_size
+        parts = [self._group_stats(x[:full], self.group_size)] if full else []
+        if full < n:
+            parts.append(self._group_stats(x[full:], n - full))
+        return torch.cat(parts) if parts else x.new_zeros(0, self.num_channels)
+
+    def _group_stats(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """(n, num_channels) for ``x`` (n, C, *spatial) made of n / size groups of ``size`` consecutive samples."""
+        n, c = x.shape[:2]
+        y = x.reshape(n // size, size, self.num_channels, c // self.num_channels, -1)  # (groups, members, F, C/F, S)
+        std = (y.var(dim=1, correction=0) + 1e-8).sqrt()  # over the members, per feature
+        return std.mean(dim=(2, 3)).repeat_interleave(size, dim=0)  # one value per channel group, to every member
+
+    def extra_repr(self) -> str:
+        return f"group_size={self.group_size}, num_channels={self.num_channels}"
 
 
 class MinibatchAveraging(nn.Module):

@@ -19,8 +19,8 @@ from synthmed.nn.dcgan import DCGANDiscriminator, DCGANGenerator
 from synthmed.nn.resnet import ResNetDiscriminator, ResNetGenerator
 
 #: Discriminator options a family may accept: ``norm`` (batch, layer, instance or none; the default comes from
-#: the loss's preset) and ``minibatch_discrimination`` (a bool).
-DISCRIMINATOR_OPTIONS = ("norm", "minibatch_discrimination")
+#: the loss's preset), ``minibatch_discrimination`` (a bool) and ``minibatch_std`` (a group size, 0: off).
+DISCRIMINATOR_OPTIONS = ("norm", "minibatch_discrimination", "minibatch_std")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,8 @@ def get_family(name: str) -> NetworkFamily:
         raise ConfigError(f"unknown arch {name!r}; choose one of {', '.join(FAMILIES)}") from None
 
 
-register_family("dcgan", DCGANGenerator, DCGANDiscriminator, d_options=("norm", "minibatch_discrimination"))
+register_family("dcgan", DCGANGenerator, DCGANDiscriminator,
+                d_options=("norm", "minibatch_discrimination", "minibatch_std"))
 register_family("resnet", ResNetGenerator, ResNetDiscriminator, spectral_norm=True)
 
 

@@ -36,7 +36,8 @@ from synthmed.recipes.base import GenerativeRecipe, register_recipe
 from synthmed.recipes.step import StepContext, frozen
 
 #: The config field behind each discriminator option a network family may accept (see NetworkFamily.d_options).
-_D_OPTION_FIELDS = {"norm": "d_norm", "minibatch_discrimination": "minibatch_discrimination"}
+_D_OPTION_FIELDS = {"norm": "d_norm", "minibatch_discrimination": "minibatch_discrimination",
+                    "minibatch_std": "minibatch_std"}
 
 
 @dataclass
@@ -70,6 +71,9 @@ class UnconditionalConfig:
             [on for bce, off for the other losses, whose presets set both rates].
         feature_matching: Weight of Salimans et al.'s feature-matching term added to the generator loss.
         minibatch_discrimination: A minibatch-discrimination layer in the discriminator (dcgan only).
+        minibatch_std: ProGAN's minibatch standard deviation (Karras et al. 2018) in the discriminator, over groups
+            of this many samples (ProGAN: 4; dcgan only; 0: off): it lets the discriminator see how varied a batch
+            is, so a generator that draws only a narrow part of the data is penalised (a lever on recall).
         diffaugment: DiffAugment policy, e.g. "translation,cutout" (+ ",color" for RGB); "" disables it
             [translation for bce (with TTUR the best of the two-minute search), off for the other losses].
         flip: Mirror each real training image left-right with probability 0.5 (data augmentation: the generator
@@ -112,6 +116,7 @@ class UnconditionalConfig:
     ttur: bool | None = None
     feature_matching: float = 0.0
     minibatch_discrimination: bool = False
+    minibatch_std: int = 0
     diffaugment: str | None = None
     flip: bool = False
     lr_decay_start: float = 1.0
@@ -166,21 +171,30 @@ def _families_taking(option: str) -> str:
     return _enumerate([f"arch='{name}'" for name, family in FAMILIES.items() if family.accepts(option)], "or")
 
 
+def _check_critic(config: UnconditionalConfig, loss: L.AdversarialLoss) -> None:
+    """A critic's gradient penalty is per sample: refuse the layers that make one sample's logit depend on others."""
+    if not loss.critic:
+        return
+    title = loss.name.upper()
+    if config.d_norm == "batch":
+        raise ConfigError(f"{title}'s critic must not use BatchNorm (the penalty is per sample); use d_norm='layer'")
+    if config.minibatch_discrimination:
+        raise ConfigError(f"minibatch discrimination couples samples, which breaks {title}'s per-sample penalty")
+    if config.minibatch_std:
+        raise ConfigError(f"minibatch_std couples samples, which breaks {title}'s per-sample penalty")
+
+
 def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> None:
     """Refuse option combinations that would silently do nothing or break an assumption."""
-    if loss.critic:
-        title = loss.name.upper()
-        if config.d_norm == "batch":
-            raise ConfigError(f"{title}'s critic must not use BatchNorm (the penalty is per sample); "
-                              "use d_norm='layer'")
-        if config.minibatch_discrimination:
-            raise ConfigError(f"minibatch discrimination couples samples, which breaks {title}'s per-sample penalty")
+    if config.minibatch_std < 0 or config.minibatch_std == 1:  # a group of one has no spread to show
+        raise ConfigError(f"minibatch_std is 0 (off) or a group of at least 2 samples (got {config.minibatch_std})")
+    _check_critic(config, loss)
     if not loss.targets and (config.label_smoothing or config.label_noise or config.label_flip):
         with_targets = _enumerate([name for name, entry in L.ADVERSARIAL_LOSSES.items() if entry.targets])
         raise ConfigError(f"label smoothing/noise/flips apply to the {with_targets} losses, not {config.loss}")
-    if config.minibatch_discrimination and not family.accepts("minibatch_discrimination"):
-        where = _families_taking("minibatch_discrimination")
-        raise ConfigError(f"minibatch_discrimination is available with {where} only")
+    for option in ("minibatch_discrimination", "minibatch_std"):
+        if getattr(config, option) and not family.accepts(option):
+            raise ConfigError(f"{option} is available with {_families_taking(option)} only")
     if config.d_norm not in (None, "none") and not family.accepts("norm"):
         uses = "uses spectral norm" if family.spectral_norm else "takes no norm option"
         raise ConfigError(f"d_norm applies to {_families_taking('norm')}; the {config.arch} discriminator {uses}")
