@@ -204,10 +204,11 @@ COMBINATIONS.update(SIXTH_ROUND)
 #: stage's own runs (the same steps and seeds). Session 4: a linear learning-rate decay over the second half.
 FIXED_STEPS: dict[str, list[str]] = {
     "lr-decay-0.5": ["-o", "lr_decay_start=0.5"],
-    # Session 7: ProGAN's minibatch standard deviation (groups of 4) before the discriminator's head. With val
-    # precision ~0.95 and recall ~0.5 the default draws a narrow part of the data; a discriminator that sees each
-    # group's spread can penalise that. Rule, written before it trained: it ships only if choose() picks it against
-    # the default stage's runs (mean val FID lower by more than the larger seed sd); test figures after, if it ships.
+    # Sessions 7-8 (first try in 7, recorded in 8): ProGAN's minibatch standard deviation (groups of 4) before the
+    # discriminator's head. With val precision ~0.95 and recall ~0.5 the default draws a narrow part of the data; a
+    # discriminator that sees each group's spread can penalise that. Rule, written before it trained: it ships only
+    # if choose() picks it against the default stage's runs (mean val FID lower by more than the larger seed sd);
+    # test figures after, if it ships.
     "mbstd4": ["-o", "minibatch_std=4"],
 }
 
@@ -552,11 +553,13 @@ def train_as(run: Path, args: list[str], seed: int, expected: dict[str, Any]) ->
 
 def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_args: tuple[str, ...] = ()) -> None:
     """The shipped default exactly as a user runs it: no options (or the study's pins), seeds 0-2. A record of
-    other defaults (the library's before they moved) is kept under ``earlier_defaults``."""
+    other defaults (the library's before they moved) is kept under ``earlier_defaults``; an earlier measurement of
+    the same defaults under the new record's ``earlier_measurements`` (see :func:`remeasured`)."""
     defaults = expected_defaults(default_args)
     previous = results.get("default")
     if previous and previous["defaults"] != defaults:
         results.setdefault("earlier_defaults", []).append(previous)
+        previous = None
     real_test = breast.real("inception", "test")
     runs = []
     for seed in (0, 1, 2):
@@ -569,13 +572,23 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
     baseline = real_baseline(breast, N_SAMPLES)
     mean = summary([r["test"] for r in runs])
     results["default"] = {"runs": runs, "defaults": defaults, "test_summary": mean,
-                          "real_train": baseline,
+                          "real_train": baseline, "measured": time.strftime("%Y-%m-%d"), **remeasured(previous),
                           "goal": {"fid_ratio_to_real": round(mean["fid"]["mean"] / baseline["fid"], 3),
                                    "fid_within_1.2x": mean["fid"]["mean"] <= 1.2 * baseline["fid"],
                                    "old_recall": 0.29,  # the issue's figure (old default, 3,000 steps, AVX2)
                                    "recall_at_least_doubled": mean["recall"]["mean"] >= 2 * 0.29}}
     save_results(results)
     grid(samples(first, 64), IMAGES / "breastmnist_default_s0.png")
+
+
+def remeasured(previous: dict[str, Any] | None) -> dict[str, Any]:
+    """``{"earlier_measurements": [...]}`` holding ``previous`` and the measurements it held, for a record that
+    replaces it (the same setting trained again): the figures repeat bit for bit, but training time varies with
+    the machine's load, and a changed layer can change the rounding. Nothing when there is nothing earlier."""
+    if not previous:
+        return {}
+    earlier = previous.get("earlier_measurements", [])
+    return {"earlier_measurements": [*earlier, {k: v for k, v in previous.items() if k != "earlier_measurements"}]}
 
 
 def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tuple[str, ...],
@@ -604,8 +617,8 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
             record = train_as(run, args, seed, lever)
             record["val"] = val_scores(breast, run)
             runs.append(record)
-        fixed[name] = {"args": FIXED_STEPS[name], "runs": runs,
-                       "val_inception": summary([r["val"]["inception"] for r in runs])}
+        fixed[name] = {"args": FIXED_STEPS[name], "runs": runs, "measured": time.strftime("%Y-%m-%d"),
+                       "val_inception": summary([r["val"]["inception"] for r in runs]), **remeasured(fixed.get(name))}
         print(f"{name}: val inception FID {fixed[name]['val_inception']['fid']['mean']:.1f} "
               f"+- {fixed[name]['val_inception']['fid']['std']:.1f} against the default's "
               f"{summary([r['val']['inception'] for r in default['runs']])['fid']['mean']:.1f}", flush=True)
@@ -892,6 +905,20 @@ def _defaults_change(earlier: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(parts) or "the same options"
 
 
+def _earlier_lever_lines(name: str, entry: dict[str, Any]) -> list[str]:
+    """A line for each earlier measurement of a lever on record against today's default."""
+    lines = []
+    for earlier in entry.get("earlier_measurements", []):
+        v = earlier["val_inception"]
+        lines += ["", f"Earlier measurement of {name} ({earlier.get('measured', 'date not recorded')}): val Inception "
+                  f"FID {_mean_sd(v['fid'])}, recall {_mean_sd(v['recall'])}; training s {_seconds(earlier['runs'])}"]
+    return lines
+
+
+def _seconds(runs: list[dict[str, Any]]) -> str:
+    return "/".join(f"{run['train_seconds']:.0f}" for run in runs)
+
+
 def report(results: dict[str, Any]) -> str:
     """Markdown tables of every stage present in ``results`` (pasted into docs/default-quality.md)."""
     lines = ["### Screen (seed 0, val split: 78 images, 156 samples)", "",
@@ -933,11 +960,15 @@ def report(results: dict[str, Any]) -> str:
         lines += [f"| mean +- sd | | | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | "
                   f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
                   f"Goal: {json.dumps(d['goal'])}"]
+        for earlier in d.get("earlier_measurements", []):
+            lines += ["", f"Measured before ({earlier.get('measured', 'date not recorded')}): training s "
+                      f"{_seconds(earlier['runs'])}; test Inception FID per seed "
+                      f"{'/'.join(format(r['test']['fid'], '.2f') for r in earlier['runs'])}"]
     for earlier in results.get("earlier_defaults", []):
         m = earlier["test_summary"]
         lines += ["", f"Earlier default ({_defaults_change(earlier['defaults'], results['default']['defaults'])}): "
                   f"test Inception FID {_mean_sd(m['fid'])}, precision {_mean_sd(m['precision'])}, recall "
-                  f"{_mean_sd(m['recall'])}"]
+                  f"{_mean_sd(m['recall'])}; training s {_seconds(earlier['runs'])}"]
     if results.get("fixed_steps"):
         default_val = summary([r["val"]["inception"] for r in results["default"]["runs"]])
         lines += ["", "### Levers that need the run's length, on top of the default at its step count (val, seeds 0-2)",
@@ -950,6 +981,7 @@ def report(results: dict[str, Any]) -> str:
             lines.append(f"| {name} | {entry['runs'][0]['steps']} | {_mean_sd(v['fid'])} | "
                          f"{_mean_sd(v['precision'])} | {_mean_sd(v['recall'])} | `{entry['runs'][0]['command']}` |")
         lines += ["", f"Chosen on val (`choose()` against the default): {results.get('fixed_steps_chosen_on_val')}"]
+        lines += [line for name, entry in results["fixed_steps"].items() for line in _earlier_lever_lines(name, entry)]
     for earlier in results.get("earlier_fixed_steps", []):
         change = _defaults_change(earlier["defaults"], results["default"]["defaults"])
         for name, entry in earlier["fixed_steps"].items():

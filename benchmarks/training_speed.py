@@ -5,6 +5,8 @@
     python benchmarks/training_speed.py --experiments none        # only the synthmed-vs-plain comparison
     python benchmarks/training_speed.py --experiments compile     # add the (slow to compile) torch.compile variant
     python benchmarks/training_speed.py --experiments conditional # class-conditional recipes vs the unconditional step
+    python benchmarks/training_speed.py --configs dcgan28 --experiments minibatch_std --profile none \
+        --out benchmarks/results/training_speed_cpu_minibatch_std.json  # what -o minibatch_std=4 costs a 28-px step
     python benchmarks/training_speed.py --configs pix2pix128,pix2pix256b1,pix2pix256b8,cyclegan128 \
         --experiments none --seconds 120 --max-minutes 30 \
         --out benchmarks/results/training_speed_cpu_translation.json  # about 10-13 minutes on 2 cores
@@ -31,8 +33,9 @@ same run: timings on the shared 2-core machines vary +-30% between runs.
      widths (3x3 kernels: MONAI rejects 4x4), only if MONAI and pytorch-ignite import; compare its MFU.
    * experiments (``--experiments``): variants of the synthmed step that support the diagnosis (NCHW instead of
      channels_last, bf16 autocast, one thread, the native 7-14-28 layout, PyTorch's kernels instead of the
-     GEMM-lowered layers, GEMMs instead of Winograd, torch.compile), and the class-conditional recipes (conditional,
-     acgan, cwgan-gp with 10 random classes) against the unconditional step of the same config.
+     GEMM-lowered layers, GEMMs instead of Winograd, torch.compile), the class-conditional recipes (conditional,
+     acgan, cwgan-gp with 10 random classes) against the unconditional step of the same config, and the default
+     recipe with ``-o minibatch_std=4``.
    Translation configs (``pix2pix128``, ``pix2pix256b1``, ``pix2pix256b8``, ``cyclegan128``; not in the default
    --configs, each has its own batch size; ngf = ndf = 64, the papers' widths; grey 1 -> 1 channel pairs):
    * ``synthmed``: the pix2pix / CycleGAN recipe's ``train_step`` through a ``StepContext`` as the trainer runs it
@@ -206,6 +209,9 @@ EXPERIMENTS: dict[str, list[tuple[str, str, str, dict[str, Any]]]] = {
     "winograd": [(c, "synthmed_no_winograd", "synthmed step without Winograd: the stride-2 layers of <= 16x16 maps on "
                   "the GEMM route or oneDNN as before (synthmed.ops.cpu_conv.without_winograd)", {"no_winograd": True})
                  for c in ("dcgan64", "wgangp64")],
+    # ProGAN's minibatch standard deviation before D's last conv (an option of the default recipe, off): its cost.
+    "minibatch_std": [("dcgan28", "synthmed_minibatch_std4", "synthmed step with -o minibatch_std=4 (groups of 4)",
+                       {"options": {"minibatch_std": 4}})],
     "compile": [(c, "synthmed_compile", "synthmed step with torch.compile'd G and D forwards", {"compile": True})
                 for c in ("dcgan28", "dcgan64")],
     # Class-conditional recipes (synthmed/recipes/conditional.py) against the unconditional step of the same config

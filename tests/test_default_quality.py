@@ -466,6 +466,31 @@ def test_a_moved_default_trains_in_new_folders_and_keeps_the_record_of_the_old(t
         benchmark.stage_default(tmp_path, results, library.spaces)
 
 
+def test_measuring_the_same_setting_again_keeps_every_earlier_measurement(tmp_path: Path, monkeypatch) -> None:
+    # Session 8 re-ran the default stage and an unchanged lever: each replaced the record of session 7's runs, and
+    # with it the one default run over two minutes (130 s) and the lever's first try. Training time varies with
+    # the machine's load, so a measurement of the same setting is kept beside the new one, never dropped.
+    benchmark = load_benchmark()
+    library = _Library(benchmark, monkeypatch)
+    monkeypatch.setattr(benchmark, "FIXED_STEPS", {"decay": ["-o", "lr_decay_start=0.5"]})
+    timings = iter([130.0, 1.0, 1.0, *[2.0] * 3, *[5.0] * 3, *[3.0] * 3, *[4.0] * 3])  # 3 x default, 2 x lever
+    train = library.train
+    monkeypatch.setattr(benchmark, "train", lambda *args: {**train(*args), "train_seconds": next(timings)})
+    results: dict = {}
+    for _ in range(3):
+        benchmark.stage_default(tmp_path, results, library.spaces)
+    earlier = results["default"]["earlier_measurements"]
+    assert [[run["train_seconds"] for run in e["runs"]] for e in earlier] == [[130.0, 1.0, 1.0], [2.0, 2.0, 2.0]]
+    assert all("earlier_measurements" not in e for e in earlier) and "earlier_defaults" not in results
+    for _ in range(2):
+        benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
+    (lever_before,) = results["fixed_steps"]["decay"]["earlier_measurements"]
+    assert [run["train_seconds"] for run in lever_before["runs"]] == [3.0, 3.0, 3.0]
+    text = benchmark.report(results)
+    assert "training s 130/1/1; test Inception FID per seed 100.00/100.00/100.00" in text
+    assert "Earlier measurement of decay (" in text and "training s 3/3/3" in text
+
+
 def test_fixed_step_levers_train_against_the_recorded_default_only(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
     library = _Library(benchmark, monkeypatch)
