@@ -755,7 +755,7 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
                                     val_summary=summary([r["val"] for r in records]))
             grid(samples(transfer_run(work, name, label, suffix, 0), 36), IMAGES / f"{name}_{label}{suffix}.png")
         recorded = {label: [Path(r["run"]) for r in seed_records(entry[label])] for label in settings if label in entry}
-        if max(map(len, recorded.values())) > 1:
+        if sum(map(len, recorded.values())) > 1:  # two settings of one seed compare too (session 8: 6,800 steps)
             discriminator_loss_figure(
                 recorded, IMAGES / f"{name}_discriminator_loss{suffix}.png",
                 f"{name}: discriminator loss while training ({f'{steps} steps' if steps else f'{minutes:g} minutes'}"
