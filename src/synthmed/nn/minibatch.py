@@ -90,9 +90,8 @@ class MinibatchStdDev(nn.Module):
     before it instead (alone it has no spread, which would read as a collapsed generator even for real data), and
     a batch of one gets ``sqrt(1e-8)``, not NaN. ProGAN groups the samples strided (sample i in group
     i % (N / group_size)); in a shuffled batch either way draws random groups, and consecutive ones keep a partial
-    last group whole. The statistic is computed in float32 at
-    least (in bf16, with its 8-bit mantissa, the deviations of close values are mostly rounding error) and
-    appended in the input's dtype.
+    last group whole. The statistic is computed in float32 at least (in bf16, with its 8-bit mantissa, the
+    deviations of close values are mostly rounding error) and appended in the input's dtype.
 
     Args:
         group_size: Samples whose spread is measured together (ProGAN: 4); a last, smaller group uses its own (a
