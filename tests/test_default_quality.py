@@ -44,7 +44,10 @@ def test_recipe_defaults_are_the_measured_ones() -> None:
     shipped = config_to_dict(UnconditionalGAN(UnconditionalConfig(), info).config)
     measured = measured_defaults()
     assert measured["recipe"] == "unconditional"
-    assert shipped == measured["recipe_options"]
+    # An option added after the measurement (off by default) trains the same networks; it must be off.
+    absent = set(shipped) - set(measured["recipe_options"])
+    added = {key: UnconditionalGAN.absent_from_older_runs[key] for key in absent}
+    assert shipped == {**measured["recipe_options"], **added}
 
 
 def test_training_defaults_are_the_measured_ones() -> None:
@@ -193,11 +196,14 @@ def test_each_study_retrains_exactly_what_it_recorded() -> None:
     configs = {**benchmark.SCREEN, **benchmark.COMBINATIONS}
     for name, study in benchmark.STUDIES.items():
         recorded = json.loads(study.results.read_text())
-        assert list(study.screen) == list(recorded["screen"]), name
-        for config, record in recorded["screen"].items():
+        assert list(study.screen) == list(recorded.get("screen", {})), name
+        for config, record in recorded.get("screen", {}).items():
             words = shlex.split(record["command"])
             assert words[words.index("--seed") + 2 : words.index("--max-minutes")] == configs[config], config
-        assert list(study.finalists) == list(recorded["seeds"]) and benchmark.SHIPPED in study.finalists, name
+        assert list(study.finalists) == list(recorded.get("seeds", {})), name
+        assert not study.screen or benchmark.SHIPPED in study.finalists, name
+        assert set(recorded.get("fixed_steps", {})) <= set(study.fixed), name  # only levers it names
+        assert recorded["machine"]["cpu_capability"] == study.cpu_capability, name  # the machine it claims
     assert benchmark.STUDIES["avx2"].default_args == ("--steps", "1600")  # what its default stage measured
     assert benchmark.STUDIES["avx512"].default_args == ()  # the library's default as shipped
 
@@ -210,7 +216,7 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
             {_stage: (args, kw)}))
     study = benchmark.Study(tmp_path / "results.json", tmp_path / "images", ("old-default", "ttur+diffaug-t"),
                             ("ttur+diffaug-t",), "title", default_args=("--steps", "7"), fixed=("lr-decay-0.5",),
-                            transfer_variants=("lecam01",))
+                            transfer_variants=("lecam01",), cpu_capability=torch.backends.cpu.get_cpu_capability())
     (tmp_path / "results.json").write_text(json.dumps(json.loads(RESULTS.read_text())))
     monkeypatch.setitem(benchmark.STUDIES, "avx512", study)
     monkeypatch.setattr(sys, "argv", ["default_quality.py", "--work", str(tmp_path / "work"), "--study", "avx512"])
@@ -224,6 +230,34 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert "latent_scale" in calls
     assert (tmp_path / "results.md").exists() and (tmp_path / "images" / "screen.png").stat().st_size > 10_000
     assert study.results == benchmark.RESULTS and study.images == benchmark.IMAGES
+
+
+def test_a_study_refuses_another_kind_of_machine_before_writing_anything(tmp_path: Path, monkeypatch,
+                                                                          capsys) -> None:
+    # Session 9 ran --study avx512 on an AVX2 machine: its default runs (other rounding: other networks from the
+    # same seeds; other speed) replaced the reference machine's record. Now a study names its machine's CPU.
+    benchmark = load_benchmark()
+    here = torch.backends.cpu.get_cpu_capability()
+    study = benchmark.Study(tmp_path / "results.json", tmp_path / "images", (), (), "", cpu_capability=f"NOT-{here}")
+    monkeypatch.setitem(benchmark.STUDIES, "avx512", study)
+    monkeypatch.setattr(sys, "argv", ["default_quality.py", "--work", str(tmp_path / "work"), "--study", "avx512",
+                                      "--stage", "report"])
+    with pytest.raises(SystemExit) as raised:
+        benchmark.main()
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and f"records runs of an NOT-{here} machine; this one reports {here}" in err
+    assert not any(tmp_path.iterdir())
+    assert benchmark.wrong_machine("avx2", benchmark.STUDIES["avx2"], "AVX2") is None
+    assert "use --study avx2 or avx2-default" in benchmark.wrong_machine("avx512", benchmark.STUDIES["avx512"], "AVX2")
+    assert "add a study for it" in benchmark.wrong_machine("avx512", benchmark.STUDIES["avx512"], "AMX")
+
+
+def test_a_study_without_a_screen_reports_its_default_and_levers_only(tmp_path: Path, monkeypatch) -> None:
+    benchmark = load_benchmark()
+    recorded = json.loads(RESULTS.read_text())
+    only = {key: recorded[key] for key in ("default", "fixed_steps", "fixed_steps_defaults")}
+    text = benchmark.report(only)
+    assert "### Screen" not in text and "### The shipped default" in text and "### Levers that need" in text
 
 
 def test_screen_figure_enlarges_the_best_corner_only_when_some_points_lie_far(tmp_path: Path) -> None:
@@ -284,7 +318,8 @@ def test_default_runs_are_named_by_what_they_train(tmp_path: Path) -> None:
     # the old default's runs as the new one's. The names come from the options the library resolves.
     benchmark = load_benchmark()
     today = benchmark.expected_defaults()
-    assert today == json.loads(RESULTS.read_text())["default"]["defaults"]  # computed == what the runs recorded
+    recorded = json.loads(RESULTS.read_text())["default"]["defaults"]  # the runs' record, before pack existed
+    assert {**today, "recipe_options": {k: v for k, v in today["recipe_options"].items() if k != "pack"}} == recorded
     pinned = benchmark.expected_defaults(("--steps", "1600", "-o", "ttur=false"))
     assert pinned["train"]["steps"] == 1600 and pinned["recipe_options"]["ttur"] is False
     assert pinned["recipe_options"]["lr_d"] == pinned["recipe_options"]["lr_g"]

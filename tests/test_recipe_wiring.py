@@ -21,6 +21,7 @@ from synthmed.nn import MinibatchStdDev
 from synthmed.recipes import build_recipe
 from synthmed.recipes.base import Recipe
 from synthmed.recipes.step import StepContext
+from synthmed.recipes.unconditional import pack_samples
 
 INFO = DataInfo(source="wiring-test", channels=1, height=32, width=32)
 TINY = {"g_channels": 8, "d_channels": 8, "latent_dim": 8, "diffaugment": ""}  # each switch alone
@@ -332,6 +333,53 @@ def test_minibatch_std_puts_the_layer_in_the_discriminator() -> None:
 def test_minibatch_std_refusals_are_one_line_config_errors(options: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make(**options)
+
+
+def test_pack_samples_joins_consecutive_samples_along_channels_by_hand() -> None:
+    x = torch.arange(5 * 2 * 2 * 2, dtype=torch.float32).reshape(5, 2, 2, 2)  # 5 RGB-like samples of 2 channels
+    packed = pack_samples(x, 2)
+    assert packed.shape == (2, 4, 2, 2)  # sample 4 is the remainder and is left out
+    torch.testing.assert_close(packed[0], torch.cat([x[0], x[1]]), rtol=0, atol=0)
+    torch.testing.assert_close(packed[1], torch.cat([x[2], x[3]]), rtol=0, atol=0)
+    assert pack_samples(x, 1) is x
+    grey = torch.rand(6, 1, 4, 4).contiguous(memory_format=torch.channels_last)
+    three = pack_samples(grey, 3)
+    assert three.shape == (2, 3, 4, 4) and three.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(three[1, 2], grey[5, 0], rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=r"^pack=4 needs batches of at least 4 samples \(got 3\)$"):
+        pack_samples(x[:3], 4)
+
+
+def test_pack_makes_the_discriminator_judge_groups_in_both_steps() -> None:
+    recipe, ctx = make(pack=2)
+    first_conv = next(m for m in recipe.networks["D"].modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.in_channels == 2
+    batch = images()
+    calls = Calls(recipe.networks["D"])
+    generated: list[torch.Tensor] = []
+    recipe.networks["G"].register_forward_hook(lambda m, a, out: generated.append(out.detach().clone()))
+    out = step(recipe, ctx, batch)
+    assert [tuple(x.shape) for x in calls.inputs] == [(BATCH // 2, 2, 32, 32)] * 3  # real, fake, generator step
+    torch.testing.assert_close(calls.inputs[0], pack_samples(batch, 2), rtol=0, atol=0)
+    torch.testing.assert_close(calls.inputs[1], pack_samples(generated[0], 2), rtol=0, atol=0)
+    assert all(len(logits) == BATCH // 2 for logits in calls.outputs)
+    assert torch.isfinite(out["loss_d"]) and torch.isfinite(out["loss_g"])
+    plain, _ = make()
+    assert plain.config.pack == 1  # off by default: existing runs build the same discriminator
+
+
+@pytest.mark.parametrize("options", [{"pack": 2, "feature_matching": 1.0}, {"pack": 2, "r1_weight": 1.0},
+                                     {"pack": 2, "loss": "wgan-gp", "n_critic": 2}, {"pack": 3, "minibatch_std": 2}])
+def test_pack_combines_with_the_penalties_and_feature_matching(options: dict) -> None:
+    recipe, ctx = make(**options)
+    out = step(recipe, ctx)
+    assert all(torch.isfinite(v).all() for v in out.values())
+
+
+def test_pack_below_one_is_a_one_line_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"^pack is the number of samples the discriminator judges together, "
+                                          r"at least 1 \(got 0\)$"):
+        make(pack=0)
 
 
 # --- optimisers and step counts ---------------------------------------------------------------------------

@@ -92,6 +92,11 @@ class UnconditionalConfig:
             where the presets alone lost a run, at some cost in recall; at 28 px in two minutes every weight tried
             lowered recall (docs/default-quality.md, sessions 5-6). Other losses: off]
         lecam_decay: Decay of the moving averages the LeCam penalty anchors to (the paper's 0.99).
+        pack: PacGAN's packing (Lin et al. 2018): the discriminator judges groups of this many samples, all real
+            or all generated, joined along the channel axis, so a generator that repeats itself is easier to tell
+            apart (a lever on recall); the discriminator's later layers see 1/pack as many inputs. Groups are
+            consecutive samples of the (shuffled) batch, after DiffAugment; a remainder of fewer than ``pack``
+            samples is left out of the discriminator's step. 1: off.
     """
 
     arch: str = "dcgan"
@@ -122,6 +127,7 @@ class UnconditionalConfig:
     lr_decay_start: float = 1.0
     lecam: float | None = None
     lecam_decay: float = 0.99
+    pack: int = 1
 
 
 #: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
@@ -186,6 +192,9 @@ def _check_critic(config: UnconditionalConfig, loss: L.AdversarialLoss) -> None:
 
 def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, family: NetworkFamily) -> None:
     """Refuse option combinations that would silently do nothing or break an assumption."""
+    if config.pack < 1:
+        raise ConfigError(f"pack is the number of samples the discriminator judges together, at least 1 "
+                          f"(got {config.pack})")
     if config.minibatch_std < 0 or config.minibatch_std == 1:  # a group of one has no spread to show
         raise ConfigError(f"minibatch_std is 0 (off) or a group of at least 2 samples (got {config.minibatch_std})")
     _check_critic(config, loss)
@@ -209,6 +218,21 @@ def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, fami
             raise ConfigError(f"{key} must be in [0, 1) (got {getattr(config, key)})")
     if config.n_critic is not None and config.n_critic < 1:
         raise ConfigError(f"n_critic must be at least 1 (got {config.n_critic})")
+
+
+def pack_samples(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """PacGAN's packing: consecutive groups of ``pack`` samples joined along the channel axis, (N, C, *spatial) ->
+    (N // pack, pack * C, *spatial), sample ``i * pack + j`` in channels ``j * C`` to ``(j + 1) * C - 1`` of group
+    ``i``; a remainder of fewer than ``pack`` samples is left out. A channels-last batch stays channels-last."""
+    if pack == 1:
+        return x
+    n = x.shape[0] // pack * pack
+    if n == 0:
+        raise ConfigError(f"pack={pack} needs batches of at least {pack} samples (got {x.shape[0]})")
+    packed = x[:n].reshape(n // pack, pack * x.shape[1], *x.shape[2:])
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+        packed = packed.contiguous(memory_format=torch.channels_last)
+    return packed
 
 
 class CollapseWatch:
@@ -245,7 +269,7 @@ class UnconditionalGAN(GenerativeRecipe):
     ema_sources = ("G",)
     prefers_channels_last = True
     # Runs recorded before LeCam existed trained without it; today bce turns it on from 64 px.
-    absent_from_older_runs = {"lecam": 0.0}
+    absent_from_older_runs = {"lecam": 0.0, "pack": 1}
 
     def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
         self.adversarial = L.get_adversarial_loss(config.loss)
@@ -264,7 +288,7 @@ class UnconditionalGAN(GenerativeRecipe):
             advice=f"a larger -o lecam (now {config.lecam:g})" if config.lecam > 0 else "-o lecam=0.1")
         channels = data_info.channels
         d_kwargs: dict[str, object] = {
-            "in_channels": channels, "image_size": self.train_size, "base_channels": config.d_channels,
+            "in_channels": channels * config.pack, "image_size": self.train_size, "base_channels": config.d_channels,
             "spectral_norm": bool(config.spectral_norm),
         }
         d_kwargs.update({option: getattr(config, field) for option, field in _D_OPTION_FIELDS.items()
@@ -326,6 +350,10 @@ class UnconditionalGAN(GenerativeRecipe):
         if self.augment_policy:
             x = diff_augment(x, ",".join(self.augment_policy))
         return x
+
+    def _d_input(self, x: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """What the discriminator sees of a batch: each image augmented, then packed (``pack``)."""
+        return pack_samples(self._augment(x, ctx), self.config.pack)
 
     def _mirror(self, images: torch.Tensor) -> torch.Tensor:
         """Each image mirrored left-right with probability 0.5, within its data window: an odd ``pad_to`` gap pads
@@ -400,7 +428,7 @@ class UnconditionalGAN(GenerativeRecipe):
                 else:
                     with torch.no_grad():
                         fake = G(z)
-                real_in, fake_in = self._augment(real, ctx), self._augment(fake, ctx)
+                real_in, fake_in = self._d_input(real, ctx), self._d_input(fake, ctx)
                 real_logits = D(real_in)
                 fake_logits = D(fake_in)
                 loss_d = self._d_loss(real_logits.float(), fake_logits.float())
@@ -428,13 +456,13 @@ class UnconditionalGAN(GenerativeRecipe):
                 else:
                     z = torch.randn(batch["image"].shape[0], self.latent_dim, device=batch["image"].device)
                     fake = G(z)
-                fake_in = self._augment(fake, ctx)
+                fake_in = self._d_input(fake, ctx)
                 if use_features:
                     fake_logits_g, fake_features = D(fake_in, return_features=True)
                     # Salimans et al. match statistics of one discriminator: the real side is recomputed
                     # with the just-updated D rather than reused from before its step.
                     with torch.no_grad():
-                        _, real_features = D(self._augment(first_real, ctx), return_features=True)
+                        _, real_features = D(self._d_input(first_real, ctx), return_features=True)
                 else:
                     fake_logits_g = D(fake_in)
                 loss_g = self._g_loss(fake_logits_g.float())
