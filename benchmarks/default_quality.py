@@ -320,6 +320,7 @@ def wrong_machine(name: str, study: Study, capability: str) -> str | None:
     return (f"--study {name} records runs of an {study.cpu_capability} machine; this one reports {capability} "
             f"(other rounding, other speed): {hint}")
 
+
 #: Where the other data sets live and how they are read (64 px, as their walking-skeleton runs).
 TRANSFER: dict[str, dict[str, Any]] = {
     "lgg-flair-64": {"data": SHARED / "lgg-mri" / "lgg_mri_128.npz", "args": ["--channels", "flair", "--size", "64"],
