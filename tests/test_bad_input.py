@@ -243,3 +243,13 @@ def test_torch_floor_covers_every_api_the_code_uses() -> None:
         assert re.search(pattern, source), f"src/ no longer uses {api}: update TORCH_APIS"
         assert floor >= since, f"{spec!r} allows torch older than {'.'.join(map(str, since))}, which lacks {api}"
     assert _version(torch.__version__) >= floor
+
+
+@pytest.mark.parametrize("value", ["0.5", "nan"])
+def test_ema_warm_up_below_one_is_refused_in_one_line(tmp_path: Path, value: str) -> None:
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--out", str(out), *TINY_ARGS, "--ema-warmup", value])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"synthmed: error: --ema-warmup must be at least 1 (got {float(value)})"], result.stderr
+    assert not out.exists(), "a run directory was left behind"

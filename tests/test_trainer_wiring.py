@@ -67,6 +67,34 @@ def test_ema_warm_up() -> None:
     assert ema_beta(20, 0.5) == 0.5
 
 
+def test_ema_warm_up_constant_sets_the_averaging_window() -> None:
+    assert ema_beta(0, 0.999, warmup=2) == 0.5  # (1 + 0) / (2 + 0)
+    assert ema_beta(997, 0.999, warmup=2) == pytest.approx(998 / 999) and 998 / 999 < 0.999
+    assert ema_beta(998, 0.999, warmup=2) == 0.999  # the cap binds from (2 beta - 1) / (1 - beta) = 998
+    assert ema_beta(0, 0.999, warmup=1) == 0.999  # no warm-up
+    # warm-up 2 is Polyak averaging: the shadow is the plain mean of its start and every step so far
+    shadow, source = nn.Linear(1, 1, bias=False), nn.Linear(1, 1, bias=False)
+    values = [4.0, -2.0, 7.0, 1.0, 0.5]
+    with torch.no_grad():
+        shadow.weight.fill_(3.0)
+        for step, value in enumerate(values):
+            source.weight.fill_(value)
+            update_ema(shadow, source, ema_beta(step, 0.999, warmup=2))
+    assert shadow.weight.item() == pytest.approx(sum([3.0, *values]) / (1 + len(values)))
+
+
+def test_trainer_uses_the_configured_ema_warm_up(tmp_path: Path) -> None:
+    # Without the warm-up the decay is beta from the first step; the default warm-up would give 2 / 11 at step 1.
+    run = synthmed.train(out=tmp_path / "ema", progress=False, steps=3, ema_beta=0.5, ema_warmup=1.0,
+                         **{**TINY, "checkpoint_every": 1}, keep_checkpoints=20).run_dir
+    found = {int(p.stem.split("_")[1]): p for p in ckpt.list_checkpoints(run / "checkpoints")}
+    live = weights(found[2], "G")
+    before, after = weights(found[1], "G_ema"), weights(found[2], "G_ema")
+    for key, value in after.items():
+        if not key.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            torch.testing.assert_close(value, 0.5 * before[key] + 0.5 * live[key], msg=key)
+
+
 def test_trainer_updates_the_ema_generator_after_every_step(tmp_path: Path) -> None:
     beta = 0.5  # past the warm-up from step 9 on: (1 + 9) / (10 + 9) > 0.5
     run = synthmed.train(out=tmp_path / "ema", progress=False, steps=10, ema_beta=beta,

@@ -111,6 +111,8 @@ def train(
     sample_every: int = typer.Option(None, help="Write a preview every N steps [default: 250]."),
     checkpoint_every: int = typer.Option(None, help="Write a checkpoint every N steps [default: 500]."),
     ema_beta: float = typer.Option(None, help="EMA decay of the sampling networks; 0 disables [default: 0.999]."),
+    ema_warmup: float = typer.Option(None, help="EMA warm-up W: decay min(beta, (1+t)/(W+t)) at step t; 2 averages "
+                                     "all steps so far until beta caps it, 1 turns it off [default: 10]."),
     eval_every: int = typer.Option(None, help="Score FID every N steps and keep checkpoints/best.*."),
     eval_features: str = typer.Option(None, help="Feature space of that FID: radiomics or inception."),
     eval_samples: int = typer.Option(None, help="Synthetic images per evaluation [default: 500]."),
@@ -132,7 +134,8 @@ def train(
         "precision": precision, "intensity_range": _pair_of_numbers("--intensity-range", intensity_range),
         "target_intensity_range": _pair_of_numbers("--target-intensity-range", target_intensity_range),
         "num_threads": threads, "cpu_kernels": cpu_kernels, "sample_every": sample_every,
-        "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "ema_beta": ema_beta, "ema_warmup": ema_warmup,
+        "eval_every": eval_every,
         "eval_features": eval_features, "eval_samples": eval_samples, "labels": labels,
         "label_column": label_column, "label_map": label_map, "label_key_column": label_key_column,
         "val_fraction": val_fraction, "test_fraction": test_fraction,

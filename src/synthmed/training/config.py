@@ -102,6 +102,8 @@ class TrainConfig:
     channels_last: bool | None = None
     num_threads: int | None = None
     ema_beta: float = 0.999
+    #: EMA warm-up constant W: the decay at step t is min(ema_beta, (1 + t) / (W + t)); 1 turns the warm-up off.
+    ema_warmup: float = 10.0
     log_every: int = 25
     sample_every: int = 250
     checkpoint_every: int = 500
@@ -164,6 +166,8 @@ class RunConfig:
             raise ConfigError(f"--precision must be auto, fp32 or bf16 (got {t.precision!r})")
         if not 0.0 <= t.ema_beta < 1.0:
             raise ConfigError(f"--ema-beta must be in [0, 1) (got {t.ema_beta})")
+        if not t.ema_warmup >= 1.0:  # also refuses NaN
+            raise ConfigError(f"--ema-warmup must be at least 1 (got {t.ema_warmup})")
         if t.eval_every is not None and t.eval_every < 1:
             raise ConfigError("--eval-every must be at least 1")
         if t.eval_samples < 2:

@@ -316,7 +316,7 @@ class Trainer:
                 ctx.step = loop.step
                 losses = recipe.train_step(stream.next(), ctx)
                 for source, shadow in ema_pairs:
-                    update_ema(shadow, source, ema_beta(loop.step, t.ema_beta))
+                    update_ema(shadow, source, ema_beta(loop.step, t.ema_beta, t.ema_warmup))
                 loop.step += 1
                 loop.record(losses)
                 for part in parts:
