@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine, source_state  # noqa: E402
+from _common import ROOT, gemm_peak, machine, source_state  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results" / "default_quality.json"
 IMAGES = ROOT / "docs" / "images" / "default-quality"
@@ -360,18 +360,40 @@ def train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict[
             import shutil
 
             shutil.rmtree(out)
+        before = machine_gflops()
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        (out / PROBE).write_text(json.dumps({"before": before, "after": machine_gflops()}))
         (out / "done").write_text("")
     shown = shlex.join(["synthmed", *command[3:]]).replace(str(out), "RUN")
     return {"command": shown, "run": str(out), **_training_facts(out)}
+
+
+#: Where :func:`train` keeps the machine's speed around a run (runs trained before session 10 have none).
+PROBE = "machine_gemm_gflops.json"
+#: This shared machine's fp32 GEMM peak on 2 threads when quiet is 300-330 GFLOP/s (docs/speed.md); below this a
+#: timed run shared the host with other work, and its training seconds say so rather than what the run costs.
+QUIET_GEMM_GFLOPS = 250.0
+
+
+def machine_gflops() -> float:
+    """The fp32 GEMM peak on the 2 threads a run trains with, GFLOP/s (about a second)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        return round(gemm_peak(torch.device("cpu")), 1)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _training_facts(run: Path) -> dict[str, Any]:
     metrics = json.loads((run / "metrics.json").read_text())
     training = metrics.get("training", metrics)
     session = training.get("last_session", {})
-    return {"steps": training.get("step"), "train_seconds": session.get("wall_seconds"),
-            "steps_per_second": session.get("steps_per_second")}
+    facts = {"steps": training.get("step"), "train_seconds": session.get("wall_seconds"),
+             "steps_per_second": session.get("steps_per_second")}
+    if (run / PROBE).exists():  # the GEMM peak just before and after the run trained
+        facts["machine_gemm_gflops"] = json.loads((run / PROBE).read_text())
+    return facts
 
 
 class Spaces:
@@ -664,6 +686,7 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
               f"+- {fixed[name]['val_inception']['fid']['std']:.1f} against the default's "
               f"{summary([r['val']['inception'] for r in default['runs']])['fid']['mean']:.1f}", flush=True)
         save_results(results)
+        grid(samples(default_run(work, lever, 0, prefix=f"fixed-{name}"), 64), IMAGES / f"fixed-{name}_s0.png")
     # Every lever on record against today's default competes, not only those trained by this call.
     entries = {"default": {"val_inception": summary([r["val"]["inception"] for r in default["runs"]])}, **fixed}
     results["fixed_steps_chosen_on_val"] = choose(entries, "default")
@@ -740,9 +763,15 @@ TRAIN_ABSENT_FROM_OLDER_RUNS: dict[str, Any] = {"ema_warmup": 10.0}
 
 
 def as_trained(defaults: dict[str, Any]) -> dict[str, Any]:
-    """A recorded ``defaults`` (:func:`shipped_defaults`' form) with the training options added since filled in as
-    its runs trained, so a record of today's default made before an option existed still compares equal."""
-    return {**defaults, "train": {**TRAIN_ABSENT_FROM_OLDER_RUNS, **defaults["train"]}}
+    """A recorded ``defaults`` (:func:`shipped_defaults`' form) with the options added since filled in as its runs
+    trained (the recipe's ``absent_from_older_runs``, :data:`TRAIN_ABSENT_FROM_OLDER_RUNS`), so a record of today's
+    default made before an option existed still compares equal."""
+    from synthmed.recipes import RECIPES
+
+    recipe = RECIPES.get(defaults.get("recipe", "unconditional"))
+    gained = recipe.absent_from_older_runs if recipe else {}
+    return {**defaults, "recipe_options": {**gained, **defaults.get("recipe_options", {})},
+            "train": {**TRAIN_ABSENT_FROM_OLDER_RUNS, **defaults["train"]}}
 
 
 def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: int | None = None,
@@ -965,6 +994,12 @@ def _earlier_lever_lines(name: str, entry: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _probe(run: dict[str, Any]) -> str:
+    """The machine's GEMM peak around a run (quiet: 300-330 GFLOP/s), or that it was not recorded."""
+    probe = run.get("machine_gemm_gflops")
+    return f"{probe['before']:.0f} / {probe['after']:.0f}" if probe else "not recorded"
+
+
 def _seconds(runs: list[dict[str, Any]]) -> str:
     return "/".join(f"{run['train_seconds']:.0f}" for run in runs)
 
@@ -1003,12 +1038,12 @@ def report(results: dict[str, Any]) -> str:
         d = results["default"]
         m = d["test_summary"]
         lines += ["", "### The shipped default, `synthmed train --seed S`, against the test split", "",
-                  "| seed | steps | training s | Inception FID [95% bootstrap] | KID | precision | recall |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {seed} | {r['steps']} | {r['train_seconds']:.0f}" + _test_cells(r["test"])
+                  "| seed | steps | training s | machine GEMM GFLOP/s before / after | Inception FID [95% bootstrap] "
+                  "| KID | precision | recall |", "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {seed} | {r['steps']} | {r['train_seconds']:.0f} | {_probe(r)}" + _test_cells(r["test"])
                   for seed, r in enumerate(d["runs"])]
-        lines += [f"| mean +- sd | | | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | "
-                  f"{_mean_sd(m['recall'])} |", "| 156 real training images | |" + _test_cells(d["real_train"]), "",
+        lines += [f"| mean +- sd | | | | {_mean_sd(m['fid'])} | {_mean_sd(m['kid'])} | {_mean_sd(m['precision'])} | "
+                  f"{_mean_sd(m['recall'])} |", "| 156 real training images | | |" + _test_cells(d["real_train"]), "",
                   f"Goal: {json.dumps(d['goal'])}"]
         for earlier in d.get("earlier_measurements", []):
             lines += ["", f"Measured before ({earlier.get('measured', 'date not recorded')}): training s "
