@@ -531,15 +531,21 @@ def test_a_moved_default_trains_in_new_folders_and_keeps_the_record_of_the_old(t
         benchmark.stage_default(tmp_path, results, library.spaces)
 
 
-def test_a_record_from_before_a_training_option_existed_is_the_same_default(tmp_path: Path, monkeypatch) -> None:
-    # --ema-warmup (session 10) joined the recorded training options; the runs recorded before it warmed up with 10,
-    # so they measured today's default, not an earlier one, and levers measured against them still compete. The
-    # same holds for recipe options added since (absent_from_older_runs).
+def _recorded_default_and_lever(tmp_path: Path, monkeypatch) -> tuple[ModuleType, _Library, dict]:
+    """The benchmark with a stand-in library whose one fixed-step lever is a decay, and the default stage's record."""
     benchmark = load_benchmark()
     library = _Library(benchmark, monkeypatch)
     monkeypatch.setattr(benchmark, "FIXED_STEPS", {"decay": ["-o", "lr_decay_start=0.5"]})
     results: dict = {}
     benchmark.stage_default(tmp_path, results, library.spaces)
+    return benchmark, library, results
+
+
+def test_a_record_from_before_a_training_option_existed_is_the_same_default(tmp_path: Path, monkeypatch) -> None:
+    # --ema-warmup (session 10) joined the recorded training options; the runs recorded before it warmed up with 10,
+    # so they measured today's default, not an earlier one, and levers measured against them still compete. The
+    # same holds for recipe options added since (absent_from_older_runs).
+    benchmark, library, results = _recorded_default_and_lever(tmp_path, monkeypatch)
     benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
     # and a recipe option added since, off by default (session 10 first moved session 8's record for --pack)
     library.now = {**library.now, "recipe_options": {"ttur": True, "pack": 1},
@@ -579,11 +585,7 @@ def test_measuring_the_same_setting_again_keeps_every_earlier_measurement(tmp_pa
 
 
 def test_fixed_step_levers_train_against_the_recorded_default_only(tmp_path: Path, monkeypatch) -> None:
-    benchmark = load_benchmark()
-    library = _Library(benchmark, monkeypatch)
-    monkeypatch.setattr(benchmark, "FIXED_STEPS", {"decay": ["-o", "lr_decay_start=0.5"]})
-    results: dict = {}
-    benchmark.stage_default(tmp_path, results, library.spaces)
+    benchmark, library, results = _recorded_default_and_lever(tmp_path, monkeypatch)
     library.fid = 90.0  # the lever scores 10 points lower on every seed: beyond any spread
     benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
     runs = [run["run"] for run in results["fixed_steps"]["decay"]["runs"]]
