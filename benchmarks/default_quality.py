@@ -65,7 +65,7 @@ OLD_RECIPE_DEFAULTS: dict[str, Any] = {
     "instance_noise": 0.0, "instance_noise_steps": 1000, "ttur": False, "feature_matching": 0.0,
     "minibatch_discrimination": False, "diffaugment": "", "flip": False, "lr_decay_start": 1.0,
     "lecam": None,  # the preset: off at the screen's 28 px (the transfer stage pins it off at 64 px)
-    "lecam_decay": 0.99, "minibatch_std": 0, "pack": 1,
+    "lecam_decay": 0.99, "minibatch_std": 0, "pack": 1, "mode_seeking": 0.0,
 }
 #: The training defaults before issue 16.
 OLD_TRAIN_DEFAULTS: dict[str, Any] = {"steps": 3000, "batch_size": 64, "ema_beta": 0.999}
@@ -230,6 +230,10 @@ FIXED_STEPS: dict[str, list[str]] = {
     # session 3). Ultrasound gain and contrast vary between machines and operators, so random brightness/contrast
     # on both real and fake images is a plausible augmentation for 546 images. Same rule as the EMA windows.
     "diffaug-color-t": ["-o", "diffaugment=color,translation"],
+    # Session 10: MSGAN's mode-seeking term (Mao et al. 2019) at the paper's weight 1, the first lever on recall
+    # placed on the generator's side (minibatch std and packing, sessions 8-9, work through the discriminator and
+    # did not raise recall). It costs no network pass. Same rule as the EMA windows.
+    "mode-seeking1": ["-o", "mode_seeking=1"],
 }
 
 
@@ -316,7 +320,8 @@ STUDIES: dict[str, Study] = {
                     "2-minute runs on BreastMNIST (AVX-512 reference machine: ~2.4x the AVX2 steps), seed 0\n"
                     "blue: old default; orange: combinations (ttur+diffaug-t ships); green: changes on top of it; "
                     "squares: finalists, 3 seeds",
-                    fixed=("lr-decay-0.5", "mbstd4", "ema-window-1k", "ema-window-2k", "diffaug-color-t"),
+                    fixed=("lr-decay-0.5", "mbstd4", "ema-window-1k", "ema-window-2k", "diffaug-color-t",
+                           "mode-seeking1"),
                     transfer_variants=tuple(TRANSFER_VARIANTS)),
     # Session 9, on an AVX2 machine again: the library's default at its shipped 3,400 steps and levers on top of it
     # at the same steps (stages default and fixed only). A lever's runs and the default's runs share the machine,

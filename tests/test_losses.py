@@ -323,3 +323,15 @@ def test_a_registered_loss_is_usable_by_name(toy_loss) -> None:
     # The recipe's messages list the registry: the new loss takes label options, hinge still does not.
     with pytest.raises(ConfigError, match="apply to the bce, lsgan and toy-l1 losses, not hinge"):
         build_recipe("unconditional", {"loss": "hinge", "label_smoothing": 0.1, **tiny}, info)
+
+
+def test_mode_seeking_by_hand() -> None:
+    # pairs (sample 0, sample 2) and (1, 3); a fifth sample has no partner and is left out
+    images = torch.tensor([0.0, 2.0, 1.0, 0.0, 9.0]).view(5, 1, 1, 1)
+    latents = torch.tensor([[0.0, 0.0], [0.0, 0.0], [1.0, 3.0], [0.0, 1.0], [5.0, 5.0]])
+    # image distance mean(|0 - 1|, |2 - 0|) = 1.5; latent distance mean(1, 3, 0, 1) = 1.25; ratio 1.2
+    assert losses.mode_seeking_loss(images, latents).item() == pytest.approx(1 / (1.2 + 1e-5))
+    collapsed = torch.zeros(4, 1, 1, 1)  # every latent drawn to the same image: the largest penalty
+    assert losses.mode_seeking_loss(collapsed, latents[:4]).item() == pytest.approx(1e5)
+    with pytest.raises(ValueError, match="at least 2 samples"):
+        losses.mode_seeking_loss(images[:1], latents[:1])

@@ -382,6 +382,36 @@ def test_pack_below_one_is_a_one_line_config_error() -> None:
         make(pack=0)
 
 
+def test_mode_seeking_adds_its_term_on_the_generators_own_images() -> None:
+    plain, plain_ctx = make(diffaugment="translation")
+    seeking, seeking_ctx = make(mode_seeking=0.5, diffaugment="translation")  # the term sees G's images, not D's
+    captured: list[tuple[torch.Tensor, torch.Tensor]] = []
+    seeking.networks["G"].register_forward_hook(
+        lambda m, args, out: captured.append((args[0].detach().clone(), out.detach().clone())))
+    without, with_term = step(plain, plain_ctx), step(seeking, seeking_ctx)
+    (z, generated), = captured  # one generator pass serves both steps
+    expected = L.mode_seeking_loss(generated, z)
+    torch.testing.assert_close(with_term["mode_seeking"], expected)
+    torch.testing.assert_close(with_term["loss_g"], without["loss_g"] + 0.5 * expected)
+    torch.testing.assert_close(with_term["loss_d"], without["loss_d"])  # the discriminator's step is untouched
+    changed = [not torch.equal(a, b) for a, b in zip(plain.networks["G"].parameters(),
+                                                      seeking.networks["G"].parameters(), strict=True)]
+    assert any(changed), "the term must reach the generator's update"
+    assert make()[0].config.mode_seeking == 0.0  # off by default
+
+
+@pytest.mark.parametrize("weight", [-1.0, float("nan")])
+def test_mode_seeking_weight_below_zero_is_a_one_line_config_error(weight: float) -> None:
+    with pytest.raises(ConfigError, match=r"^mode_seeking is a weight >= 0 \(got (-1.0|nan)\)$"):
+        make(mode_seeking=weight)
+
+
+def test_mode_seeking_refuses_a_batch_of_one() -> None:
+    recipe, ctx = make(mode_seeking=1.0)
+    with pytest.raises(ConfigError, match="at least 2 samples"):
+        step(recipe, ctx, batch=images()[:1])
+
+
 # --- optimisers and step counts ---------------------------------------------------------------------------
 
 

@@ -243,6 +243,20 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     return (real_mean - fake_mean).square().mean()
 
 
+def mode_seeking_loss(images: torch.Tensor, latents: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Mao et al. 2019 (MSGAN): 1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps), to be minimised by the generator.
+
+    The batch's first half is paired with its second (an odd last sample is left out), so no extra generator pass
+    is needed; a generator that maps different latents to similar images (mode collapse) pays for it.
+    """
+    half = images.shape[0] // 2
+    if half == 0:
+        raise ValueError(f"the mode-seeking loss needs at least 2 samples (got {images.shape[0]})")
+    image_distance = (images[:half] - images[half:2 * half]).abs().mean()
+    latent_distance = (latents[:half] - latents[half:2 * half]).abs().mean()
+    return 1.0 / (image_distance / latent_distance + eps)
+
+
 # Adversarial losses by name: one registration per loss
 
 

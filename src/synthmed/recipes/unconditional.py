@@ -97,6 +97,10 @@ class UnconditionalConfig:
             apart (a lever on recall); the discriminator's later layers see 1/pack as many inputs. Groups are
             consecutive samples of the (shuffled) batch, after DiffAugment; a remainder of fewer than ``pack``
             samples is left out of the discriminator's step. 1: off.
+        mode_seeking: Weight of MSGAN's mode-seeking term (Mao et al. 2019; the paper's weight: 1) added to the
+            generator loss: the inverse of how far apart two generated images are per unit of latent distance,
+            over the two halves of the batch, so a generator that draws similar images from different latents is
+            penalised (a lever on recall; no extra network pass). 0: off.
     """
 
     arch: str = "dcgan"
@@ -128,6 +132,7 @@ class UnconditionalConfig:
     lecam: float | None = None
     lecam_decay: float = 0.99
     pack: int = 1
+    mode_seeking: float = 0.0
 
 
 #: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
@@ -209,6 +214,8 @@ def _check_compatible(config: UnconditionalConfig, loss: L.AdversarialLoss, fami
         raise ConfigError(f"d_norm applies to {_families_taking('norm')}; the {config.arch} discriminator {uses}")
     if config.lecam < 0:
         raise ConfigError(f"lecam is a weight >= 0 (got {config.lecam})")
+    if not config.mode_seeking >= 0:  # also refuses NaN
+        raise ConfigError(f"mode_seeking is a weight >= 0 (got {config.mode_seeking})")
     if not 0.0 <= config.lecam_decay < 1.0:
         raise ConfigError(f"lecam_decay must be in [0, 1) (got {config.lecam_decay})")
     if not 0.0 <= config.lr_decay_start <= 1.0:
@@ -269,7 +276,7 @@ class UnconditionalGAN(GenerativeRecipe):
     ema_sources = ("G",)
     prefers_channels_last = True
     # Runs recorded before LeCam existed trained without it; today bce turns it on from 64 px.
-    absent_from_older_runs = {"lecam": 0.0, "pack": 1}
+    absent_from_older_runs = {"lecam": 0.0, "pack": 1, "mode_seeking": 0.0}
 
     def __init__(self, config: UnconditionalConfig, data_info: DataInfo) -> None:
         self.adversarial = L.get_adversarial_loss(config.loss)
@@ -396,6 +403,15 @@ class UnconditionalGAN(GenerativeRecipe):
         out["lecam"] = penalty.detach()
         return penalty
 
+    def _mode_seeking(self, fake: torch.Tensor, z: torch.Tensor, out: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The weighted mode-seeking term of the generator loss, on the generator's own images (before DiffAugment,
+        as MSGAN) and the latents that drew them."""
+        if fake.shape[0] < 2:
+            raise ConfigError(f"mode_seeking needs batches of at least 2 samples (got {fake.shape[0]})")
+        term = L.mode_seeking_loss(fake.float(), z)
+        out["mode_seeking"] = term.detach()
+        return self.config.mode_seeking * term
+
     def _g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         return self.adversarial.g_loss(fake_logits)
 
@@ -470,6 +486,8 @@ class UnconditionalGAN(GenerativeRecipe):
                     fm = L.feature_matching_loss(real_features.float(), fake_features.float())
                     loss_g = loss_g + cfg.feature_matching * fm
                     out["feature_matching"] = fm.detach()
+                if cfg.mode_seeking > 0:
+                    loss_g = loss_g + self._mode_seeking(fake, z, out)
             ctx.optimize("G", loss_g)
 
         out.update(
