@@ -237,6 +237,11 @@ FIXED_STEPS: dict[str, list[str]] = {
 }
 
 
+#: The fixed-step levers ``choose()`` picked that the library now ships on top of :data:`SHIPPED` (session 10: MSGAN's
+#: mode-seeking term became the bce preset).
+SHIPPED_FIXED_LEVERS: tuple[str, ...] = ("mode-seeking1",)
+
+
 #: Changes tried on top of the new default on the other data sets (stage ``transfer``), named ``new-default+NAME``.
 #: Session 5: at 64 px the default's presets lost the generator on LGG seed 2 (the discriminator won: its loss below
 #: 0.01 on 801 of 3,400 steps), and the old settings on PH2 seed 0. LeCam bounds how far the discriminator can
@@ -627,6 +632,7 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
     if previous and as_trained(previous["defaults"]) != as_trained(defaults):
         results.setdefault("earlier_defaults", []).append(previous)
         previous = None
+        retire_fixed_steps(results, defaults)  # its levers were measured against the default that moved
     real_test = breast.real("inception", "test")
     runs = []
     for seed in (0, 1, 2):
@@ -658,6 +664,20 @@ def remeasured(previous: dict[str, Any] | None) -> dict[str, Any]:
     return {"earlier_measurements": [*earlier, {k: v for k, v in previous.items() if k != "earlier_measurements"}]}
 
 
+def retire_fixed_steps(results: dict[str, Any], defaults: dict[str, Any]) -> None:
+    """Levers measured against another default than ``defaults`` move to ``earlier_fixed_steps`` (a record, never
+    compared again); the fixed-step record starts afresh against ``defaults``."""
+    measured_against = results.get("fixed_steps_defaults")
+    if measured_against and as_trained(measured_against) == as_trained(defaults):
+        return
+    if results.get("fixed_steps"):
+        results.setdefault("earlier_fixed_steps", []).append(
+            {"defaults": results["fixed_steps_defaults"], "fixed_steps": results["fixed_steps"],
+             "chosen_on_val": results.get("fixed_steps_chosen_on_val")})
+    results["fixed_steps"], results["fixed_steps_defaults"] = {}, defaults
+    results.pop("fixed_steps_chosen_on_val", None)
+
+
 def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tuple[str, ...],
                 default_args: tuple[str, ...] = ()) -> None:
     """Each lever of ``names`` on top of the study's default (the library's, with the study's pins) at its step
@@ -668,13 +688,7 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
     defaults = expected_defaults(default_args)
     if as_trained(default["defaults"]) != as_trained(defaults):
         raise SystemExit("the default stage's record is not today's library default: run --stage default first")
-    measured_against = results.get("fixed_steps_defaults")
-    if not measured_against or as_trained(measured_against) != as_trained(defaults):
-        if results.get("fixed_steps"):  # measured against an earlier default: kept as a record, never reused
-            results.setdefault("earlier_fixed_steps", []).append(
-                {"defaults": results["fixed_steps_defaults"], "fixed_steps": results["fixed_steps"],
-                 "chosen_on_val": results.get("fixed_steps_chosen_on_val")})
-        results["fixed_steps"], results["fixed_steps_defaults"] = {}, defaults
+    retire_fixed_steps(results, defaults)
     fixed = results["fixed_steps"]
     for name in names:
         args = [*default_args, *FIXED_STEPS[name]]

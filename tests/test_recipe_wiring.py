@@ -383,7 +383,7 @@ def test_pack_below_one_is_a_one_line_config_error() -> None:
 
 
 def test_mode_seeking_adds_its_term_on_the_generators_own_images() -> None:
-    plain, plain_ctx = make(diffaugment="translation")
+    plain, plain_ctx = make(diffaugment="translation", mode_seeking=0.0)
     seeking, seeking_ctx = make(mode_seeking=0.5, diffaugment="translation")  # the term sees G's images, not D's
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
     seeking.networks["G"].register_forward_hook(
@@ -397,7 +397,8 @@ def test_mode_seeking_adds_its_term_on_the_generators_own_images() -> None:
     changed = [not torch.equal(a, b) for a, b in zip(plain.networks["G"].parameters(),
                                                       seeking.networks["G"].parameters(), strict=True)]
     assert any(changed), "the term must reach the generator's update"
-    assert make()[0].config.mode_seeking == 0.0  # off by default
+    assert make()[0].config.mode_seeking == 1.0  # the bce preset since session 10
+    assert make(loss="hinge")[0].config.mode_seeking == 0.0  # off for the losses it was not measured with
 
 
 @pytest.mark.parametrize("weight", [-1.0, float("nan")])

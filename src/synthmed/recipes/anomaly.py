@@ -77,11 +77,13 @@ class AnomalyConfig(UnconditionalConfig):
         diffaugment: DiffAugment policy, e.g. "translation" [off, as the anomaly studies were measured].
         lecam: Weight of the LeCam regulariser on the GAN phase [off at every size, as the anomaly studies were
             measured].
+        mode_seeking: Weight of the mode-seeking term on the GAN phase [off, as the anomaly studies were measured].
     """
 
     diffaugment: str = ""
     ttur: bool | None = False
     lecam: float | None = 0.0
+    mode_seeking: float | None = 0.0
     loss: str = "wgan-gp"
     latent_dim: int = 128
     gan_steps: int = 2000

@@ -100,7 +100,9 @@ class UnconditionalConfig:
         mode_seeking: Weight of MSGAN's mode-seeking term (Mao et al. 2019; the paper's weight: 1) added to the
             generator loss: the inverse of how far apart two generated images are per unit of latent distance,
             over the two halves of the batch, so a generator that draws similar images from different latents is
-            penalised (a lever on recall; no extra network pass). 0: off.
+            penalised (a lever on recall; no extra network pass). 0: off. [1 for bce: at the default's 3,400
+            steps on BreastMNIST it lowered val FID on every seed and raised val recall (docs/default-quality.md,
+            session 10); off for the other losses]
     """
 
     arch: str = "dcgan"
@@ -132,13 +134,14 @@ class UnconditionalConfig:
     lecam: float | None = None
     lecam_decay: float = 0.99
     pack: int = 1
-    mode_seeking: float = 0.0
+    mode_seeking: float | None = None
 
 
 #: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
 #: two CPU minutes a discriminator at 4 x the generator's rate with DiffAugment translation scored best on val
 #: (docs/default-quality.md). Measured for bce only, so the other losses keep their papers' settings.
-SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {"bce": {"ttur": True, "diffaugment": "translation"}}
+SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {
+    "bce": {"ttur": True, "diffaugment": "translation", "mode_seeking": 1.0}}
 
 #: (smallest training size, LeCam weight) per loss: where the presets above let the discriminator win. At 64 px the
 #: bce presets lost the generator on LGG FLAIR (one seed in three) and LeCam 0.1 prevented it, at some cost in recall
@@ -163,13 +166,14 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
         spectral = preset.spectral_norm or family.spectral_norm
     n_critic = preset.n_critic if config.n_critic is None else config.n_critic
     betas = tuple(config.betas or preset.betas)
+    mode_seeking = config.mode_seeking if config.mode_seeking is not None else own.get("mode_seeking", 0.0)
     lecam = config.lecam
     if lecam is None:
         from_size, weight = LECAM_FROM_SIZE.get(loss.name, (0, 0.0))
         lecam = weight if train_size >= from_size else 0.0
     return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
                    d_norm=d_norm, spectral_norm=spectral, ttur=ttur and config.lr_d is None,  # what took effect
-                   diffaugment=diffaugment, lecam=float(lecam))
+                   diffaugment=diffaugment, lecam=float(lecam), mode_seeking=float(mode_seeking))
 
 
 def _enumerate(items: list[str], conjunction: str = "and") -> str:
