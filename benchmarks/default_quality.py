@@ -234,6 +234,11 @@ FIXED_STEPS: dict[str, list[str]] = {
     # placed on the generator's side (minibatch std and packing, sessions 8-9, work through the discriminator and
     # did not raise recall). It costs no network pass. Same rule as the EMA windows.
     "mode-seeking1": ["-o", "mode_seeking=1"],
+    # Session 10, after mode-seeking1 shipped: its weight bracketed by factors of 2 around the paper's 1, on top of
+    # the new default (which has it at 1). Same rule: one ships only if choose() picks it against the (new) default
+    # stage's runs on val; test figures after, if it ships.
+    "mode-seeking05": ["-o", "mode_seeking=0.5"],
+    "mode-seeking2": ["-o", "mode_seeking=2"],
 }
 
 
@@ -326,7 +331,7 @@ STUDIES: dict[str, Study] = {
                     "blue: old default; orange: combinations (ttur+diffaug-t ships); green: changes on top of it; "
                     "squares: finalists, 3 seeds",
                     fixed=("lr-decay-0.5", "mbstd4", "ema-window-1k", "ema-window-2k", "diffaug-color-t",
-                           "mode-seeking1"),
+                           "mode-seeking1", "mode-seeking05", "mode-seeking2"),
                     transfer_variants=tuple(TRANSFER_VARIANTS)),
     # Session 9, on an AVX2 machine again: the library's default at its shipped 3,400 steps and levers on top of it
     # at the same steps (stages default and fixed only). A lever's runs and the default's runs share the machine,
