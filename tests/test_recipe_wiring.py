@@ -392,6 +392,7 @@ def test_mode_seeking_adds_its_term_on_the_generators_own_images() -> None:
     (z, generated), = captured  # one generator pass serves both steps
     expected = L.mode_seeking_loss(generated, z)
     torch.testing.assert_close(with_term["mode_seeking"], expected)
+    assert set(with_term) == set(seeking.loss_names()) and set(without) == set(plain.loss_names())  # all logged
     torch.testing.assert_close(with_term["loss_g"], without["loss_g"] + 0.5 * expected)
     torch.testing.assert_close(with_term["loss_d"], without["loss_d"])  # the discriminator's step is untouched
     changed = [not torch.equal(a, b) for a, b in zip(plain.networks["G"].parameters(),

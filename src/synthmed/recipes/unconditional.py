@@ -343,6 +343,8 @@ class UnconditionalGAN(GenerativeRecipe):
             names.append("feature_matching")
         if self.config.lecam > 0:
             names.append("lecam")
+        if self.config.mode_seeking > 0:
+            names.append("mode_seeking")
         return names
 
     def extra_state(self) -> dict[str, torch.Tensor]:
