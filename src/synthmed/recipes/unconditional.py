@@ -100,9 +100,10 @@ class UnconditionalConfig:
         mode_seeking: Weight of MSGAN's mode-seeking term (Mao et al. 2019; the paper's weight: 1) added to the
             generator loss: the inverse of how far apart two generated images are per unit of latent distance,
             over the two halves of the batch, so a generator that draws similar images from different latents is
-            penalised (a lever on recall; no extra network pass). 0: off. [1 for bce: at the default's 3,400
-            steps on BreastMNIST it lowered val FID on every seed and raised val recall (docs/default-quality.md,
-            session 10); off for the other losses]
+            penalised (a lever on recall; no extra network pass). 0: off. [bce below 64 px: 1 (at the default's
+            3,400 steps on BreastMNIST it lowered val FID on every seed and raised val recall); from 64 px off (on
+            LGG FLAIR it drove the generator to saturated stripes); off for the other losses;
+            docs/default-quality.md, session 10]
     """
 
     arch: str = "dcgan"
@@ -140,8 +141,11 @@ class UnconditionalConfig:
 #: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
 #: two CPU minutes a discriminator at 4 x the generator's rate with DiffAugment translation scored best on val
 #: (docs/default-quality.md). Measured for bce only, so the other losses keep their papers' settings.
-SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {
-    "bce": {"ttur": True, "diffaugment": "translation", "mode_seeking": 1.0}}
+SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {"bce": {"ttur": True, "diffaugment": "translation"}}
+
+#: (size it stops at, mode-seeking weight) per loss: chosen at 28 px (BreastMNIST, session 10); at 64 px on LGG FLAIR
+#: the same weight drove the generator to saturated stripe patterns (test FID 396, recall 0), so it stays off there.
+MODE_SEEKING_BELOW_SIZE: dict[str, tuple[int, float]] = {"bce": (64, 1.0)}
 
 #: (smallest training size, LeCam weight) per loss: where the presets above let the discriminator win. At 64 px the
 #: bce presets lost the generator on LGG FLAIR (one seed in three) and LeCam 0.1 prevented it, at some cost in recall
@@ -166,7 +170,10 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
         spectral = preset.spectral_norm or family.spectral_norm
     n_critic = preset.n_critic if config.n_critic is None else config.n_critic
     betas = tuple(config.betas or preset.betas)
-    mode_seeking = config.mode_seeking if config.mode_seeking is not None else own.get("mode_seeking", 0.0)
+    mode_seeking = config.mode_seeking
+    if mode_seeking is None:
+        below_size, ms_weight = MODE_SEEKING_BELOW_SIZE.get(loss.name, (0, 0.0))
+        mode_seeking = ms_weight if train_size < below_size else 0.0
     lecam = config.lecam
     if lecam is None:
         from_size, weight = LECAM_FROM_SIZE.get(loss.name, (0, 0.0))
