@@ -710,7 +710,7 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
               f"+- {fixed[name]['val_inception']['fid']['std']:.1f} against the default's "
               f"{summary([r['val']['inception'] for r in default['runs']])['fid']['mean']:.1f}", flush=True)
         save_results(results)
-        grid(samples(default_run(work, lever, 0, prefix=f"fixed-{name}"), 64), IMAGES / f"fixed-{name}_s0.png")
+        grid(samples(Path(runs[0]["run"]), 64), IMAGES / f"fixed-{name}_s0.png")  # seed 0's run
     # Every lever on record against today's default competes, not only those trained by this call.
     entries = {"default": {"val_inception": summary([r["val"]["inception"] for r in default["runs"]])}, **fixed}
     results["fixed_steps_chosen_on_val"] = choose(entries, "default")
