@@ -125,6 +125,12 @@ class Recipe(abc.ABC):
         """Last data transform before training (e.g. pad 28 px to the network's 32 px). Default: unchanged."""
         return data
 
+    def check_batch_size(self, batch_size: int) -> None:
+        """Refuse (:class:`~synthmed.errors.ConfigError`) a per-process batch too small for the recipe's options;
+        the trainer asks before the run directory exists, so a bad combination never fails at the first step.
+        Default: any batch will do."""
+        return None
+
     # --- training --------------------------------------------------------------------------------------
     @abc.abstractmethod
     def loss_names(self) -> list[str]:

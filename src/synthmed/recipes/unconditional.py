@@ -340,6 +340,16 @@ class UnconditionalGAN(GenerativeRecipe):
         masks = None if data.masks is None else F.pad(data.masks, (before, after, before, after), value=0.0)
         return replace(data, images=images, masks=masks)
 
+    def check_batch_size(self, batch_size: int) -> None:
+        # Packing groups `pack` samples into one discriminator input; mode seeking compares two halves of a batch.
+        pack, mode_seeking = int(self.config.pack), float(self.config.mode_seeking)
+        if batch_size < pack:
+            raise ConfigError(f"pack={pack} needs batches of at least {pack} samples (got {batch_size}); "
+                              f"raise --batch-size or lower -o pack")
+        if mode_seeking > 0 and batch_size < 2:
+            raise ConfigError(f"mode_seeking needs batches of at least 2 samples (got {batch_size}); "
+                              f"raise --batch-size or set -o mode_seeking=0")
+
     def loss_names(self) -> list[str]:
         names = ["loss_d", "loss_g", "d_real", "d_fake"]
         if self.adversarial.critic:

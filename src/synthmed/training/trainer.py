@@ -233,6 +233,7 @@ class Trainer:
                 f"{data.info.source}: {len(data)} training samples are fewer than one batch of "
                 f"{t.batch_size * self.dist.world_size}; lower --batch-size"
             )
+        recipe.check_batch_size(t.batch_size)
         if self.channels_last:
             data = data.map_tensors(
                 lambda _, x: x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
