@@ -41,7 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -593,9 +593,10 @@ def stage_test(work: Path, results: dict[str, Any], breast: Spaces, finalists: t
     grid(breast.images("train", 64), IMAGES / "breastmnist_real_train.png")
 
 
-def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
+def expected_defaults(default_args: tuple[str, ...] = (), size: int | None = None) -> dict[str, Any]:
     """What ``synthmed train *default_args`` trains on BreastMNIST with today's library, in :func:`shipped_defaults`'
-    form (computed, not trained)."""
+    form (computed, not trained); with ``size``, on images of that size (presets such as LeCam and mode seeking
+    depend on it)."""
     from synthmed.cli import _parse_option
     from synthmed.data import load_dataset
     from synthmed.recipes.base import config_to_dict, make_config
@@ -610,6 +611,8 @@ def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
                          f"{', '.join(sorted(pinnable))} N are supported")
     options = dict(_parse_option(value) for flag, value in pairs if flag == "-o")
     info = load_dataset(None, split="train").info
+    if size is not None:
+        info = replace(info, height=size, width=size)
     recipe_options = config_to_dict(UnconditionalGAN(make_config(UnconditionalGAN, options), info).config)
     train = {key: getattr(TrainConfig(), key) for key in TRAIN_FIELDS}
     for flag, value in pairs:
@@ -622,10 +625,13 @@ def expected_defaults(default_args: tuple[str, ...] = ()) -> dict[str, Any]:
 def default_run(work: Path, defaults: dict[str, Any], seed: int, prefix: str = "default") -> Path:
     """The run folder of ``defaults`` and ``seed``: named by a digest of the defaults, so a default that moves never
     reuses the runs of the one before it."""
+    return work / f"{prefix}-{defaults['train']['steps']}steps-{_digest(defaults)}-s{seed}"
+
+
+def _digest(settings: dict[str, Any]) -> str:
     import hashlib
 
-    digest = hashlib.sha1(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:8]
-    return work / f"{prefix}-{defaults['train']['steps']}steps-{digest}-s{seed}"
+    return hashlib.sha1(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
 
 
 def train_as(run: Path, args: list[str], seed: int, expected: dict[str, Any]) -> dict[str, Any]:
@@ -847,24 +853,39 @@ def stage_transfer(work: Path, minutes: float, results: dict[str, Any], steps: i
                                  "n_val": len(real_val), **budget}
         entry.update({label: record for label, record in previous.items()
                       if label in settings and label not in trained})
+        if previous.get("earlier_records"):
+            entry["earlier_records"] = list(previous["earlier_records"])
         suffix = f"-{steps}steps" if steps else ""
         step_args = ["--steps", str(steps)] if steps else []
         for label, extra in trained.items():
+            expected = expected_defaults(tuple(extra), size=spec["options"].get("size"))
             records = []
             for seed in range(seeds):
-                run = transfer_run(work, name, label, suffix, seed)
+                run = transfer_run(work, name, label, suffix, seed, expected)
                 record = train(run, ["--data", str(spec["data"]), *spec["args"], *step_args, *extra], seed,
                                None if steps else minutes)
+                record["trained_with"] = shipped_defaults(run)
+                if record["trained_with"]["recipe_options"] != expected["recipe_options"]:
+                    raise SystemExit(f"{run} trained {record['trained_with']['recipe_options']}, not the expected "
+                                     f"{expected['recipe_options']}")
                 fake = spaces.fake("inception", run, n)
                 record["test"] = scores(real_test, fake, bootstrap=50)
                 record["val"] = scores(real_val, fake)
                 record["discriminator_won"] = discriminator_won(run)
                 records.append(record)
             entry[label] = records[0]
+            if label in previous:  # never overwrite a measurement: keep it beside the new one
+                kept = as_trained(previous[label].get("trained_with") or {"train": {}}) == as_trained(
+                    records[0]["trained_with"])
+                if kept:
+                    entry[label].update(remeasured(previous[label]))
+                else:  # trained other settings (the library's default moved), or did not record what it trained
+                    entry.setdefault("earlier_records", []).append(
+                        {"label": label, "replaced": time.strftime("%Y-%m-%d"), **previous[label]})
             if seeds > 1:
                 entry[label].update(more_seeds=records[1:], test_summary=summary([r["test"] for r in records]),
                                     val_summary=summary([r["val"] for r in records]))
-            grid(samples(transfer_run(work, name, label, suffix, 0), 36), IMAGES / f"{name}_{label}{suffix}.png")
+            grid(samples(Path(records[0]["run"]), 36), IMAGES / f"{name}_{label}{suffix}.png")
         recorded = {label: [Path(r["run"]) for r in seed_records(entry[label])] for label in settings if label in entry}
         if sum(map(len, recorded.values())) > 1:  # two settings of one seed compare too (session 8: 6,800 steps)
             discriminator_loss_figure(
@@ -886,9 +907,10 @@ def lecam_off(args: list[str]) -> list[str]:
     return args if any(item.startswith("lecam=") for item in args) else [*args, "-o", "lecam=0"]
 
 
-def transfer_run(work: Path, name: str, label: str, suffix: str, seed: int) -> Path:
-    """The run folder of one transfer run (named once: training, scoring, grids and the loss figure share it)."""
-    return work / f"{name}-{label}{suffix}-s{seed}"
+def transfer_run(work: Path, name: str, label: str, suffix: str, seed: int, expected: dict[str, Any]) -> Path:
+    """The run folder of one transfer run, named by a digest of what it trains (``expected``, the options the library
+    resolves at the data's size), so a setting whose meaning moved (the library's default) never reuses a run."""
+    return work / f"{name}-{label}{suffix}-{_digest(expected)}-s{seed}"
 
 
 #: Step counts at which the AVX2 study's default is scored on val while it trains on past its 1,600 steps (each segment
@@ -1137,6 +1159,11 @@ def report(results: dict[str, Any]) -> str:
                                   for label, counts in won.items())
             lines += ["", f"Logged steps the discriminator won (adversarial part of loss_d < {D_WON_BELOW}), per seed: "
                       + per_label]
+        for earlier in entry.get("earlier_records", []):
+            options = earlier.get("trained_with", {}).get("recipe_options")
+            trained = "settings not recorded" if options is None else f"mode_seeking {options.get('mode_seeking')}"
+            lines += ["", f"Earlier record of {earlier['label']} (replaced {earlier['replaced']}; {trained}), seed 0: "
+                      f"test Inception FID {earlier['test']['fid']:.1f}, recall {earlier['test']['recall']:.2f}"]
     if results.get("curve"):
         c = results["curve"]
         ref = c["reference_val"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -398,12 +399,38 @@ class FakeSpaces:
         return run
 
 
+class _TransferSettings:
+    """Stand-ins for what a transfer setting trains: the library "resolves" a setting to its extra arguments on top
+    of ``base`` (change it to move the default), and a run trains what it was asked (:meth:`trained` is called by the
+    test's fake ``train``)."""
+
+    def __init__(self, benchmark: ModuleType, monkeypatch) -> None:
+        self.base: dict = {}
+        self.asked: dict[str, dict] = {}
+        monkeypatch.setattr(benchmark, "expected_defaults", self.expected)
+        monkeypatch.setattr(benchmark, "shipped_defaults", lambda run: json.loads(json.dumps(self.asked[str(run)])))
+
+    def expected(self, args: tuple[str, ...] = (), size: int | None = None) -> dict:
+        return {"recipe": "unconditional", "recipe_options": {**self.base, "extra": list(args)},
+                "train": {"steps": 10}}
+
+    def trained(self, out: Path, args: list[str]) -> None:  # args: --data DATA [DATA ARGS] --steps 10 EXTRA...
+        self.asked[str(out)] = self.expected(tuple(args[args.index("--steps") + 2:]))
+
+
+def _undigested(name: str) -> str:
+    """A transfer run folder's name without the digest of what it trains."""
+    return re.sub(r"-[0-9a-f]{8}-s(\d+)$", r"-s\1", name)
+
+
 def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
+    settings = _TransferSettings(benchmark, monkeypatch)
     trained: list[tuple[str, int]] = []
 
     def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
-        trained.append((out.name, seed))
+        trained.append((_undigested(out.name), seed))
+        settings.trained(out, args)
         out.mkdir()
         # The discriminator "wins" (loss_d < 0.01) on `seed` of the three logged steps.
         rows = "".join(f"{step},{0.005 if step < seed else 1.3}\n" for step in range(3))
@@ -448,10 +475,12 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
 
 def test_transfer_trains_only_the_named_settings_and_keeps_the_others_records(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
+    settings = _TransferSettings(benchmark, monkeypatch)
     trained: list[str] = []
 
     def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
-        trained.append(out.name)
+        trained.append(_undigested(out.name))
+        settings.trained(out, args)
         out.mkdir(exist_ok=True)  # seed 0 trained in the first call is reused by the second
         (out / "losses.csv").write_text("step,loss_d\n0,1.3\n")
         (out / "config.yaml").write_text("recipe_options: {}\n")
@@ -703,3 +732,55 @@ def test_transfer_settings_pin_lecam_off_unless_they_set_it() -> None:
     assert benchmark.lecam_off([]) == ["-o", "lecam=0"]
     assert benchmark.lecam_off(["-o", "ttur=false"]) == ["-o", "ttur=false", "-o", "lecam=0"]
     assert benchmark.lecam_off(["-o", "lecam=0.1"]) == ["-o", "lecam=0.1"]
+
+
+def test_a_transfer_setting_trained_again_keeps_its_earlier_record(tmp_path: Path, monkeypatch) -> None:
+    # Session 10: the default moved (mode seeking) while the transfer record of 'new-default' held the runs of the
+    # default before it; training the label again replaced that record, and its runs' folders were named by the
+    # label only, so a run of the earlier default would have been reused as the new one's.
+    benchmark = load_benchmark()
+    settings = _TransferSettings(benchmark, monkeypatch)
+    folders: list[str] = []
+
+    def fake_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
+        folders.append(out.name)
+        settings.trained(out, args)
+        out.mkdir(exist_ok=True)
+        (out / "losses.csv").write_text("step,loss_d\n0,1.3\n")
+        (out / "config.yaml").write_text("recipe_options: {}\n")
+        return {"command": "synthmed train", "run": str(out), "steps": 10}
+
+    figures = {"fid_interval": [90, 110], "kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0,
+               "coverage": 1.0}
+    fid = iter([101.0, 101.0, 102.0, 102.0, 103.0, 103.0, 104.0, 104.0])  # test, val of each training
+    monkeypatch.setattr(benchmark, "train", fake_train)
+    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
+    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
+    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
+    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: {"fid": 50.0, **figures})
+    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {"fid": next(fid), **figures})
+    data = tmp_path / "ph2"
+    data.mkdir()
+    monkeypatch.setattr(benchmark, "TRANSFER", {"ph2": {"data": data, "args": [], "options": {}}})
+    monkeypatch.setattr(benchmark, "IMAGES", tmp_path / "images")
+    results: dict = {}
+    train_new_default = lambda: benchmark.stage_transfer(  # noqa: E731
+        tmp_path, 2.0, results, steps=10, seeds=1, labels=("new-default",))
+    train_new_default()
+    train_new_default()  # the same setting again: the first measurement stays beside the second
+    entry = results["transfer"]["ph2@10"]
+    assert entry["new-default"]["test"]["fid"] == 102.0
+    assert [m["test"]["fid"] for m in entry["new-default"]["earlier_measurements"]] == [101.0]
+    assert folders[0] == folders[1]
+    settings.base["mode_seeking"] = 1.0  # the library's default moves
+    train_new_default()
+    entry = results["transfer"]["ph2@10"]
+    assert folders[2] != folders[1], "a run of the earlier default was reused"
+    assert entry["new-default"]["test"]["fid"] == 103.0 and "earlier_measurements" not in entry["new-default"]
+    (earlier,) = entry["earlier_records"]
+    assert earlier["label"] == "new-default" and earlier["test"]["fid"] == 102.0
+    assert earlier["trained_with"]["recipe_options"] == {"extra": ["-o", "lecam=0"]}
+    train_new_default()  # the earlier record survives a later training too
+    assert len(results["transfer"]["ph2@10"]["earlier_records"]) == 1
+    assert "Earlier record of new-default (replaced " in benchmark.report(results)
