@@ -278,7 +278,7 @@ def test_each_study_writes_its_own_files_and_runs(tmp_path: Path, monkeypatch) -
     assert calls["screen"][0][-1] == study.screen and calls["screen"][0][0] == tmp_path / "work" / "avx512"
     assert calls["seeds"][0][-1] == study.finalists
     assert calls["seeds"][1] == {"sets_step_count": False}  # its default stage pins steps: no step count from it
-    assert calls["test"][0][-1] == study.finalists and calls["default"][0][-1] == study.default_args
+    assert calls["test"][0][-1] == study.finalists and calls["default"][0][-2:] == (study.default_args, 3)
     assert calls["fixed"][0][-2:] == (study.fixed, study.default_args)
     assert calls["transfer"][0][-2:] == (study.transfer_variants, None)  # every setting trains unless named
     assert "latent_scale" in calls
@@ -784,3 +784,29 @@ def test_a_transfer_setting_trained_again_keeps_its_earlier_record(tmp_path: Pat
     train_new_default()  # the earlier record survives a later training too
     assert len(results["transfer"]["ph2@10"]["earlier_records"]) == 1
     assert "Earlier record of new-default (replaced " in benchmark.report(results)
+
+
+def test_the_default_over_more_seeds_keeps_the_levers_compared_on_their_own_seeds(tmp_path: Path, monkeypatch) -> None:
+    # Session 11 measured the default over five seeds; the levers train seeds 0-2 only and must still be compared
+    # with the default's runs of those seeds, and the report shows both means.
+    benchmark, library, results = _recorded_default_and_lever(tmp_path, monkeypatch)
+    fids = iter([90.0, 91.0, 92.0, 80.0, 80.0])  # seeds 0-4 of the default; val and test get the same figure
+    train = library.train
+
+    def seeded_train(out: Path, args: list[str], seed: int, minutes: float | None) -> dict:
+        library.fid = next(fids) if "fixed-" not in out.name else 91.0
+        return train(out, args, seed, minutes)
+
+    monkeypatch.setattr(benchmark, "train", seeded_train)
+    benchmark.stage_default(tmp_path, results, library.spaces, seeds=5)
+    default = results["default"]
+    assert [Path(r["run"]).name[-2:] for r in default["runs"]] == ["s0", "s1", "s2", "s3", "s4"]
+    assert default["test_summary"]["fid"]["mean"] == 86.6
+    assert default["test_summary_lever_seeds"]["fid"]["mean"] == 91.0
+    assert benchmark.lever_baseline(default) == default["runs"][:3]
+    benchmark.stage_fixed(tmp_path, results, library.spaces, ("decay",))
+    report = benchmark.report(results)
+    assert "| mean +- sd, seeds 0-2 | | | | 91 +- 1 |" in report
+    assert "| the default | 10 | 91 +- 1 |" in report  # the levers' comparison: seeds 0-2
+    with pytest.raises(SystemExit, match="at least 3 seeds"):
+        benchmark.stage_default(tmp_path, results, library.spaces, seeds=2)
