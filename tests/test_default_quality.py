@@ -399,6 +399,17 @@ class FakeSpaces:
         return run
 
 
+def _stub_transfer_stage(benchmark: ModuleType, monkeypatch, fake_train, real_train: dict) -> None:
+    """The transfer stage without training, features, pictures or the results file: ``fake_train`` trains and
+    ``real_train`` is the real-images baseline."""
+    monkeypatch.setattr(benchmark, "train", fake_train)
+    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
+    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
+    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
+    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: real_train)
+    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+
+
 class _TransferSettings:
     """Stand-ins for what a transfer setting trains: the library "resolves" a setting to its extra arguments on top
     of ``base`` (change it to move the default), and a run trains what it was asked (:meth:`trained` is called by the
@@ -487,12 +498,7 @@ def test_transfer_trains_only_the_named_settings_and_keeps_the_others_records(tm
         return {"command": "synthmed train", "run": str(out), "steps": 10}
 
     figures = {"kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 1.0}
-    monkeypatch.setattr(benchmark, "train", fake_train)
-    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
-    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
-    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
-    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: {"fid": 50.0, **figures})
-    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    _stub_transfer_stage(benchmark, monkeypatch, fake_train, {"fid": 50.0, **figures})
     # Val and test scores differ, so the test can tell which split each record's figure came from.
     monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {
         "fid": (200.0 if real[0] == "val" else 100.0) + int(run.name[-1]), **figures})
@@ -753,12 +759,7 @@ def test_a_transfer_setting_trained_again_keeps_its_earlier_record(tmp_path: Pat
     figures = {"fid_interval": [90, 110], "kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0,
                "coverage": 1.0}
     fid = iter([101.0, 101.0, 102.0, 102.0, 103.0, 103.0, 104.0, 104.0])  # test, val of each training
-    monkeypatch.setattr(benchmark, "train", fake_train)
-    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
-    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
-    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
-    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: {"fid": 50.0, **figures})
-    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    _stub_transfer_stage(benchmark, monkeypatch, fake_train, {"fid": 50.0, **figures})
     monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {"fid": next(fid), **figures})
     data = tmp_path / "ph2"
     data.mkdir()
