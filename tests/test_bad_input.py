@@ -256,13 +256,14 @@ def test_ema_warm_up_below_one_is_refused_in_one_line(tmp_path: Path, value: str
 
 
 @pytest.mark.parametrize(("options", "batch", "message"), [
-    ([], "1", "mode_seeking needs batches of at least 2 samples (got 1); raise --batch-size or set -o mode_seeking=0"),
+    (["-o", "mode_seeking=1"], "1",
+     "mode_seeking needs batches of at least 2 samples (got 1); raise --batch-size or set -o mode_seeking=0"),
     (["-o", "pack=4"], "3", "pack=4 needs batches of at least 4 samples (got 3); raise --batch-size or lower -o pack"),
 ])
 def test_a_batch_too_small_for_the_recipes_options_is_refused_before_the_run_directory(
         tmp_path: Path, options: list[str], batch: str, message: str) -> None:
-    """The default (bce, 28 px) trains with mode seeking, which compares pairs of samples: a batch of one used to fail
-    at the first step, after the run directory had been written."""
+    """Mode seeking compares pairs of samples (the default in session 10, which is how it was found): a batch of one
+    used to fail at the first step, after the run directory had been written."""
     out = tmp_path / "run"
     result = runner.invoke(app, ["train", "--out", str(out), *TINY_ARGS, *options, "--batch-size", batch])
     assert result.exit_code == 2, (result.exit_code, result.output, result.exception)

@@ -89,12 +89,17 @@ def test_measured_default_fits_the_two_minute_budget_and_the_goal_is_reported() 
     def mean_seconds(measurement: dict) -> float:
         return sum(run["train_seconds"] for run in measurement["runs"]) / len(measurement["runs"])
 
-    measured_quiet = [m for m in (default, *default.get("earlier_measurements", [])) if quiet(m)]
+    # Every measurement of the same settings counts, also one filed under an earlier default (session 11 returned to
+    # the settings session 8 timed on a quiet machine).
+    results = json.loads(RESULTS.read_text())
+    same = [default, *(e for e in results.get("earlier_defaults", [])
+                       if benchmark.as_trained(e["defaults"]) == benchmark.as_trained(default["defaults"]))]
+    measured_quiet = [m for record in same for m in (record, *record.get("earlier_measurements", [])) if quiet(m)]
     if not measured_quiet:
         # A default measured only on a loaded host (session 10's mode seeking: no extra network pass) stands on the
         # previous default's quiet measurements, if both were timed the same day at the same steps and cost the same
         # within 20% there (session 10: 126 s against 127 s, mean of three seeds).
-        previous = json.loads(RESULTS.read_text())["earlier_defaults"][-1]
+        previous = results["earlier_defaults"][-1]
         assert previous["defaults"]["train"]["steps"] == default["defaults"]["train"]["steps"]
         assert previous.get("measured") == default.get("measured")
         assert mean_seconds(default) <= 1.2 * mean_seconds(previous)
@@ -309,7 +314,9 @@ def test_a_study_refuses_another_kind_of_machine_before_writing_anything(tmp_pat
 def test_a_study_without_a_screen_reports_its_default_and_levers_only(tmp_path: Path, monkeypatch) -> None:
     benchmark = load_benchmark()
     recorded = json.loads(RESULTS.read_text())
-    only = {key: recorded[key] for key in ("default", "fixed_steps", "fixed_steps_defaults")}
+    only = {key: recorded[key] for key in ("default", "fixed_steps_defaults")}
+    # the levers on record (session 11 retired them with the mode-seeking default; any record shows the format)
+    only["fixed_steps"] = recorded["fixed_steps"] or recorded["earlier_fixed_steps"][-1]["fixed_steps"]
     text = benchmark.report(only)
     assert "### Screen" not in text and "### The shipped default" in text and "### Levers that need" in text
 

@@ -149,7 +149,7 @@ def test_loss_series_equal_the_csv(client: TestClient, layout: dict[str, Path]) 
     losses = client.get(f"/api/runs/{run_id('a')}").json()["losses"]
     assert [p["name"] for p in losses["phases"]] == ["train"]
     series = {s["name"]: s["points"] for s in losses["phases"][0]["series"]}
-    assert sorted(series) == sorted(losses["columns"]) == ["d_fake", "d_real", "loss_d", "loss_g", "mode_seeking"]
+    assert sorted(series) == sorted(losses["columns"]) == ["d_fake", "d_real", "loss_d", "loss_g"]
     for name, points in series.items():
         assert points == [[int(r["step"]), float(r[name])] for r in rows], name
 

@@ -100,10 +100,10 @@ class UnconditionalConfig:
         mode_seeking: Weight of MSGAN's mode-seeking term (Mao et al. 2019; the paper's weight: 1) added to the
             generator loss: the inverse of how far apart two generated images are per unit of latent distance,
             over the two halves of the batch, so a generator that draws similar images from different latents is
-            penalised (a lever on recall; no extra network pass). 0: off. [bce below 64 px: 1 (at the default's
-            3,400 steps on BreastMNIST it lowered val FID on every seed and raised val recall); from 64 px off (on
-            LGG FLAIR it drove the generator to saturated stripes); off for the other losses;
-            docs/default-quality.md, session 10]
+            penalised (a lever on recall; no extra network pass). 0: off [off: at weight 1 it helped BreastMNIST
+            (28 px) but made LGG FLAIR worse at 28 px (val FID 134 against 92) and at 64 px (saturated stripes),
+            and PH2 at 28 px; its pull grows as the images' pixel spread shrinks, so one weight does not fit all
+            data; docs/default-quality.md, sessions 10-11]
     """
 
     arch: str = "dcgan"
@@ -135,17 +135,13 @@ class UnconditionalConfig:
     lecam: float | None = None
     lecam_decay: float = 0.99
     pack: int = 1
-    mode_seeking: float | None = None
+    mode_seeking: float = 0.0
 
 
 #: Where this recipe departs from a loss's paper preset, and why: DCGAN's equal rates were tuned for long runs; in
 #: two CPU minutes a discriminator at 4 x the generator's rate with DiffAugment translation scored best on val
 #: (docs/default-quality.md). Measured for bce only, so the other losses keep their papers' settings.
 SHORT_RUN_PRESETS: dict[str, dict[str, float | bool | str]] = {"bce": {"ttur": True, "diffaugment": "translation"}}
-
-#: (size it stops at, mode-seeking weight) per loss: chosen at 28 px (BreastMNIST, session 10); at 64 px on LGG FLAIR
-#: the same weight drove the generator to saturated stripe patterns (test FID 396, recall 0), so it stays off there.
-MODE_SEEKING_BELOW_SIZE: dict[str, tuple[int, float]] = {"bce": (64, 1.0)}
 
 #: (smallest training size, LeCam weight) per loss: where the presets above let the discriminator win. At 64 px the
 #: bce presets lost the generator on LGG FLAIR (one seed in three) and LeCam 0.1 prevented it, at some cost in recall
@@ -170,17 +166,13 @@ def _resolved(config: UnconditionalConfig, loss: L.AdversarialLoss, family: Netw
         spectral = preset.spectral_norm or family.spectral_norm
     n_critic = preset.n_critic if config.n_critic is None else config.n_critic
     betas = tuple(config.betas or preset.betas)
-    mode_seeking = config.mode_seeking
-    if mode_seeking is None:
-        below_size, ms_weight = MODE_SEEKING_BELOW_SIZE.get(loss.name, (0, 0.0))
-        mode_seeking = ms_weight if train_size < below_size else 0.0
     lecam = config.lecam
     if lecam is None:
         from_size, weight = LECAM_FROM_SIZE.get(loss.name, (0, 0.0))
         lecam = weight if train_size >= from_size else 0.0
     return replace(config, lr_g=float(lr_g), lr_d=float(lr_d), betas=betas, n_critic=int(n_critic),  # type: ignore[arg-type]
                    d_norm=d_norm, spectral_norm=spectral, ttur=ttur and config.lr_d is None,  # what took effect
-                   diffaugment=diffaugment, lecam=float(lecam), mode_seeking=float(mode_seeking))
+                   diffaugment=diffaugment, lecam=float(lecam))
 
 
 def _enumerate(items: list[str], conjunction: str = "and") -> str:
