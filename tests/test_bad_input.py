@@ -270,3 +270,15 @@ def test_a_batch_too_small_for_the_recipes_options_is_refused_before_the_run_dir
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [f"synthmed: error: {message}"], result.stderr
     assert not out.exists(), "a run directory was left behind"
+
+
+@pytest.mark.parametrize("recipe", ["unconditional", "anomaly"])
+def test_mode_seeking_null_is_refused_in_one_line(tmp_path: Path, recipe: str) -> None:
+    """Mode seeking has no preset left to resolve ``null`` to (session 11); the anomaly recipe still typed it
+    ``float | None`` and crashed with a TypeError."""
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--recipe", recipe, "--out", str(out), *TINY_ARGS, "-o", "mode_seeking=null"])
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines == [f"synthmed: error: recipe {recipe!r} option mode_seeking: a value is required"], result.stderr
+    assert not out.exists(), "a run directory was left behind"

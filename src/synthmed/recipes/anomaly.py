@@ -83,7 +83,7 @@ class AnomalyConfig(UnconditionalConfig):
     diffaugment: str = ""
     ttur: bool | None = False
     lecam: float | None = 0.0
-    mode_seeking: float | None = 0.0
+    mode_seeking: float = 0.0
     loss: str = "wgan-gp"
     latent_dim: int = 128
     gan_steps: int = 2000
