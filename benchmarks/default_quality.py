@@ -263,11 +263,11 @@ SHIPPED_FIXED_LEVERS: tuple[str, ...] = ()
 #: 64-px run with it. Judged by the training log (steps the discriminator won), not by a test split.
 TRANSFER_VARIANTS: dict[str, list[str]] = {
     "lecam01": ["-o", "lecam=0.1"],
-    # Session 11: mode seeking is a bce preset below 64 px, chosen on BreastMNIST alone, and it failed at 64 px on
-    # LGG FLAIR (session 10). The default without it, on other 28-px sets (LGG FLAIR and PH2 resized to 28 px). Rule,
-    # written before they trained: the preset stays if, on each set's val split over seeds 0-2, the default is not
-    # worse than this variant by more than the larger seed sd (choose()'s margin); otherwise it is reported as
-    # data-dependent and reconsidered.
+    # Session 11: mode seeking was then a bce preset below 64 px, chosen on BreastMNIST alone, and it had failed at
+    # 64 px on LGG FLAIR (session 10). The default without it, on other 28-px sets (LGG FLAIR and PH2 resized to
+    # 28 px). Rule, written before they trained: the preset stays if, on each set's val split over seeds 0-2, the
+    # default is not worse than this variant by more than the larger seed sd (choose()'s margin); otherwise it is
+    # reported as data-dependent and reconsidered (it was withdrawn: docs/default-quality.md, session 11).
     "no-mode-seeking": ["-o", "mode_seeking=0"],
 }
 
@@ -668,14 +668,14 @@ def stage_default(work: Path, results: dict[str, Any], breast: Spaces, default_a
     (at least :data:`LEVER_SEEDS`; session 11 measured five, so the reported mean is not three seeds'). A record of
     other defaults (the library's before they moved) is kept under ``earlier_defaults``; an earlier measurement of
     the same defaults under the new record's ``earlier_measurements`` (see :func:`remeasured`)."""
+    if seeds < len(LEVER_SEEDS):
+        raise SystemExit(f"the default needs at least {len(LEVER_SEEDS)} seeds (the levers' seeds), got {seeds}")
     defaults = expected_defaults(default_args)
     previous = results.get("default")
     if previous and as_trained(previous["defaults"]) != as_trained(defaults):
         results.setdefault("earlier_defaults", []).append(previous)
         previous = None
         retire_fixed_steps(results, defaults)  # its levers were measured against the default that moved
-    if seeds < len(LEVER_SEEDS):
-        raise SystemExit(f"the default needs at least {len(LEVER_SEEDS)} seeds (the levers' seeds), got {seeds}")
     real_test = breast.real("inception", "test")
     runs = []
     for seed in range(seeds):
@@ -735,6 +735,7 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
         raise SystemExit("the default stage's record is not today's library default: run --stage default first")
     retire_fixed_steps(results, defaults)
     fixed = results["fixed_steps"]
+    default_val = summary([r["val"]["inception"] for r in lever_baseline(default)])
     for name in names:
         args = [*default_args, *FIXED_STEPS[name]]
         lever = expected_defaults(tuple(args))
@@ -748,11 +749,11 @@ def stage_fixed(work: Path, results: dict[str, Any], breast: Spaces, names: tupl
                        "val_inception": summary([r["val"]["inception"] for r in runs]), **remeasured(fixed.get(name))}
         print(f"{name}: val inception FID {fixed[name]['val_inception']['fid']['mean']:.1f} "
               f"+- {fixed[name]['val_inception']['fid']['std']:.1f} against the default's "
-              f"{summary([r['val']['inception'] for r in lever_baseline(default)])['fid']['mean']:.1f}", flush=True)
+              f"{default_val['fid']['mean']:.1f}", flush=True)
         save_results(results)
         grid(samples(Path(runs[0]["run"]), 64), IMAGES / f"fixed-{name}_s0.png")  # seed 0's run
     # Every lever on record against today's default competes, not only those trained by this call.
-    entries = {"default": {"val_inception": summary([r["val"]["inception"] for r in lever_baseline(default)])}, **fixed}
+    entries = {"default": {"val_inception": default_val}, **fixed}
     results["fixed_steps_chosen_on_val"] = choose(entries, "default")
     save_results(results)
 
@@ -1326,6 +1327,9 @@ def main() -> None:
                              "(sessions 1-2) or avx2-default (an AVX2 machine: the default at 3,400 steps and "
                              "levers, session 9)")
     args = parser.parse_args()
+    if args.default_seeds < len(LEVER_SEEDS):
+        parser.error(f"--default-seeds must be at least {len(LEVER_SEEDS)}, the levers' seeds "
+                     f"(got {args.default_seeds})")
     if args.transfer_seeds < 1:
         parser.error(f"--transfer-seeds must be 1 or more (got {args.transfer_seeds})")
     study = STUDIES[args.study]

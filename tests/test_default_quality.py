@@ -457,14 +457,8 @@ def test_transfer_keeps_seed_zero_as_the_record_and_summarises_every_seed(tmp_pa
         return {"command": "synthmed train", "run": str(out), "steps": 10}
 
     fid = {"s0": 100.0, "s1": 110.0, "s2": 120.0}
-    monkeypatch.setattr(benchmark, "train", fake_train)
-    monkeypatch.setattr(benchmark, "Spaces", FakeSpaces)
-    monkeypatch.setattr(benchmark, "grid", lambda images, path: None)
-    monkeypatch.setattr(benchmark, "samples", lambda run, n: None)
     figures = {"kid": 0.0, "precision": 0.5, "recall": 0.5, "density": 1.0, "coverage": 1.0}
-    real = {"fid": 50.0, "fid_interval": [45, 55], **figures}
-    monkeypatch.setattr(benchmark, "real_baseline", lambda spaces, n: real)
-    monkeypatch.setattr(benchmark, "save_results", lambda results: None)
+    _stub_transfer_stage(benchmark, monkeypatch, fake_train, {"fid": 50.0, "fid_interval": [45, 55], **figures})
     monkeypatch.setattr(benchmark, "scores", lambda real, run, bootstrap=0: {
         "fid": fid[run.name[-2:]], "fid_interval": [90, 130], **figures})
     data = tmp_path / "lgg.npz"
